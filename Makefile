@@ -1,0 +1,60 @@
+# Every target sets itself up from nothing: a virtual environment in .venv, the project installed in it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# SAM builds for the Lambda runtime (python3.13); pyenv machines keep it beside the default Python.
+SAM_PYENV ?= 3.11.7:3.13.0
+
+.PHONY: help venv test unit integration lint build demo invoke bench clean
+
+help:
+	@echo "make test    set up and run the whole test suite"
+	@echo "make lint    ruff, mypy, cfn-lint, sam validate --lint, asl-validator"
+	@echo "make build   sam build (the deployable artifacts in .aws-sam/)"
+	@echo "make demo    the whole pipeline on this machine: moto + the Anthropic emulator"
+	@echo "make invoke FN=BufferFunction EVENT=events/buffer.json   run one function, no Docker"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+lint: $(STAMP) node_modules/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/cfn-lint template.yaml
+	$(BIN)/sam validate --lint --template template.yaml
+	npx --no-install asl-validator --json-path statemachine/poller.asl.json
+
+build: $(STAMP)
+	PYENV_VERSION=$(SAM_PYENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/sam build --template template.yaml
+
+demo: $(STAMP)
+	$(BIN)/relay-local demo $(ARGS)
+
+invoke: $(STAMP)
+	$(BIN)/relay-local invoke $(FN) $(EVENT)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) node_modules .aws-sam .pytest_cache .mypy_cache .ruff_cache

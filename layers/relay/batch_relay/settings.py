@@ -1,0 +1,91 @@
+"""Settings read once from the environment and validated when a function starts.
+
+A missing or malformed variable fails the cold start with a clear message instead of surfacing
+later as an odd error deep in a request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from functools import cache
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+# The Message Batches API's own ceilings; deployments may only lower them.
+API_MAX_REQUESTS = 100_000
+API_MAX_BYTES = 256 * 1024 * 1024
+
+
+class Tier(BaseModel):
+    """When pending requests of one latency tier are flushed into a batch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_wait_seconds: PositiveInt = Field(description="flush once the oldest pending request is this old")
+    min_requests: PositiveInt = Field(
+        default=1, description="flush earlier once this many requests are pending"
+    )
+
+
+DEFAULT_TIERS = {
+    "urgent": Tier(max_wait_seconds=300, min_requests=1),
+    "standard": Tier(max_wait_seconds=3600, min_requests=5000),
+    "bulk": Tier(max_wait_seconds=6 * 3600, min_requests=50_000),
+}
+
+
+class Settings(BaseModel):
+    """Everything a function needs to know about its deployment (template.yaml sets each variable)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    table_name: str = Field(alias="TABLE_NAME", min_length=3)
+    bucket_name: str = Field(alias="BUCKET_NAME", min_length=3)
+    topic_arn: str = Field(alias="TOPIC_ARN", pattern=r"^arn:aws[a-z-]*:sns:")
+    state_machine_arn: str | None = Field(default=None, alias="STATE_MACHINE_ARN")
+    tiers: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Tier] = Field(
+        default_factory=lambda: dict(DEFAULT_TIERS), alias="TIER_POLICY"
+    )
+    default_tier: str = Field(default="standard", alias="DEFAULT_TIER")
+    max_attempts: int = Field(default=3, alias="MAX_ATTEMPTS", ge=1, le=10)
+    max_batch_requests: int = Field(default=API_MAX_REQUESTS, alias="MAX_BATCH_REQUESTS", ge=1, le=API_MAX_REQUESTS)
+    max_batch_bytes: int = Field(default=API_MAX_BYTES, alias="MAX_BATCH_BYTES", ge=1024, le=API_MAX_BYTES)
+    max_in_flight: int = Field(default=100_000, alias="MAX_IN_FLIGHT", ge=1)
+    poll_min_seconds: int = Field(default=60, alias="POLL_MIN_SECONDS", ge=1)
+    poll_max_seconds: int = Field(default=3600, alias="POLL_MAX_SECONDS", ge=1)
+    collect_budget_seconds: int = Field(default=600, alias="COLLECT_BUDGET_SECONDS", ge=1)
+    retention_days: int = Field(default=30, alias="RETENTION_DAYS", ge=1)
+    api_key_secret_arn: str | None = Field(default=None, alias="API_KEY_SECRET_ARN")
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _parse_tiers(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("state_machine_arn", "api_key_secret_arn", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return value or None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.tiers:
+            raise ValueError("TIER_POLICY names no tier")
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"DEFAULT_TIER {self.default_tier!r} is not in TIER_POLICY {sorted(self.tiers)}")
+        if self.poll_max_seconds < self.poll_min_seconds:
+            raise ValueError("POLL_MAX_SECONDS is below POLL_MIN_SECONDS")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        return cls.model_validate(dict(os.environ if env is None else env))
+
+
+@cache
+def settings() -> Settings:
+    """The process-wide settings; handlers call this at import so a bad deployment fails at cold start."""
+    return Settings.from_env()
