@@ -51,7 +51,9 @@ class Settings(BaseModel):
     )
     default_tier: str = Field(default="standard", alias="DEFAULT_TIER")
     max_attempts: int = Field(default=3, alias="MAX_ATTEMPTS", ge=1, le=10)
-    max_batch_requests: int = Field(default=API_MAX_REQUESTS, alias="MAX_BATCH_REQUESTS", ge=1, le=API_MAX_REQUESTS)
+    max_batch_requests: int = Field(
+        default=API_MAX_REQUESTS, alias="MAX_BATCH_REQUESTS", ge=1, le=API_MAX_REQUESTS
+    )
     max_batch_bytes: int = Field(default=API_MAX_BYTES, alias="MAX_BATCH_BYTES", ge=1024, le=API_MAX_BYTES)
     max_in_flight: int = Field(default=100_000, alias="MAX_IN_FLIGHT", ge=1)
     poll_min_seconds: int = Field(default=60, alias="POLL_MIN_SECONDS", ge=1)

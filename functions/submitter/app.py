@@ -1,0 +1,17 @@
+"""Submitter: on each schedule tick, flush due tiers into message batches and start their pollers."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from batch_relay.observability import logger, metrics, tracer
+from batch_relay.settings import settings
+from batch_relay.submitter import Submitter
+
+submitter = Submitter.from_settings(settings())
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return Submitter.from_settings(submitter.settings).run()

@@ -1,0 +1,80 @@
+"""The failures the relay tells apart, and the one place that sorts exceptions into them.
+
+Names matter: Step Functions retries on the exception class name (`TransientError`), and the
+buffer lets SQS redeliver only what may succeed on a later try.
+"""
+
+from __future__ import annotations
+
+import anthropic
+from botocore.exceptions import BotoCoreError, ClientError
+
+_RETRYABLE_AWS = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "TransactionConflictException",
+        "SlowDown",
+        "KMSThrottlingException",
+    }
+)
+
+
+class RelayError(Exception):
+    """Base of the relay's own errors."""
+
+
+class TransientError(RelayError):
+    """May succeed if tried again later: throttling, 5xx, a broken connection."""
+
+
+class ApiAccessError(RelayError):
+    """The Anthropic key was refused (401/403): retrying cannot help, an operator must act."""
+
+
+class BatchTooLargeError(RelayError):
+    """The API refused a batch as too large (413): split it and try again."""
+
+
+class RejectedRequest(RelayError):
+    """A request message that can never be processed; the caller gets a `rejected` completion."""
+
+    def __init__(self, reason: str, request_id: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.request_id = request_id
+
+
+def classify(exc: BaseException) -> BaseException:
+    """Map a library exception to the relay's own kind, so callers decide on one vocabulary."""
+    if isinstance(exc, RelayError):
+        return exc
+    if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
+        return ApiAccessError(f"Anthropic refused the API key: {exc.status_code}")
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code == 413:
+        return BatchTooLargeError(str(exc))
+    if isinstance(exc, anthropic.RateLimitError | anthropic.InternalServerError):
+        return TransientError(f"Anthropic answered {exc.status_code}")
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 500:
+        return TransientError(f"Anthropic answered {exc.status_code}")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return TransientError(f"Anthropic unreachable: {type(exc).__name__}")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _RETRYABLE_AWS or status >= 500:
+            return TransientError(f"AWS {code or status}")
+    if type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
+        return TransientError(f"Anthropic stream broke: {type(exc).__name__}")
+    if isinstance(exc, BotoCoreError):
+        return TransientError(f"AWS client: {type(exc).__name__}")
+    return exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(classify(exc), TransientError)

@@ -1,0 +1,198 @@
+"""The buffer: validate request messages and store each accepted request once.
+
+Outcomes of one SQS record, decided in `accept`:
+- valid and new: stored as a pending request of its tier;
+- valid but its id is already stored: nothing more (the first one is answered);
+- invalid: a `rejected` completion with the reason, and the record is done (never retried);
+  without a usable id, a logged rejection and a metric instead;
+- a transient AWS fault: raised, so that record alone goes back to SQS and, after the queue's
+  maxReceiveCount, to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from pydantic import ValidationError
+
+from . import clock
+from .completions import Topic
+from .errors import RejectedRequest
+from .models import ID_PATTERN, Completion, ErrorInfo, RequestMessage
+from .observability import MetricUnit, logger, metrics
+from .payloads import Payloads
+from .settings import Settings
+from .store import Store, request_key
+
+# The SQS Extended Client's pointer, which producers in Java, Python and .NET already emit.
+EXTENDED_POINTER = "software.amazon.payloadoffloading.PayloadS3Pointer"
+# DynamoDB's item limit is 400 KB; params beyond this go to S3, leaving room for the other attributes.
+INLINE_PARAMS_BYTES = 300 * 1024
+_ID = re.compile(ID_PATTERN)
+
+
+@dataclass
+class Intake:
+    settings: Settings
+    store: Store
+    payloads: Payloads
+    topic: Topic
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Intake:
+        return cls(
+            settings, Store(settings.table_name), Payloads(settings.bucket_name), Topic(settings.topic_arn)
+        )
+
+    def accept(self, record: SQSRecord) -> str:
+        """Handle one SQS record; returns what happened to it ("stored", "duplicate", "rejected")."""
+        received_at = clock.iso()
+        raw: Any = None
+        try:
+            raw = self._body(record)
+            request = self._validate(raw)
+        except RejectedRequest as rejection:
+            rid = rejection.request_id or _usable_id(raw, record.message_id)
+            return self._reject(rid, rejection.reason, received_at, raw)
+        rid = request.request_id or record.message_id
+        stored = self.store.add(self._item(rid, request, received_at, record.message_id))
+        metrics.add_metric(name="RequestsReceived", unit=MetricUnit.Count, value=1)
+        if not stored:
+            logger.info("duplicate request ignored", extra={"request_id": rid})
+            return "duplicate"
+        metrics.add_metric(name=f"RequestsBuffered_{request.tier}", unit=MetricUnit.Count, value=1)
+        logger.debug("request buffered", extra={"request_id": rid, "tier": request.tier})
+        return "stored"
+
+    def _body(self, record: SQSRecord) -> Any:
+        try:
+            raw = json.loads(record.body)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise RejectedRequest(f"body is not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        if (
+            isinstance(raw, list)
+            and len(raw) == 2
+            and raw[0] == EXTENDED_POINTER
+            and isinstance(raw[1], dict)
+        ):
+            bucket, key = raw[1].get("s3BucketName"), raw[1].get("s3Key")
+            if not (isinstance(bucket, str) and isinstance(key, str)):
+                raise RejectedRequest("S3 pointer lacks s3BucketName or s3Key")
+            try:
+                raw = json.loads(self.payloads.read(bucket, key))
+            except self.payloads.s3.exceptions.NoSuchKey:
+                raise RejectedRequest(f"S3 pointer names a missing object s3://{bucket}/{key}") from None
+            except json.JSONDecodeError as exc:
+                raise RejectedRequest(f"body in S3 is not JSON: {exc.msg}") from None
+        return raw
+
+    def _validate(self, raw: Any) -> RequestMessage:
+        if not isinstance(raw, dict):
+            raise RejectedRequest(f"body must be a JSON object, not {type(raw).__name__}")
+        try:
+            request = RequestMessage.model_validate(raw)
+        except ValidationError as exc:
+            raise RejectedRequest(_explain(exc)) from None
+        tier = request.tier or self.settings.default_tier
+        if tier not in self.settings.tiers:
+            raise RejectedRequest(f"unknown tier {tier!r}; this deployment has {sorted(self.settings.tiers)}")
+        return request.model_copy(update={"tier": tier})
+
+    def _item(self, rid: str, request: RequestMessage, received_at: str, message_id: str) -> dict[str, Any]:
+        params = request.params.payload()
+        text = json.dumps(params, separators=(",", ":"), ensure_ascii=False)
+        item: dict[str, Any] = {
+            "pk": request_key(rid),
+            "kind": "request",
+            "request_id": rid,
+            "tier": request.tier,
+            "model": request.params.model,
+            "status": "pending",
+            "attempts": 0,
+            "metadata": request.metadata,
+            "received_at": received_at,
+            "pending_tier": request.tier,
+            "pending_since": received_at,
+            "size": len(text.encode()) + len(rid) + 32,
+            "sqs_message_id": message_id,
+            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
+        }
+        if len(text.encode()) > INLINE_PARAMS_BYTES:
+            item["params_key"] = self.payloads.put_json(f"bodies/{rid}.json", params).key
+        else:
+            item["params"] = text
+        return item
+
+    def _reject(self, rid: str | None, reason: str, received_at: str, raw: Any) -> str:
+        metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
+        if rid is None:
+            logger.warning("request rejected without a usable id", extra={"reason": reason})
+            metrics.add_metric(name="RejectedWithoutId", unit=MetricUnit.Count, value=1)
+            return "rejected"
+        logger.info("request rejected", extra={"request_id": rid, "reason": reason})
+        key = request_key(rid)
+        item = {
+            "pk": key,
+            "kind": "request",
+            "request_id": rid,
+            "status": "rejected",
+            "error": {"type": "invalid_request", "message": reason},
+            "received_at": received_at,
+            "notified": False,
+            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
+        }
+        if not self.store.add(item):
+            existing = self.store.get(key) or {}
+            if existing.get("status") != "rejected" or existing.get("notified"):
+                # The id belongs to a request already accepted or already answered.
+                logger.info("rejected duplicate ignored", extra={"request_id": rid})
+                return "duplicate"
+            item = existing
+        metadata = raw.get("metadata") if isinstance(raw, dict) else None
+        completion = Completion(
+            request_id=rid,
+            status="rejected",
+            tier=raw.get("tier") if isinstance(raw, dict) and isinstance(raw.get("tier"), str) else None,
+            error=ErrorInfo(type="invalid_request", message=reason),
+            metadata=_safe_metadata(metadata),
+            received_at=item["received_at"],
+            completed_at=clock.iso(),
+        )
+        self.topic.publish([completion])
+        self.store.update(key, notified=True, completed_at=completion.completed_at)
+        return "rejected"
+
+
+def _usable_id(raw: Any, message_id: str) -> str | None:
+    """The id to answer a rejected message under: the caller's if valid, the SQS id if none was given."""
+    if not isinstance(raw, dict) or "request_id" not in raw or raw["request_id"] is None:
+        return message_id if isinstance(raw, dict) else None
+    rid = raw["request_id"]
+    return rid if isinstance(rid, str) and _ID.match(rid) else None
+
+
+def _safe_metadata(value: Any) -> dict[str, str]:
+    """Echo the caller's metadata on a rejection only when it is itself valid."""
+    try:
+        return RequestMessage.model_validate(
+            {
+                "params": {"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]},
+                "metadata": value,
+            }
+        ).metadata
+    except ValidationError:
+        return {}
+
+
+def _explain(exc: ValidationError) -> str:
+    """A short reason naming each bad field; never echoes the input (it may hold prompt text)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

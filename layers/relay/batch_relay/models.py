@@ -1,0 +1,133 @@
+"""The product's contracts: the request message producers send and the completion subscribers get.
+
+The JSON Schemas in `schemas/` are generated from these models, so producers in any language
+validate against exactly what the buffer accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+RequestId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+# SNS allows ten message attributes; three are ours (status, tier, model).
+MAX_METADATA_KEYS = 7
+RESERVED_ATTRIBUTES = frozenset({"status", "tier", "model"})
+_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+
+Status = Literal["succeeded", "errored", "expired", "canceled", "rejected"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "errored", "expired", "canceled", "rejected"})
+
+
+class MessageParams(BaseModel):
+    """Messages API parameters. Known fields are checked; the rest travel to the API untouched."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._:@-]{0,127}$")]
+    max_tokens: int = Field(ge=1, le=128_000)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    stream: bool | None = None
+
+    @field_validator("stream")
+    @classmethod
+    def _no_streaming(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("stream is not available in message batches")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _roles(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, msg in enumerate(value):
+            if msg.get("role") not in ("user", "assistant"):
+                raise ValueError(f"messages[{i}].role must be 'user' or 'assistant'")
+            if not isinstance(msg.get("content"), str | list) or not msg["content"]:
+                raise ValueError(f"messages[{i}].content must be a non-empty string or list of blocks")
+        return value
+
+    def payload(self) -> dict[str, Any]:
+        """The params as sent to the API: unset optionals and `stream: false` left out."""
+        return self.model_dump(mode="json", exclude_none=True, exclude={"stream"})
+
+
+class RequestMessage(BaseModel):
+    """One SQS message body: a request that can wait for batch pricing."""
+
+    model_config = ConfigDict(extra="forbid", title="BatchRelayRequest")
+
+    request_id: RequestId | None = Field(
+        default=None, description="caller's idempotency key; the same id is answered once"
+    )
+    params: MessageParams
+    tier: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] | None = None
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"metadata has {len(value)} keys; at most {MAX_METADATA_KEYS}")
+        for key in value:
+            if not _ATTRIBUTE_NAME.match(key) or ".." in key or key.endswith("."):
+                raise ValueError(f"metadata key {key!r} is not a valid SNS attribute name")
+            if key.lower() in RESERVED_ATTRIBUTES or key.lower().startswith(("aws.", "amazon.")):
+                raise ValueError(f"metadata key {key!r} is reserved")
+        return value
+
+
+class S3Pointer(BaseModel):
+    """Where a body too large to travel inline was put."""
+
+    type: Literal["s3_pointer"] = "s3_pointer"
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class ErrorInfo(BaseModel):
+    type: str
+    message: str
+
+
+class Cost(BaseModel):
+    batch_usd: float
+    list_usd: float
+    saved_usd: float
+
+
+class Completion(BaseModel):
+    """One per request, published on the completion topic."""
+
+    model_config = ConfigDict(title="BatchRelayCompletion")
+
+    request_id: str
+    status: Status
+    batch_id: str | None = None
+    tier: str | None = None
+    model: str | None = None
+    message: dict[str, Any] | S3Pointer | None = Field(
+        default=None, description="the Anthropic Message, or an S3 pointer to it when too large for SNS"
+    )
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    usage: dict[str, Any] | None = None
+    cost: Cost | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    received_at: str | None = None
+    submitted_at: str | None = None
+    completed_at: str
+
+    @model_validator(mode="after")
+    def _error_when_not_succeeded(self) -> Completion:
+        if self.status != "succeeded" and self.error is None:
+            raise ValueError("a completion that did not succeed carries an error")
+        return self

@@ -1,0 +1,208 @@
+"""The request table: the only module that reads or writes DynamoDB.
+
+One table holds two kinds of item:
+- `req#<request_id>`: a request, its params (or an S3 pointer), status and attempts;
+- `batch#<ref>`: a batch the relay made (the API keeps no metadata of ours), from the moment its
+  requests are claimed until its results are collected.
+
+The sparse `pending` index is the relay's work list. Its partition says what an item waits for:
+a tier name (a pending request), `claimed#<ref>` (a request inside batch <ref>), or `live` (a
+batch not yet collected). An item leaves the index when its state no longer needs attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.conditions import Attr, Key
+
+from . import aws
+
+INDEX = "pending"
+LIVE = "live"
+
+
+def request_key(request_id: str) -> str:
+    return f"req#{request_id}"
+
+
+def batch_key(ref: str) -> str:
+    return f"batch#{ref}"
+
+
+def claimed_partition(ref: str) -> str:
+    return f"claimed#{ref}"
+
+
+def plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; the rest of the relay speaks plain JSON types."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | set | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+class Store:
+    def __init__(self, table_name: str):
+        self.table = aws.table(table_name)
+
+    # requests
+
+    def add(self, item: dict[str, Any]) -> bool:
+        """Write a new item; False when its key is already taken (a duplicate delivery or id)."""
+        try:
+            self.table.put_item(Item=item, ConditionExpression=Attr("pk").not_exists())
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        found = self.table.get_item(Key={"pk": key}, ConsistentRead=True).get("Item")
+        return plain(found) if found else None
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Items by key, 100 a call, retrying what DynamoDB leaves unprocessed."""
+        out: dict[str, dict[str, Any]] = {}
+        pending = list(dict.fromkeys(keys))
+        name = self.table.name
+        while pending:
+            chunk, pending = pending[:100], pending[100:]
+            request: dict[str, Any] = {name: {"Keys": [{"pk": k} for k in chunk], "ConsistentRead": True}}
+            while request:
+                answer = aws.dynamodb().batch_get_item(RequestItems=request)
+                for item in answer["Responses"].get(name, []):
+                    out[item["pk"]] = plain(item)
+                request = answer.get("UnprocessedKeys") or {}
+        return out
+
+    def put_many(self, items: Iterable[dict[str, Any]]) -> None:
+        """Unconditional writes, 25 a call; only for items no one else may change meanwhile."""
+        with self.table.batch_writer() as writer:
+            for item in items:
+                writer.put_item(Item=item)
+
+    def waiting(self, partition: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Items of one index partition, oldest first, page by page."""
+        args: dict[str, Any] = {
+            "IndexName": INDEX,
+            "KeyConditionExpression": Key("pending_tier").eq(partition),
+            "ScanIndexForward": True,
+        }
+        if limit:
+            args["Limit"] = min(limit, 1000)
+        seen = 0
+        while True:
+            page = self.table.query(**args)
+            for item in page.get("Items", []):
+                yield plain(item)
+                seen += 1
+                if limit and seen >= limit:
+                    return
+            if "LastEvaluatedKey" not in page:
+                return
+            args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def claim(self, request_id: str, tier: str, ref: str, at: str) -> bool:
+        """Move a pending request into batch <ref>; False when someone else got there first."""
+        try:
+            self.table.update_item(
+                Key={"pk": request_key(request_id)},
+                UpdateExpression=(
+                    "SET #s = :claimed, batch_ref = :ref, pending_tier = :part, submitted_at = :at "
+                    "ADD attempts :one"
+                ),
+                ConditionExpression="#s = :pending AND pending_tier = :tier",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":claimed": "claimed",
+                    ":pending": "pending",
+                    ":tier": tier,
+                    ":ref": ref,
+                    ":part": claimed_partition(ref),
+                    ":at": at,
+                    ":one": 1,
+                },
+            )
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def release(self, item: dict[str, Any], ref: str) -> bool:
+        """Put a claimed request back in its tier (its batch was never created); undoes the attempt."""
+        try:
+            self.table.update_item(
+                Key={"pk": item["pk"]},
+                UpdateExpression="SET #s = :pending, pending_tier = :tier ADD attempts :minus "
+                "REMOVE batch_ref, submitted_at",
+                ConditionExpression="#s = :claimed AND batch_ref = :ref",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":pending": "pending",
+                    ":claimed": "claimed",
+                    ":tier": item["tier"],
+                    ":ref": ref,
+                    ":minus": -1,
+                },
+            )
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    # batches
+
+    def update(
+        self, key: str, remove: tuple[str, ...] = (), add: dict[str, Any] | None = None, **fields: Any
+    ) -> None:
+        """Set, remove and add to attributes of an existing item in one write."""
+        names = {f"#{i}": k for i, k in enumerate(fields)}
+        values = {f":{i}": dynamo(v) for i, v in enumerate(fields.values())}
+        clauses = ["SET " + ", ".join(f"#{i} = :{i}" for i in range(len(fields)))] if fields else []
+        if remove:
+            names.update({f"#r{j}": attr for j, attr in enumerate(remove)})
+            clauses.append("REMOVE " + ", ".join(f"#r{j}" for j in range(len(remove))))
+        if add:
+            names.update({f"#a{j}": attr for j, attr in enumerate(add)})
+            values.update({f":a{j}": dynamo(v) for j, v in enumerate(add.values())})
+            clauses.append("ADD " + ", ".join(f"#a{j} :a{j}" for j in range(len(add))))
+        self.table.update_item(
+            Key={"pk": key},
+            UpdateExpression=" ".join(clauses),
+            ConditionExpression=Attr("pk").exists(),
+            ExpressionAttributeNames=names,
+            **({"ExpressionAttributeValues": values} if values else {}),
+        )
+
+    def count(self, partition: str, up_to: int) -> int:
+        """How many items wait in one index partition, counting no further than `up_to`."""
+        total = 0
+        args: dict[str, Any] = {
+            "IndexName": INDEX,
+            "KeyConditionExpression": Key("pending_tier").eq(partition),
+            "Select": "COUNT",
+        }
+        while total < up_to:
+            page = self.table.query(**args)
+            total += page["Count"]
+            if "LastEvaluatedKey" not in page:
+                break
+            args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return total
+
+    def live_batches(self) -> Iterator[dict[str, Any]]:
+        return self.waiting(LIVE)
+
+
+def dynamo(value: Any) -> Any:
+    """Floats are refused by boto3's DynamoDB serializer; Decimal keeps them exact."""
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [dynamo(v) for v in value]
+    return value

@@ -1,0 +1,258 @@
+"""The submitter: flush pending requests of each tier into message batches.
+
+A batch goes through states recorded on its `batch#<ref>` item, each written before the step
+that depends on it, so a run that crashes anywhere leaves enough behind for the next run to
+finish the job (`reconcile`):
+
+  claiming ─▶ uploaded ─▶ created ─▶ polling ─▶ (collector) collected
+     │            │           │
+     │            │           └─ crash: start the poller again (its name is the batch id)
+     │            └─ crash: adopt the batch the API has for it, or create it
+     └─ crash: release the claimed requests to their tier
+
+Each claimed request sits in the index under `claimed#<ref>`, so the requests of any batch can be
+found again without a scan.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import batches, clock, executions
+from .errors import ApiAccessError, BatchTooLargeError, TransientError
+from .observability import MetricUnit, logger, metrics
+from .payloads import Payloads
+from .settings import Settings, Tier
+from .store import LIVE, Store, batch_key, claimed_partition
+
+# A batch left in one state longer than a submitter run may take was left by a crashed run.
+STALE_SECONDS = 15 * 60
+# Room for the `{"requests":[...]}` envelope around the request lines.
+ENVELOPE_BYTES = 1024
+MAX_RESTARTS = 3
+
+
+@dataclass
+class Submitter:
+    settings: Settings
+    store: Store
+    payloads: Payloads
+    report: dict[str, Any] = field(default_factory=lambda: {"batches": [], "requests": 0, "reconciled": 0})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Submitter:
+        return cls(settings, Store(settings.table_name), Payloads(settings.bucket_name))
+
+    def run(self) -> dict[str, Any]:
+        """One scheduled run: finish what crashed runs left, then flush every tier that is due."""
+        self.reconcile()
+        for name, tier in self.settings.tiers.items():
+            self.flush(name, tier)
+        return self.report
+
+    # flushing
+
+    def in_flight(self) -> int:
+        return sum(int(b.get("request_count", 0)) for b in self.store.live_batches())
+
+    def due(self, name: str, tier: Tier) -> bool:
+        oldest = next(self.store.waiting(name, limit=1), None)
+        if oldest is None:
+            return False
+        waited = clock.now() - clock.parse(oldest["pending_since"])
+        if waited >= tier.max_wait_seconds:
+            return True
+        return self.store.count(name, tier.min_requests) >= tier.min_requests
+
+    def flush(self, name: str, tier: Tier) -> None:
+        while self.due(name, tier):
+            room = self.settings.max_in_flight - self.in_flight()
+            if room <= 0:
+                logger.warning("in-flight cap reached; tier waits", extra={"tier": name})
+                metrics.add_metric(name="InFlightCapReached", unit=MetricUnit.Count, value=1)
+                return
+            record = self.claim(name, min(room, self.settings.max_batch_requests))
+            if record is None:
+                return
+            self.submit(record)
+
+    def claim(self, tier: str, cap: int) -> dict[str, Any] | None:
+        """Claim the oldest pending requests of a tier into a new batch and write its JSONL to S3."""
+        ref = uuid.uuid4().hex
+        now = clock.iso()
+        record: dict[str, Any] = {
+            "pk": batch_key(ref),
+            "kind": "batch",
+            "ref": ref,
+            "tier": tier,
+            "status": "claiming",
+            "pending_tier": LIVE,
+            "pending_since": now,
+            "claimed_at": now,
+            "updated_at": now,
+            "input_key": f"input/{ref}.jsonl",
+            "request_count": 0,
+            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
+        }
+        self.store.add(record)
+        limit = self.settings.max_batch_bytes - ENVELOPE_BYTES
+        writer = self.payloads.writer(record["input_key"])
+        try:
+            for item in self.store.waiting(tier):
+                line = self._line(item)
+                if writer.count >= cap or writer.bytes + len(line) + 1 > limit:
+                    break
+                if self.store.claim(item["request_id"], tier, ref, now):
+                    writer.write(line)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        if writer.count == 0:
+            self.store.update(batch_key(ref), status="empty", remove=("pending_tier", "pending_since"))
+            return None
+        record.update(request_count=writer.count, bytes=writer.bytes, status="uploaded")
+        self.store.update(
+            batch_key(ref),
+            status="uploaded",
+            request_count=writer.count,
+            bytes=writer.bytes,
+            updated_at=clock.iso(),
+        )
+        return record
+
+    def _line(self, item: dict[str, Any]) -> bytes:
+        params = (
+            self.payloads.read_json(item["params_key"])
+            if "params_key" in item
+            else json.loads(item["params"])
+        )
+        return json.dumps(
+            {"custom_id": item["request_id"], "params": params}, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+
+    def submit(self, record: dict[str, Any]) -> None:
+        """Create the batch from the uploaded JSONL and start its poller."""
+        ref = record["ref"]
+        try:
+            batch = batches.create(self._requests(record["input_key"]))
+        except (ApiAccessError, BatchTooLargeError) as exc:
+            # The API answered no: nothing was created, so the requests go back to their tier.
+            logger.error("batch refused; requests released", extra={"ref": ref, "error": str(exc)})
+            metrics.add_metric(name="BatchCreateRefused", unit=MetricUnit.Count, value=1)
+            self.release(record, status="refused")
+            raise
+        except TransientError:
+            # The batch may or may not exist now: the next run adopts it or creates it.
+            logger.warning("batch create unanswered; left for the next run", extra={"ref": ref})
+            raise
+        self.created(record, batch)
+
+    def created(self, record: dict[str, Any], batch: Any) -> None:
+        ref = record["ref"]
+        now = clock.iso()
+        self.store.update(
+            batch_key(ref),
+            status="created",
+            batch_id=batch.id,
+            submitted_at=now,
+            updated_at=now,
+            expires_at=_stamp(batch.expires_at),
+        )
+        record.update(status="created", batch_id=batch.id)
+        metrics.add_metric(name="BatchesCreated", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "batch created",
+            extra={
+                "batch_id": batch.id,
+                "ref": ref,
+                "tier": record["tier"],
+                "requests": record["request_count"],
+            },
+        )
+        self.start(record)
+
+    def start(self, record: dict[str, Any], name: str | None = None) -> None:
+        assert self.settings.state_machine_arn, "STATE_MACHINE_ARN is required by the submitter"
+        executions.start(
+            self.settings.state_machine_arn,
+            name or record["batch_id"],
+            {
+                "batch_id": record["batch_id"],
+                "ref": record["ref"],
+                "wait_seconds": self.settings.poll_min_seconds,
+            },
+        )
+        self.store.update(batch_key(record["ref"]), status="polling", updated_at=clock.iso())
+        self.report["batches"].append(record["batch_id"])
+        self.report["requests"] += int(record["request_count"])
+
+    def _requests(self, key: str) -> Iterator[dict[str, Any]]:
+        for line in self.payloads.lines(key):
+            yield json.loads(line)
+
+    # recovery
+
+    def release(self, record: dict[str, Any], status: str) -> int:
+        ref = record["ref"]
+        released = sum(
+            self.store.release(item, ref) for item in list(self.store.waiting(claimed_partition(ref)))
+        )
+        self.store.update(
+            batch_key(ref), status=status, updated_at=clock.iso(), remove=("pending_tier", "pending_since")
+        )
+        return released
+
+    def reconcile(self) -> None:
+        """Finish batches a crashed run left half-made."""
+        for record in list(self.store.live_batches()):
+            stale = clock.now() - clock.parse(record["updated_at"]) >= STALE_SECONDS
+            status = record["status"]
+            if status == "claiming" and stale:
+                released = self.release(record, status="abandoned")
+                logger.warning(
+                    "released requests of an abandoned claim", extra={"ref": record["ref"], "n": released}
+                )
+            elif status == "uploaded" and stale:
+                adopted = self._find_created(record)
+                if adopted is not None:
+                    logger.warning(
+                        "adopted a batch whose create answer was lost", extra={"batch_id": adopted.id}
+                    )
+                    self.created(record, adopted)
+                else:
+                    self.submit(record)
+            elif status == "created" and stale:
+                self.start(record)
+            elif status == "failed" and int(record.get("restarts", 0)) < MAX_RESTARTS:
+                # The poller gave up (its failure is recorded and alarmed); its requests are still
+                # claimed, so a fresh poller finishes them. Names stay unique per restart.
+                restarts = int(record.get("restarts", 0)) + 1
+                self.store.update(batch_key(record["ref"]), restarts=restarts)
+                self.start(record, name=f"{record['batch_id']}-r{restarts}")
+            else:
+                continue
+            self.report["reconciled"] += 1
+
+    def _find_created(self, record: dict[str, Any]) -> Any:
+        """The API's batch made from this record, if its create went through: the API keeps no
+        metadata of ours, so match on creation time and request count, skipping batches we know."""
+        known = {b.get("batch_id") for b in self.store.live_batches()}
+        since = clock.parse(record["claimed_at"])
+        for batch in batches.recent():
+            created = batch.created_at.timestamp()
+            if created < since:
+                break
+            counts = batch.request_counts
+            total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+            if batch.id not in known and total == int(record["request_count"]):
+                return batch
+        return None
+
+
+def _stamp(value: Any) -> str | None:
+    return clock.iso(value.timestamp()) if value is not None else None
