@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # SAM builds for the Lambda runtime (python3.13); pyenv machines keep it beside the default Python.
 SAM_PYENV ?= 3.11.7:3.13.0
 
-.PHONY: help venv test unit integration lint build demo invoke bench clean
+.PHONY: help venv test unit integration lint build demo invoke bench clean schemas
 
 help:
 	@echo "make test    set up and run the whole test suite"
@@ -58,3 +58,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) node_modules .aws-sam .pytest_cache .mypy_cache .ruff_cache
+
+schemas: $(STAMP)
+	$(BIN)/python scripts/schemas.py

@@ -33,6 +33,11 @@ def _client_for(api_key: str | None) -> anthropic.Anthropic:
     return anthropic.Anthropic(api_key=api_key, max_retries=3, timeout=httpx.Timeout(600.0, connect=10.0))
 
 
+def reset() -> None:
+    """Forget the client, so a changed environment (base URL, key) takes effect."""
+    _client_for.cache_clear()
+
+
 def client() -> anthropic.Anthropic:
     arn = settings().api_key_secret_arn
     key = _secret_key(arn) if arn else None

@@ -1,0 +1,560 @@
+"""The relay's stack on one machine: AWS emulated by moto, built from template.yaml itself.
+
+`LocalStack` creates every resource the template declares that the relay touches (table, queues,
+bucket, topic, secret, state machine), gives each function the environment the template gives it,
+and runs the functions the way AWS would: SQS batches delivered to the buffer in Lambda's event
+shape with partial-batch failures honoured, the submitter fired like the schedule, and the poller
+state machine definition from the repository executed by moto's Step Functions engine, whose Lambda
+tasks call the handlers named in the template.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from unittest import mock
+
+import boto3
+import yaml
+from moto import mock_aws
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+LOCAL_KEY = "sk-ant-local-emulator"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref, !GetAtt, !Sub ...) read as their long forms."""
+
+
+def _tag(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+@dataclass
+class Function:
+    logical_id: str
+    code_uri: Path
+    handler: str
+    timeout: int
+    memory: int
+    env: dict[str, str]
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.logical_id}"
+
+
+class LambdaContext:
+    """What Lambda passes as `context`, enough for Powertools and the time budget."""
+
+    def __init__(self, fn: Function):
+        self.function_name = fn.logical_id
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = fn.arn
+        self.memory_limit_in_mb = fn.memory
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{fn.logical_id}"
+        self.log_stream_name = "local"
+        self._deadline = time.monotonic() + fn.timeout
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class LocalStack:
+    """Start with `with LocalStack(...) as stack:`; everything is gone when the block ends."""
+
+    def __init__(
+        self,
+        parameters: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        template: Path = TEMPLATE,
+        wait_scale: float = 1.0,
+        wait_cap: float = 0.05,
+    ):
+        self.template = load_template(template)
+        self.params = self._parameters(parameters or {})
+        self.extra_env = env or {}
+        # Wait states sleep wait_seconds * wait_scale, at most wait_cap real seconds.
+        self.wait_scale, self.wait_cap = wait_scale, wait_cap
+        self.physical: dict[str, str] = {}
+        self.arns: dict[str, str] = {}
+        self.functions: dict[str, Function] = {}
+        self.modules: dict[str, ModuleType] = {}
+        self._patches: list[Any] = []
+        self._lock = threading.RLock()
+        self.invocations: dict[str, int] = {}
+        # Seconds the relay's clock runs ahead of real time; `advance` moves it, to make tiers due.
+        self.offset = 0.0
+
+    # lifecycle
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        os.environ.setdefault("AWS_DEFAULT_REGION", REGION)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            os.environ.setdefault(k, "testing")
+        self._env_before = dict(os.environ)
+        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
+        self._mock.start()
+        self._create_resources()
+        self._functions()
+        self._patch()
+        os.environ.update(self.environment())
+        _reset()
+
+    def stop(self) -> None:
+        for p in reversed(self._patches):
+            p.stop()
+        self._patches.clear()
+        self._mock.stop()
+        os.environ.clear()
+        os.environ.update(self._env_before)
+        for name in list(self.modules):
+            sys.modules.pop(f"relay_fn_{name}", None)
+        self.modules.clear()
+        _reset()
+
+    # template
+
+    def _parameters(self, given: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for name, spec in self.template.get("Parameters", {}).items():
+            if "Default" in spec:
+                out[name] = str(spec["Default"])
+        out.update(given)
+        return out
+
+    def resolve(self, value: Any) -> Any:
+        """Evaluate the intrinsic functions the template uses, against this stack's resources."""
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if "Ref" in value:
+            name = value["Ref"]
+            if name == "AWS::Region":
+                return REGION
+            if name == "AWS::AccountId":
+                return ACCOUNT
+            if name == "AWS::StackName":
+                return "batch-relay-local"
+            if name == "AWS::Partition":
+                return "aws"
+            if name == "AWS::URLSuffix":
+                return "amazonaws.com"
+            if name == "AWS::NoValue":
+                return None
+            if name in self.params:
+                return self.params[name]
+            return self.physical.get(name, name)
+        if "Fn::GetAtt" in value:
+            name, attr = value["Fn::GetAtt"]
+            if attr in ("Arn", "TopicArn", "QueueArn"):
+                return self.arns.get(name, f"arn:aws:::{name}")
+            if attr in ("QueueUrl", "QueueName", "TopicName"):
+                return self.physical.get(name, name)
+            return self.physical.get(name, name)
+        if "Fn::Sub" in value:
+            spec = value["Fn::Sub"]
+            text, extra = (spec, {}) if isinstance(spec, str) else (spec[0], self.resolve(spec[1]))
+            for key, val in extra.items():
+                text = text.replace("${" + key + "}", str(val))
+            def repl(m: re.Match[str]) -> str:
+                ref = m.group(1)
+                if "." in ref:
+                    return str(self.resolve({"Fn::GetAtt": ref.split(".", 1)}))
+                return str(self.resolve({"Ref": ref}))
+
+            return re.sub(r"\$\{([A-Za-z0-9_:.]+)\}", repl, text)
+        if "Fn::Join" in value:
+            sep, parts = value["Fn::Join"]
+            return sep.join(str(p) for p in self.resolve(parts))
+        if "Fn::If" in value:
+            return self.resolve(value["Fn::If"][1])
+        if "Fn::Select" in value:
+            index, items = value["Fn::Select"]
+            return self.resolve(items)[int(index)]
+        if "Fn::Split" in value:
+            sep, text = value["Fn::Split"]
+            return str(self.resolve(text)).split(sep)
+        return {k: self.resolve(v) for k, v in value.items()}
+
+    def resources(self, kind: str) -> Iterable[tuple[str, dict[str, Any]]]:
+        for name, res in self.template["Resources"].items():
+            if res["Type"] == kind:
+                yield name, res.get("Properties", {})
+
+    def _create_resources(self) -> None:
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        for name, props in self.resources("AWS::DynamoDB::Table"):
+            table = props.get("TableName") or f"batch-relay-{name}"
+            args = {
+                k: self.resolve(props[k])
+                for k in ("KeySchema", "AttributeDefinitions", "GlobalSecondaryIndexes", "BillingMode")
+                if k in props
+            }
+            ddb.create_table(TableName=table, **args)
+            ttl = props.get("TimeToLiveSpecification")
+            if ttl:
+                ddb.update_time_to_live(TableName=table, TimeToLiveSpecification=self.resolve(ttl))
+            self.physical[name] = table
+            self.arns[name] = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}"
+
+        s3 = boto3.client("s3", region_name=REGION)
+        for name, _props in self.resources("AWS::S3::Bucket"):
+            bucket = f"batch-relay-{name.lower()}-{uuid.uuid4().hex[:8]}"
+            s3.create_bucket(Bucket=bucket)
+            self.physical[name] = bucket
+            self.arns[name] = f"arn:aws:s3:::{bucket}"
+
+        sns = boto3.client("sns", region_name=REGION)
+        for name, _props in self.resources("AWS::SNS::Topic"):
+            arn = sns.create_topic(Name=f"batch-relay-{name}")["TopicArn"]
+            self.physical[name] = self.arns[name] = arn
+
+        sqs = boto3.client("sqs", region_name=REGION)
+        queues = dict(self.resources("AWS::SQS::Queue"))
+        # Dead-letter queues first: a queue's redrive policy names its DLQ's ARN.
+        order = sorted(queues, key=lambda n: "RedrivePolicy" in queues[n])
+        for name in order:
+            props = queues[name]
+            attrs: dict[str, str] = {}
+            for key in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "ReceiveMessageWaitTimeSeconds"):
+                if key in props:
+                    attrs[key] = str(self.resolve(props[key]))
+            if "RedrivePolicy" in props:
+                attrs["RedrivePolicy"] = json.dumps(self.resolve(props["RedrivePolicy"]))
+            url = sqs.create_queue(QueueName=f"batch-relay-{name}", Attributes=attrs)["QueueUrl"]
+            self.physical[name] = url
+            self.arns[name] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+
+        # The Anthropic key, read by the functions through Powertools parameters as in AWS.
+        key = os.environ.get("ANTHROPIC_API_KEY") or LOCAL_KEY
+        secret = boto3.client("secretsmanager", region_name=REGION).create_secret(
+            Name="batch-relay/anthropic-api-key", SecretString=key
+        )
+        self.params["ApiKeySecretArn"] = secret["ARN"]
+
+    def _functions(self) -> None:
+        globals_ = self.template.get("Globals", {}).get("Function", {})
+        base_env = globals_.get("Environment", {}).get("Variables", {})
+        for name, props in self.resources("AWS::Serverless::Function"):
+            env = {**base_env, **props.get("Environment", {}).get("Variables", {})}
+            self.functions[name] = Function(
+                logical_id=name,
+                code_uri=ROOT / props["CodeUri"],
+                handler=props["Handler"],
+                timeout=int(self.resolve(props.get("Timeout", globals_.get("Timeout", 3)))),
+                memory=int(self.resolve(props.get("MemorySize", globals_.get("MemorySize", 128)))),
+                env=env,
+            )
+            self.physical[name] = name
+            self.arns[name] = self.functions[name].arn
+
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        for name, props in self.resources("AWS::Serverless::StateMachine"):
+            definition = (ROOT / props["DefinitionUri"]).read_text()
+            for key, val in self.resolve(props.get("DefinitionSubstitutions", {})).items():
+                definition = definition.replace("${" + key + "}", str(val))
+            arn = sfn.create_state_machine(
+                name=f"batch-relay-{name}",
+                definition=definition,
+                roleArn=f"arn:aws:iam::{ACCOUNT}:role/batch-relay-{name}",
+                type=props.get("Type", "STANDARD"),
+            )["stateMachineArn"]
+            self.physical[name] = self.arns[name] = arn
+
+    def environment(self, function: str | None = None) -> dict[str, str]:
+        """A function's variables as the template sets them (all functions' when none is named)."""
+        chosen = [self.functions[function]] if function else list(self.functions.values())
+        env: dict[str, str] = {"POWERTOOLS_TRACE_DISABLED": "true", "AWS_DEFAULT_REGION": REGION}
+        for fn in chosen:
+            for key, val in fn.env.items():
+                resolved = self.resolve(val)
+                if resolved is not None:
+                    env[key] = str(resolved)
+        env.update(self.extra_env)
+        return env
+
+    # running functions
+
+    def handler(self, logical_id: str) -> Callable[[dict[str, Any], Any], Any]:
+        fn = self.functions[logical_id]
+        module_file, attr = fn.handler.rsplit(".", 1)
+        key = f"{fn.code_uri.name}_{module_file}"
+        with self._lock:
+            module = self.modules.get(key)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(f"relay_fn_{key}", fn.code_uri / f"{module_file}.py")
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
+                self.modules[key] = module
+        return getattr(module, attr)  # type: ignore[no-any-return]
+
+    def invoke(self, logical_id: str, event: Any) -> Any:
+        """Call a function's handler as Lambda would: its event, a context, its return value."""
+        with self._lock:
+            self.invocations[logical_id] = self.invocations.get(logical_id, 0) + 1
+        return self.handler(logical_id)(event, LambdaContext(self.functions[logical_id]))
+
+    def _patch(self) -> None:
+        from moto.awslambda_simple.models import LambdaSimpleBackend
+
+        stack = self
+
+        def invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any):
+            name = function_name.rsplit(":function:", 1)[-1].split(":")[0]
+            event = json.loads(body) if body else {}
+            try:
+                result = stack.invoke(name, event)
+            except Exception as exc:  # reported as Lambda does, so Retry/Catch see the exception's name
+                response_headers["x-amz-function-error"] = "Unhandled"
+                return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
+            return json.dumps(result).encode()
+
+        from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
+        from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
+
+        def wait(self: Any, env: Any, wait_seconds: int) -> None:
+            time.sleep(min(stack.wait_cap, max(0.0, wait_seconds * stack.wait_scale)))
+
+        fake_time = mock.MagicMock(wraps=time)
+        fake_time.sleep = lambda s: time.sleep(min(stack.wait_cap, s * stack.wait_scale))
+        from batch_relay import clock
+
+        self._patches = [
+            mock.patch.object(clock, "now", lambda: time.time() + stack.offset),
+            mock.patch.object(LambdaSimpleBackend, "invoke", invoke),
+            mock.patch.object(WaitFunction, "_wait_interval", wait),
+            mock.patch.object(retrier_decl, "time", fake_time),
+        ]
+        for p in self._patches:
+            p.start()
+
+    # driving the pipeline
+
+    @property
+    def sqs(self) -> Any:
+        return boto3.client("sqs", region_name=REGION)
+
+    def queue_url(self, logical_id: str = "RequestQueue") -> str:
+        return self.physical[logical_id]
+
+    def send(self, bodies: Iterable[str | dict[str, Any]]) -> int:
+        """Send request messages to the request queue, ten a call, as a producer would."""
+        entries = [b if isinstance(b, str) else json.dumps(b) for b in bodies]
+        for start in range(0, len(entries), 10):
+            chunk = entries[start : start + 10]
+            answer = self.sqs.send_message_batch(
+                QueueUrl=self.queue_url(),
+                Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)],
+            )
+            if answer.get("Failed"):
+                raise RuntimeError(f"SQS refused {answer['Failed']}")
+        return len(entries)
+
+    def deliver(self, batch_size: int | None = None, rounds: int = 1000) -> dict[str, int]:
+        """Deliver queued messages to the buffer in Lambda-shaped batches until the queue is empty.
+
+        Records reported as failed stay on the queue and come back once their visibility timeout
+        has passed (here: at once), up to the redrive policy's maxReceiveCount.
+        """
+        size = batch_size or int(self.params.get("BufferBatchSize", 10))
+        url, arn = self.queue_url(), self.arns["RequestQueue"]
+        delivered = failed = 0
+        for _ in range(rounds):
+            messages: list[dict[str, Any]] = []
+            while len(messages) < size:
+                got = self.sqs.receive_message(
+                    QueueUrl=url,
+                    MaxNumberOfMessages=min(10, size - len(messages)),
+                    AttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                ).get("Messages", [])
+                if not got:
+                    break
+                messages.extend(got)
+            if not messages:
+                break
+            event = {"Records": [_sqs_record(m, arn) for m in messages]}
+            answer = self.invoke("BufferFunction", event)
+            failures = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
+            for m in messages:
+                if m["MessageId"] in failures:
+                    self.sqs.change_message_visibility(
+                        QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0
+                    )
+                else:
+                    self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+            delivered += len(messages) - len(failures)
+            failed += len(failures)
+        return {"delivered": delivered, "failed": failed}
+
+    def tick(self) -> Any:
+        """Fire the submitter as its schedule would."""
+        return self.invoke("SubmitterFunction", json.loads((ROOT / "events" / "submitter.json").read_text()))
+
+    def executions(self) -> list[dict[str, Any]]:
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=self.arns["PollerStateMachine"])
+        return [e for page in pages for e in page["executions"]]
+
+    def settle(self, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Wait until no poller execution is running; returns them all."""
+        end = time.monotonic() + timeout
+        while True:
+            runs = self.executions()
+            if all(r["status"] != "RUNNING" for r in runs):
+                return runs
+            if time.monotonic() > end:
+                raise TimeoutError(f"{sum(r['status'] == 'RUNNING' for r in runs)} poller executions still running")
+            time.sleep(0.05)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def open_work(self) -> dict[str, int]:
+        """Requests waiting in a tier or inside a batch, and batches not yet collected."""
+        from batch_relay.settings import settings
+        from batch_relay.store import Store
+
+        store = Store(settings().table_name)
+        live = list(store.live_batches())
+        return {
+            "pending": sum(store.count(t, 10**9) for t in settings().tiers),
+            "live_batches": len(live),
+            "running": sum(e["status"] == "RUNNING" for e in self.executions()),
+        }
+
+    def pump(self, rounds: int = 30, timeout: float = 120.0) -> int:
+        """Run the pipeline until nothing is left to do: deliver, fire the schedule, let pollers finish.
+
+        Each round moves the relay's clock past the longest tier wait, so every tier flushes.
+        Returns the number of rounds it took.
+        """
+        longest = max(t.max_wait_seconds for t in _tiers())
+        for n in range(1, rounds + 1):
+            self.deliver()
+            self.tick()
+            self.settle(timeout)
+            work = self.open_work()
+            if not work["pending"] and not work["live_batches"]:
+                return n
+            self.advance(longest)
+        raise TimeoutError(f"work left after {rounds} rounds: {self.open_work()}")
+
+    def subscribe(self, filter_policy: dict[str, Any] | None = None, scope: str = "MessageAttributes") -> str:
+        """A queue subscribed to the completion topic with raw delivery (and a filter policy if given)."""
+        url = self.sqs.create_queue(QueueName=f"completions-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        attrs = {"RawMessageDelivery": "true"}
+        if filter_policy:
+            attrs.update(FilterPolicy=json.dumps(filter_policy), FilterPolicyScope=scope)
+        boto3.client("sns", region_name=REGION).subscribe(
+            TopicArn=self.arns["CompletionTopic"], Protocol="sqs", Endpoint=arn, Attributes=attrs
+        )
+        return url
+
+    def drain(self, url: str) -> list[dict[str, Any]]:
+        """Every message on a subscribed queue: the completion body plus its SNS attributes."""
+        out: list[dict[str, Any]] = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
+                "Messages", []
+            )
+            if not got:
+                return out
+            for m in got:
+                body = json.loads(m["Body"])
+                body["_attributes"] = {k: v["StringValue"] for k, v in m.get("MessageAttributes", {}).items()}
+                out.append(body)
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def _tiers() -> list[Any]:
+    from batch_relay.settings import settings
+
+    return list(settings().tiers.values())
+
+
+def _reset() -> None:
+    """Forget cached clients and settings, which belong to one stack."""
+    from batch_relay import aws, batches
+    from batch_relay.settings import settings
+
+    aws.reset()
+    batches.reset()
+    settings.cache_clear()
+
+
+def _sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+    attrs = message.get("Attributes", {})
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": {
+            "ApproximateReceiveCount": attrs.get("ApproximateReceiveCount", "1"),
+            "SentTimestamp": attrs.get("SentTimestamp", str(int(time.time() * 1000))),
+            "SenderId": attrs.get("SenderId", ACCOUNT),
+            "ApproximateFirstReceiveTimestamp": attrs.get(
+                "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
+            ),
+        },
+        "messageAttributes": {
+            k: {
+                "stringValue": v.get("StringValue"),
+                "binaryValue": v.get("BinaryValue"),
+                "stringListValues": [],
+                "binaryListValues": [],
+                "dataType": v["DataType"],
+            }
+            for k, v in message.get("MessageAttributes", {}).items()
+        },
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": REGION,
+    }

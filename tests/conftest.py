@@ -1,0 +1,51 @@
+"""Shared fixtures: the Anthropic emulator over HTTP and the relay's stack on moto."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = ROOT / "events"
+
+# Small limits and quick tiers, so a test exercises splitting and retries with few requests.
+TEST_PARAMETERS = {
+    "TierPolicy": json.dumps(
+        {
+            "urgent": {"max_wait_seconds": 1, "min_requests": 1},
+            "standard": {"max_wait_seconds": 3600, "min_requests": 5},
+            "bulk": {"max_wait_seconds": 21600, "min_requests": 1000},
+        }
+    ),
+    "DefaultTier": "standard",
+    "MaxAttempts": "3",
+    "MaxBatchRequests": "25",
+    "PollMinSeconds": "5",
+}
+
+
+def load_event(name: str) -> Any:
+    return json.loads((EVENTS / name).read_text())
+
+
+@pytest.fixture
+def emulator() -> Iterator[Any]:
+    from relay_local.emulator import Emulator, EmulatorServer
+
+    emu = Emulator(latency_seconds=0.2, seed=7)
+    with EmulatorServer(emu) as server:
+        emu.url = server.url
+        yield emu
+
+
+@pytest.fixture
+def stack(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from relay_local.stack import LocalStack
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with LocalStack(parameters=dict(TEST_PARAMETERS), env={"ANTHROPIC_BASE_URL": emulator.url}) as s:
+        yield s

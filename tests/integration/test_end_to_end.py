@@ -1,0 +1,113 @@
+"""The whole path on moto and the emulator: queue → buffer → table → submitter → batches →
+poller state machine → topic, checked from a queue subscribed to the topic."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from tests.helpers import by_id, request
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_request_gets_exactly_one_completion(stack, emulator):
+    # Given: valid requests across tiers, duplicates, forced per-request outcomes and invalid messages
+    inbox = stack.subscribe()
+    valid = [request(f"ticket-{i}", tier=("urgent", "standard", "bulk")[i % 3]) for i in range(40)]
+    duplicates = [request("ticket-1"), request("ticket-2", text="a different body, same id")]
+    forced = [
+        request("overloaded-1", text="x [[emulate:errored:overloaded_error]]"),
+        request("invalid-1", text="x [[emulate:errored:invalid_request_error]]"),
+        request("expired-1", text="x [[emulate:expired]]"),
+    ]
+    invalid = [
+        request("streaming-1", stream=True),
+        {**request("bad-tier-1"), "tier": "nope"},
+        {"request_id": "no-params-1"},
+        "{not json",
+        json.dumps(request("bad id with spaces")),
+    ]
+    invalid[0]["params"]["stream"] = True
+    del invalid[0]["stream"]
+    stack.send(valid + duplicates + forced + invalid)
+
+    # When: the pipeline runs until nothing is pending or in flight
+    stack.pump()
+
+    # Then: one completion per request id, no more
+    got = stack.drain(inbox)
+    per_id = by_id(got)
+    assert all(len(v) == 1 for v in per_id.values()), {k: len(v) for k, v in per_id.items() if len(v) > 1}
+    expected = {f"ticket-{i}" for i in range(40)} | {"overloaded-1", "invalid-1", "expired-1"}
+    expected |= {"streaming-1", "bad-tier-1", "no-params-1"}
+    assert set(per_id) == expected
+
+    status = {rid: v[0]["status"] for rid, v in per_id.items()}
+    assert {status[f"ticket-{i}"] for i in range(40)} == {"succeeded"}
+    assert status["overloaded-1"] == "errored" and per_id["overloaded-1"][0]["attempts"] == 3
+    assert status["expired-1"] == "expired" and per_id["expired-1"][0]["attempts"] == 3
+    assert status["invalid-1"] == "errored" and per_id["invalid-1"][0]["attempts"] == 1
+    assert per_id["invalid-1"][0]["error"]["type"] == "invalid_request_error"
+    for rid in ("streaming-1", "bad-tier-1", "no-params-1"):
+        assert status[rid] == "rejected"
+        assert per_id[rid][0]["error"]["message"]
+    assert "stream" in per_id["streaming-1"][0]["error"]["message"]
+    assert "nope" in per_id["bad-tier-1"][0]["error"]["message"]
+
+
+def test_completion_content_cost_and_attributes(stack, emulator):
+    inbox = stack.subscribe()
+    stack.send([request("enrich-7", model="claude-sonnet-4-5", metadata={"team": "crm", "record": "7"})])
+    stack.pump()
+
+    [done] = stack.drain(inbox)
+    assert done["status"] == "succeeded"
+    assert done["message"]["type"] == "message" and done["message"]["content"][0]["text"]
+    usage = done["usage"]
+    list_usd = usage["input_tokens"] * 3e-6 + usage["output_tokens"] * 15e-6
+    assert done["cost"]["list_usd"] == pytest.approx(list_usd, rel=1e-6)
+    assert done["cost"]["batch_usd"] == pytest.approx(list_usd / 2, rel=1e-6)
+    assert done["cost"]["saved_usd"] == pytest.approx(list_usd / 2, rel=1e-6)
+    assert done["batch_id"].startswith("msgbatch_")
+    assert done["metadata"] == {"team": "crm", "record": "7"}
+    assert done["received_at"] <= done["submitted_at"] <= done["completed_at"]
+    assert done["_attributes"] == {
+        "status": "succeeded",
+        "tier": "urgent",
+        "model": "claude-sonnet-4-5",
+        "team": "crm",
+        "record": "7",
+    }
+
+
+def test_filter_policy_on_metadata_reaches_only_matching_subscribers(stack, emulator):
+    crm = stack.subscribe({"team": ["crm"]})
+    failures = stack.subscribe({"status": [{"anything-but": ["succeeded"]}]})
+    stack.send(
+        [
+            request("a", metadata={"team": "crm"}),
+            request("b", metadata={"team": "ops"}),
+            request("c", text="x [[emulate:errored:invalid_request_error]]", metadata={"team": "ops"}),
+        ]
+    )
+    stack.pump()
+    assert [c["request_id"] for c in stack.drain(crm)] == ["a"]
+    assert [c["request_id"] for c in stack.drain(failures)] == ["c"]
+
+
+def test_batches_respect_the_request_limit_and_items_record_them(stack, emulator):
+    # MaxBatchRequests is 25 in the test deployment: 60 urgent requests need three batches
+    stack.send([request(f"r{i}") for i in range(60)])
+    stack.pump()
+    sizes = sorted(len(emulator.custom_ids(b)) for b in emulator.batch_ids())
+    assert sizes == [10, 25, 25]
+    table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
+    item = table.get_item(Key={"pk": "req#r0"})["Item"]
+    assert item["status"] == "succeeded" and item["batch_id"] in emulator.batch_ids()
+    assert "pending_tier" not in item
+    runs = stack.executions()
+    assert len(runs) == 3 and {r["status"] for r in runs} == {"SUCCEEDED"}
+    assert {r["name"] for r in runs} == set(emulator.batch_ids())
