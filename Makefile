@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # SAM builds for the Lambda runtime (python3.13); pyenv machines keep it beside the default Python.
 SAM_PYENV ?= 3.11.7:3.13.0
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
 
 .PHONY: help venv test unit integration lint build demo invoke bench clean schemas
 

@@ -58,7 +58,7 @@ _CfnLoader.add_multi_constructor("!", _tag)
 
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
-    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(path.read_text(), Loader=_CfnLoader)
 
 
 @dataclass
@@ -132,7 +132,9 @@ class LocalStack:
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             os.environ.setdefault(k, "testing")
         self._env_before = dict(os.environ)
-        self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}})
+        self._mock = mock_aws(
+            config={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+        )
         self._mock.start()
         self._create_resources()
         self._functions()
@@ -197,6 +199,7 @@ class LocalStack:
             text, extra = (spec, {}) if isinstance(spec, str) else (spec[0], self.resolve(spec[1]))
             for key, val in extra.items():
                 text = text.replace("${" + key + "}", str(val))
+
             def repl(m: re.Match[str]) -> str:
                 ref = m.group(1)
                 if "." in ref:
@@ -257,16 +260,21 @@ class LocalStack:
         for name in order:
             props = queues[name]
             attrs: dict[str, str] = {}
-            for key in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "ReceiveMessageWaitTimeSeconds"):
+            for key in (
+                "VisibilityTimeout",
+                "MessageRetentionPeriod",
+                "DelaySeconds",
+                "ReceiveMessageWaitTimeSeconds",
+            ):
                 if key in props:
                     attrs[key] = str(self.resolve(props[key]))
             if "RedrivePolicy" in props:
                 attrs["RedrivePolicy"] = json.dumps(self.resolve(props["RedrivePolicy"]))
             url = sqs.create_queue(QueueName=f"batch-relay-{name}", Attributes=attrs)["QueueUrl"]
             self.physical[name] = url
-            self.arns[name] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
-                "QueueArn"
-            ]
+            self.arns[name] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
 
         # The Anthropic key, read by the functions through Powertools parameters as in AWS.
         key = os.environ.get("ANTHROPIC_API_KEY") or LOCAL_KEY
@@ -325,7 +333,9 @@ class LocalStack:
         with self._lock:
             module = self.modules.get(key)
             if module is None:
-                spec = importlib.util.spec_from_file_location(f"relay_fn_{key}", fn.code_uri / f"{module_file}.py")
+                spec = importlib.util.spec_from_file_location(
+                    f"relay_fn_{key}", fn.code_uri / f"{module_file}.py"
+                )
                 assert spec and spec.loader
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[spec.name] = module
@@ -344,7 +354,9 @@ class LocalStack:
 
         stack = self
 
-        def invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any):
+        def invoke(
+            self: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any
+        ):
             name = function_name.rsplit(":function:", 1)[-1].split(":")[0]
             event = json.loads(body) if body else {}
             try:
@@ -355,7 +367,9 @@ class LocalStack:
             return json.dumps(result).encode()
 
         from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
-        from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import WaitFunction
+        from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import (
+            WaitFunction,
+        )
 
         def wait(self: Any, env: Any, wait_seconds: int) -> None:
             time.sleep(min(stack.wait_cap, max(0.0, wait_seconds * stack.wait_scale)))
@@ -449,7 +463,9 @@ class LocalStack:
             if all(r["status"] != "RUNNING" for r in runs):
                 return runs
             if time.monotonic() > end:
-                raise TimeoutError(f"{sum(r['status'] == 'RUNNING' for r in runs)} poller executions still running")
+                raise TimeoutError(
+                    f"{sum(r['status'] == 'RUNNING' for r in runs)} poller executions still running"
+                )
             time.sleep(0.05)
 
     def advance(self, seconds: float) -> None:
@@ -488,7 +504,9 @@ class LocalStack:
     def subscribe(self, filter_policy: dict[str, Any] | None = None, scope: str = "MessageAttributes") -> str:
         """A queue subscribed to the completion topic with raw delivery (and a filter policy if given)."""
         url = self.sqs.create_queue(QueueName=f"completions-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
         attrs = {"RawMessageDelivery": "true"}
         if filter_policy:
             attrs.update(FilterPolicy=json.dumps(filter_policy), FilterPolicyScope=scope)
@@ -501,9 +519,9 @@ class LocalStack:
         """Every message on a subscribed queue: the completion body plus its SNS attributes."""
         out: list[dict[str, Any]] = []
         while True:
-            got = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
-                "Messages", []
-            )
+            got = self.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+            ).get("Messages", [])
             if not got:
                 return out
             for m in got:

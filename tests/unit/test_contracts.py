@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from pydantic import ValidationError
-
 from batch_relay.models import Completion, RequestMessage
 from batch_relay.pricing import cost_of
 from batch_relay.settings import Settings
+from pydantic import ValidationError
+
 from tests.helpers import request
 
 ENV = {
@@ -71,8 +71,12 @@ def test_settings_fail_loudly_on_a_bad_deployment():
     with pytest.raises(ValidationError):
         Settings.from_env(ENV | {"MAX_BATCH_REQUESTS": "100001"})
     with pytest.raises(ValidationError):
-        Settings.from_env(ENV | {"TIER_POLICY": '{"urgent": {"max_wait_seconds": 0}}', "DEFAULT_TIER": "urgent"})
-    tiers = Settings.from_env(ENV | {"TIER_POLICY": '{"only": {"max_wait_seconds": 60}}', "DEFAULT_TIER": "only"})
+        Settings.from_env(
+            ENV | {"TIER_POLICY": '{"urgent": {"max_wait_seconds": 0}}', "DEFAULT_TIER": "urgent"}
+        )
+    tiers = Settings.from_env(
+        ENV | {"TIER_POLICY": '{"only": {"max_wait_seconds": 60}}', "DEFAULT_TIER": "only"}
+    )
     assert tiers.tiers["only"].min_requests == 1
 
 

@@ -81,13 +81,16 @@ class Intake:
         ):
             bucket, key = raw[1].get("s3BucketName"), raw[1].get("s3Key")
             if not (isinstance(bucket, str) and isinstance(key, str)):
-                raise RejectedRequest("S3 pointer lacks s3BucketName or s3Key")
+                raise RejectedRequest("S3 pointer lacks s3BucketName or s3Key", record.message_id)
             try:
                 raw = json.loads(self.payloads.read(bucket, key))
             except self.payloads.s3.exceptions.NoSuchKey:
-                raise RejectedRequest(f"S3 pointer names a missing object s3://{bucket}/{key}") from None
+                # The body, and so the caller's id, is gone: answer under the SQS message id.
+                raise RejectedRequest(
+                    f"S3 pointer names a missing object s3://{bucket}/{key}", record.message_id
+                ) from None
             except json.JSONDecodeError as exc:
-                raise RejectedRequest(f"body in S3 is not JSON: {exc.msg}") from None
+                raise RejectedRequest(f"body in S3 is not JSON: {exc.msg}", record.message_id) from None
         return raw
 
     def _validate(self, raw: Any) -> RequestMessage:

@@ -1,0 +1,152 @@
+"""The buffer handler on moto: validation, idempotency, partial batch failures, large bodies."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import TEST_PARAMETERS, load_event
+from tests.helpers import request
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def aws_stack(monkeypatch):
+    """The stack without the Anthropic side: the buffer never calls it."""
+    from relay_local.stack import LocalStack
+
+    with LocalStack(parameters=dict(TEST_PARAMETERS)) as s:
+        yield s
+
+
+def sqs_event(bodies, receive_count="1"):
+    return {
+        "Records": [
+            {
+                "messageId": f"00000000-0000-4000-8000-{i:012d}",
+                "receiptHandle": f"handle-{i}",
+                "body": b if isinstance(b, str) else json.dumps(b),
+                "attributes": {"ApproximateReceiveCount": receive_count, "SentTimestamp": "1700000000000"},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:requests",
+                "awsRegion": "us-east-1",
+            }
+            for i, b in enumerate(bodies)
+        ]
+    }
+
+
+def item(stack, rid):
+    table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
+    return table.get_item(Key={"pk": f"req#{rid}"}).get("Item")
+
+
+def test_sample_event_is_buffered_with_its_duplicate_and_rejection(aws_stack):
+    inbox = aws_stack.subscribe()
+    answer = aws_stack.invoke("BufferFunction", load_event("buffer.json"))
+    assert answer == {"batchItemFailures": []}
+    assert item(aws_stack, "ticket-4711")["status"] == "pending"
+    [rejected] = aws_stack.drain(inbox)
+    assert rejected["status"] == "rejected" and rejected["request_id"] == "bad-stream-1"
+    assert "stream" in rejected["error"]["message"]
+
+
+def test_same_request_id_is_stored_once_and_redelivery_publishes_no_second_rejection(aws_stack):
+    inbox = aws_stack.subscribe()
+    first = request("dup-1", text="first")
+    again = request("dup-1", text="second body, same id")
+    bad = request("bad-1", tier="unknown-tier")
+    aws_stack.invoke("BufferFunction", sqs_event([first, again, bad]))
+    aws_stack.invoke("BufferFunction", sqs_event([first, bad], receive_count="2"))
+    stored = item(aws_stack, "dup-1")
+    assert json.loads(stored["params"])["messages"][0]["content"] == "first"
+    assert [c["request_id"] for c in aws_stack.drain(inbox)] == ["bad-1"]
+
+
+def test_a_message_without_id_is_keyed_by_its_sqs_message_id(aws_stack):
+    event = sqs_event([request(None)])
+    aws_stack.invoke("BufferFunction", event)
+    assert item(aws_stack, event["Records"][0]["messageId"])["tier"] == "urgent"
+    assert item(aws_stack, event["Records"][0]["messageId"])["pending_tier"] == "urgent"
+
+
+def test_messages_without_a_usable_id_are_logged_not_published(aws_stack, capsys):
+    inbox = aws_stack.subscribe()
+    answer = aws_stack.invoke(
+        "BufferFunction", sqs_event(["{broken", "[1, 2]", json.dumps(request("bad id"))])
+    )
+    assert answer == {"batchItemFailures": []}
+    assert aws_stack.drain(inbox) == []
+    logged = capsys.readouterr().out
+    assert logged.count("request rejected without a usable id") == 3
+    assert "RejectedWithoutId" in logged
+
+
+def test_a_transient_aws_fault_fails_only_its_record(aws_stack, monkeypatch):
+    from batch_relay.store import Store
+
+    real_add = Store.add
+
+    def flaky(self, item):
+        if item.get("request_id") == "throttled-1":
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                "PutItem",
+            )
+        return real_add(self, item)
+
+    monkeypatch.setattr(Store, "add", flaky)
+    event = sqs_event([request("ok-1"), request("throttled-1"), request("ok-2")])
+    answer = aws_stack.invoke("BufferFunction", event)
+    assert answer == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
+    assert item(aws_stack, "ok-1") and item(aws_stack, "ok-2")
+    assert item(aws_stack, "throttled-1") is None
+
+
+def test_poison_messages_reach_the_dead_letter_queue_after_max_receives(aws_stack, monkeypatch):
+    from batch_relay.store import Store
+
+    def always_throttled(self, item):
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "no"}}, "PutItem")
+
+    monkeypatch.setattr(Store, "add", always_throttled)
+    aws_stack.send([request("poison-1")])
+    for _ in range(int(TEST_PARAMETERS.get("MaxReceiveCount", aws_stack.params["MaxReceiveCount"])) + 1):
+        aws_stack.deliver(rounds=1)
+    sqs = aws_stack.sqs
+    dlq = sqs.receive_message(QueueUrl=aws_stack.queue_url("RequestDeadLetterQueue"), MaxNumberOfMessages=10)
+    assert [json.loads(m["Body"])["request_id"] for m in dlq.get("Messages", [])] == ["poison-1"]
+
+
+def test_large_params_go_to_s3_and_sqs_extended_pointers_are_followed(aws_stack):
+    s3 = boto3.client("s3")
+    bucket = aws_stack.physical["PayloadBucket"]
+    big = request("big-1", text="word " * 100_000)  # ~500 KB: over DynamoDB's item limit
+    s3.put_object(Bucket=bucket, Key="producer/big-1.json", Body=json.dumps(big).encode())
+    pointer = [
+        "software.amazon.payloadoffloading.PayloadS3Pointer",
+        {"s3BucketName": bucket, "s3Key": "producer/big-1.json"},
+    ]
+    answer = aws_stack.invoke("BufferFunction", sqs_event([pointer]))
+    assert answer == {"batchItemFailures": []}
+    stored = item(aws_stack, "big-1")
+    assert "params" not in stored and stored["params_key"] == "bodies/big-1.json"
+    body = json.loads(s3.get_object(Bucket=bucket, Key=stored["params_key"])["Body"].read())
+    assert body["messages"][0]["content"] == big["params"]["messages"][0]["content"]
+
+
+def test_a_pointer_to_a_missing_object_is_rejected(aws_stack):
+    inbox = aws_stack.subscribe()
+    pointer = [
+        "software.amazon.payloadoffloading.PayloadS3Pointer",
+        {"s3BucketName": aws_stack.physical["PayloadBucket"], "s3Key": "gone.json"},
+    ]
+    aws_stack.invoke("BufferFunction", sqs_event([pointer]))
+    [c] = aws_stack.drain(inbox)
+    assert c["status"] == "rejected" and "missing object" in c["error"]["message"]
