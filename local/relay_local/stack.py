@@ -433,8 +433,11 @@ class LocalStack:
             if not messages:
                 break
             event = {"Records": [_sqs_record(m, arn) for m in messages]}
-            answer = self.invoke("BufferFunction", event)
-            failures = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
+            try:
+                answer = self.invoke("BufferFunction", event)
+                failures = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
+            except Exception:  # a failed invocation returns the whole batch to the queue
+                failures = {m["MessageId"] for m in messages}
             for m in messages:
                 if m["MessageId"] in failures:
                     self.sqs.change_message_visibility(
