@@ -43,9 +43,24 @@ def emulator() -> Iterator[Any]:
 
 
 @pytest.fixture
-def stack(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def make_stack(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Start the stack with the test parameters, some of them changed."""
     from relay_local.stack import LocalStack
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    with LocalStack(parameters=dict(TEST_PARAMETERS), env={"ANTHROPIC_BASE_URL": emulator.url}) as s:
-        yield s
+    started: list[Any] = []
+
+    def make(**params: str) -> Any:
+        s = LocalStack(parameters=TEST_PARAMETERS | params, env={"ANTHROPIC_BASE_URL": emulator.url})
+        s.start()
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def stack(make_stack: Any) -> Any:
+    return make_stack()

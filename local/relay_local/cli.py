@@ -1,0 +1,64 @@
+"""`relay-local`: run the relay's functions on this machine, with no AWS account and no Docker.
+
+    relay-local invoke BufferFunction events/buffer.json
+
+starts the local stack (moto, built from template.yaml) and the Anthropic emulator (or uses the
+real API when ANTHROPIC_API_KEY is set), runs the function the template names with the event, and
+prints its return value, as `sam local invoke` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def anthropic_side(latency: float = 1.0, **options: Any) -> Iterator[dict[str, str]]:
+    """The environment that points the SDK at the emulator, or at the real API when a key is set."""
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        yield {}
+        return
+    from relay_local.emulator import Emulator, EmulatorServer
+
+    with EmulatorServer(Emulator(latency_seconds=latency, **options)) as server:
+        yield {"ANTHROPIC_BASE_URL": server.url}
+
+
+def invoke(function: str, event_path: str) -> int:
+    from relay_local.stack import LocalStack
+
+    event = json.loads(Path(event_path).read_text())
+    with anthropic_side() as env, LocalStack(env=env) as stack:
+        if function not in stack.functions:
+            print(f"error: no function {function!r} in template.yaml; there are {sorted(stack.functions)}")
+            return 2
+        try:
+            result = stack.invoke(function, event)
+        except Exception as exc:  # shown as Lambda reports an unhandled error
+            print(json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}, indent=2))
+            return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay-local", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("invoke", help="run one function of template.yaml with an event file")
+    run.add_argument("function", help="logical id in template.yaml, e.g. BufferFunction")
+    run.add_argument("event", help="JSON event file, e.g. events/buffer.json")
+    args = parser.parse_args(argv)
+    if args.command == "invoke":
+        return invoke(args.function, args.event)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

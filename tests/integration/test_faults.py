@@ -1,0 +1,253 @@
+"""Faults injected at exact steps: after each, every accepted request has exactly one terminal
+completion (or, where documented, at most one more) and was in at most one live batch."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import boto3
+import pytest
+from batch_relay import errors
+
+from tests.conftest import load_event
+from tests.helpers import by_id, request
+
+pytestmark = pytest.mark.integration
+
+STALE = 16 * 60  # past the submitter's STALE_SECONDS
+
+
+def ids_in_batches(emulator):
+    return Counter(cid for b in emulator.batch_ids() for cid in emulator.custom_ids(b))
+
+
+def assert_once(stack, inbox, expected, emulator=None):
+    per_id = by_id(stack.drain(inbox))
+    assert set(per_id) == set(expected)
+    assert {k: len(v) for k, v in per_id.items() if len(v) != 1} == {}
+    if emulator is not None:
+        assert max(ids_in_batches(emulator).values()) == 1
+    return per_id
+
+
+def fail_once(monkeypatch, owner, name, exc):
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def broken(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, broken)
+    return calls
+
+
+@pytest.fixture
+def loaded(stack):
+    inbox = stack.subscribe()
+    ids = [f"q{i}" for i in range(12)]
+    stack.send([request(i) for i in ids])
+    stack.deliver()
+    return stack, inbox, ids
+
+
+def test_crash_after_create_before_marking_adopts_the_batch(loaded, emulator, monkeypatch):
+    from batch_relay.submitter import Submitter
+
+    stack, inbox, ids = loaded
+    fail_once(monkeypatch, Submitter, "created", RuntimeError("crash after batches.create"))
+    with pytest.raises(RuntimeError):
+        stack.tick()
+    assert len(emulator.batch_ids()) == 1
+    stack.advance(STALE)
+    stack.pump()
+    assert len(emulator.batch_ids()) == 1, "a second batch was created for the same requests"
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_crash_while_claiming_releases_the_requests(loaded, emulator, monkeypatch):
+    from batch_relay.payloads import JsonlWriter
+
+    stack, inbox, ids = loaded
+    fail_once(monkeypatch, JsonlWriter, "close", RuntimeError("crash before the JSONL was written"))
+    with pytest.raises(RuntimeError):
+        stack.tick()
+    assert emulator.batch_ids() == []
+    stack.advance(STALE)
+    stack.pump()
+    assert len(emulator.batch_ids()) == 1
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_crash_before_the_poller_starts_starts_it_later(loaded, emulator, monkeypatch):
+    from batch_relay import executions
+
+    stack, inbox, ids = loaded
+    fail_once(monkeypatch, executions, "start", RuntimeError("crash before StartExecution"))
+    with pytest.raises(RuntimeError):
+        stack.tick()
+    stack.advance(STALE)
+    stack.pump()
+    assert len(emulator.batch_ids()) == 1
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_create_answer_lost_in_transit_is_adopted_not_recreated(loaded, emulator, monkeypatch):
+    from batch_relay import batches
+
+    stack, inbox, ids = loaded
+    real = batches.create
+
+    def created_then_lost(requests):
+        real(requests)
+        raise errors.TransientError("connection reset after the batch was created")
+
+    monkeypatch.setattr(batches, "create", created_then_lost)
+    with pytest.raises(errors.TransientError):
+        stack.tick()
+    monkeypatch.setattr(batches, "create", real)
+    stack.advance(STALE)
+    stack.pump()
+    assert len(emulator.batch_ids()) == 1
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_two_submitters_at_once_put_each_request_in_one_batch(make_stack, emulator):
+    stack = make_stack(MaxBatchRequests="10")
+    inbox = stack.subscribe()
+    ids = [f"c{i}" for i in range(60)]
+    stack.send([request(i) for i in ids])
+    stack.deliver()
+    stack.handler("SubmitterFunction")  # import once, as a warm Lambda would have
+    errors_seen = []
+
+    def run():
+        try:
+            stack.tick()
+        except Exception as exc:  # pragma: no cover - shown by the assertion below
+            errors_seen.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors_seen == []
+    assert sum(ids_in_batches(emulator).values()) == 60
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_rate_limited_create_is_retried_honouring_retry_after(loaded, emulator):
+    stack, inbox, ids = loaded
+    emulator.inject("POST", "/v1/messages/batches", 429, count=2, retry_after=0)
+    stack.pump()
+    assert len(emulator.batch_ids()) == 1
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_refused_key_fails_fast_and_keeps_the_requests(loaded, emulator, caplog):
+    stack, inbox, ids = loaded
+    emulator.inject("POST", "/v1/messages/batches", 401, count=1)
+    with pytest.raises(errors.ApiAccessError):
+        stack.tick()
+    assert "batch refused; requests released" in caplog.text
+    assert stack.open_work()["pending"] == len(ids)
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_a_poller_that_gives_up_is_restarted_and_loses_nothing(loaded, emulator):
+    stack, inbox, ids = loaded
+    # Every retrieve fails for longer than the state machine's retries last.
+    emulator.inject("GET", "/v1/messages/batches/msgbatch_", 500, count=60, retry_after=0)
+    stack.tick()
+    [run] = stack.settle()
+    assert run["status"] == "FAILED"
+    table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
+    records = [i for i in table.scan()["Items"] if i["pk"].startswith("batch#")]
+    assert [r["status"] for r in records] == ["failed"]
+    emulator.inject("GET", "/v1/messages/batches/msgbatch_", 500, count=0)
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+    assert len(stack.executions()) == 2
+
+
+def test_a_results_stream_broken_midway_resumes_from_the_cursor(make_stack, emulator):
+    stack = make_stack(MaxBatchRequests="500")
+    inbox = stack.subscribe()
+    ids = [f"s{i}" for i in range(250)]
+    stack.send([request(i) for i in ids])
+    emulator.break_results_after(150)
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+    assert stack.invocations["CollectResultsFunction"] >= 2
+
+
+def test_crash_between_publish_and_checkpoint_repeats_only_that_chunk(make_stack, emulator, monkeypatch):
+    from batch_relay.store import Store
+
+    stack = make_stack(MaxBatchRequests="500")
+    inbox = stack.subscribe()
+    ids = [f"p{i}" for i in range(250)]
+    stack.send([request(i) for i in ids])
+    real = Store.put_many
+    calls = {"n": 0}
+
+    def crash_on_second_chunk(self, items):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise errors.TransientError("crash after publishing, before the items were written")
+        return real(self, items)
+
+    monkeypatch.setattr(Store, "put_many", crash_on_second_chunk)
+    stack.pump()
+    counts = Counter(c["request_id"] for c in stack.drain(inbox))
+    assert set(counts) == set(ids)
+    # The documented window: the chunk in flight at the crash is published once more, no more.
+    assert sorted(Counter(counts.values()).items()) == [(1, 150), (2, 100)]
+
+
+def test_in_flight_cap_holds_requests_back_until_batches_end(make_stack, emulator):
+    stack = make_stack(MaxInFlight="10", MaxBatchRequests="25")
+    inbox = stack.subscribe()
+    ids = [f"f{i}" for i in range(30)]
+    stack.send([request(i) for i in ids])
+    stack.deliver()
+    stack.tick()
+    stack.tick()  # the first batch is still live: nothing more may be submitted
+    assert [len(emulator.custom_ids(b)) for b in emulator.batch_ids()] == [10]
+    stack.pump()
+    assert [len(emulator.custom_ids(b)) for b in emulator.batch_ids()] == [10, 10, 10]
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_byte_limit_splits_batches(make_stack, emulator):
+    stack = make_stack(MaxBatchBytes="4096", MaxBatchRequests="1000")
+    inbox = stack.subscribe()
+    ids = [f"b{i}" for i in range(30)]
+    stack.send([request(i, text="x" * 300) for i in ids])
+    stack.pump()
+    assert len(emulator.batch_ids()) > 1
+    for b in emulator.batch_ids():
+        assert len(emulator.custom_ids(b)) * 300 < 4096
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_sample_poller_events_drive_the_handlers(stack, emulator):
+    stack.send([request("sample-1")])
+    stack.deliver()
+    stack.tick()
+    stack.settle()
+    [batch_id] = emulator.batch_ids()
+    table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
+    [record] = [i for i in table.scan()["Items"] if i["pk"].startswith("batch#")]
+    check = load_event("check.json") | {"batch_id": batch_id, "ref": record["ref"]}
+    answer = stack.invoke("CheckBatchFunction", check)
+    assert answer["ended"] is True and answer["batch_id"] == batch_id
+    collect = load_event("collect.json") | {"batch_id": batch_id, "ref": record["ref"]}
+    again = stack.invoke("CollectResultsFunction", collect)
+    assert again["done"] is True and again["cursor"] == 1
