@@ -8,12 +8,13 @@ SAM_PYENV ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv test unit integration lint build invoke clean schemas
+.PHONY: help venv test unit integration lint build demo invoke clean schemas
 
 help:
 	@echo "make test    set up and run the whole test suite"
 	@echo "make lint    ruff, mypy, cfn-lint, sam validate --lint, asl-validator"
 	@echo "make build   sam build (the deployable artifacts in .aws-sam/)"
+	@echo "make demo    the whole pipeline on this machine: moto + the Anthropic emulator (ARGS=--help)"
 	@echo "make invoke FN=BufferFunction EVENT=events/buffer.json   run one function, no Docker"
 
 venv: $(STAMP)
@@ -47,6 +48,9 @@ lint: $(STAMP) node_modules/.installed
 
 build: $(STAMP)
 	PYENV_VERSION=$(SAM_PYENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/sam build --template template.yaml
+
+demo: $(STAMP)
+	$(BIN)/relay-local demo $(ARGS)
 
 invoke: $(STAMP)
 	$(BIN)/relay-local invoke $(FN) $(EVENT)

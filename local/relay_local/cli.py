@@ -1,5 +1,6 @@
 """`relay-local`: run the relay's functions on this machine, with no AWS account and no Docker.
 
+    relay-local demo                                      # the whole pipeline, see --help
     relay-local invoke BufferFunction events/buffer.json
 
 starts the local stack (moto, built from template.yaml) and the Anthropic emulator (or uses the
@@ -49,8 +50,14 @@ def invoke(function: str, event_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from relay_local import demo
+
+        return demo.main(argv[1:])
     parser = argparse.ArgumentParser(prog="relay-local", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="the whole pipeline on a realistic workload (see `relay-local demo --help`)")
     run = sub.add_parser("invoke", help="run one function of template.yaml with an event file")
     run.add_argument("function", help="logical id in template.yaml, e.g. BufferFunction")
     run.add_argument("event", help="JSON event file, e.g. events/buffer.json")
