@@ -143,7 +143,7 @@ def test_two_submitters_at_once_put_each_request_in_one_batch(make_stack, emulat
 
 def test_rate_limited_create_is_retried_honouring_retry_after(loaded, emulator):
     stack, inbox, ids = loaded
-    emulator.inject("POST", "/v1/messages/batches", 429, count=2, retry_after=0)
+    emulator.inject("POST", "/v1/messages/batches", 429, count=2, retry_after=0.001)
     stack.pump()
     assert len(emulator.batch_ids()) == 1
     assert_once(stack, inbox, ids, emulator)
@@ -163,14 +163,14 @@ def test_refused_key_fails_fast_and_keeps_the_requests(loaded, emulator, caplog)
 def test_a_poller_that_gives_up_is_restarted_and_loses_nothing(loaded, emulator):
     stack, inbox, ids = loaded
     # Every retrieve fails for longer than the state machine's retries last.
-    emulator.inject("GET", "/v1/messages/batches/msgbatch_", 500, count=60, retry_after=0)
+    emulator.inject("GET", "/v1/messages/batches/msgbatch_", 500, count=60, retry_after=0.001)
     stack.tick()
     [run] = stack.settle()
     assert run["status"] == "FAILED"
     table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
     records = [i for i in table.scan()["Items"] if i["pk"].startswith("batch#")]
     assert [r["status"] for r in records] == ["failed"]
-    emulator.inject("GET", "/v1/messages/batches/msgbatch_", 500, count=0)
+    emulator.clear_faults()
     stack.pump()
     assert_once(stack, inbox, ids, emulator)
     assert len(stack.executions()) == 2
