@@ -377,8 +377,16 @@ class LocalStack:
         fake_time = mock.MagicMock(wraps=time)
         fake_time.sleep = lambda s: time.sleep(min(stack.wait_cap, s * stack.wait_scale))
         from batch_relay import clock
+        from moto.dynamodb.models import DynamoDBBackend
 
+        # DynamoDB applies a conditional write atomically; moto checks and writes in two steps, so
+        # concurrent invocations here (threads) would see races the real service rules out.
+        atomic = [
+            mock.patch.object(DynamoDBBackend, name, _serialised(getattr(DynamoDBBackend, name)))
+            for name in ("put_item", "update_item", "delete_item", "transact_write_items")
+        ]
         self._patches = [
+            *atomic,
             mock.patch.object(clock, "now", lambda: time.time() + stack.offset),
             mock.patch.object(LambdaSimpleBackend, "invoke", invoke),
             mock.patch.object(WaitFunction, "_wait_interval", wait),
@@ -532,6 +540,17 @@ class LocalStack:
                 body["_attributes"] = {k: v["StringValue"] for k, v in m.get("MessageAttributes", {}).items()}
                 out.append(body)
                 self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+
+
+_WRITES = threading.Lock()
+
+
+def _serialised(method: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with _WRITES:
+            return method(*args, **kwargs)
+
+    return call
 
 
 def _tiers() -> list[Any]:
