@@ -2,7 +2,6 @@
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from batch_relay.intake import Intake
@@ -10,13 +9,10 @@ from batch_relay.observability import logger, metrics, tracer
 from batch_relay.settings import settings
 
 intake = Intake.from_settings(settings())
-processor = BatchProcessor(event_type=EventType.SQS)
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    return process_partial_response(
-        event=event, record_handler=intake.accept, processor=processor, context=context
-    )
+    return intake.process(event, context)

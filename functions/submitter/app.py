@@ -7,11 +7,11 @@ from batch_relay.observability import logger, metrics, tracer
 from batch_relay.settings import settings
 from batch_relay.submitter import Submitter
 
-submitter = Submitter.from_settings(settings())
+config = settings()
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return Submitter.from_settings(submitter.settings).run()
+    return Submitter.from_settings(config).run()

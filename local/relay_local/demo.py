@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -42,6 +44,7 @@ DEMO_TIERS = {
 }
 SCHEDULE_SECONDS = 60
 REAL_API_CAP = 20
+DATA = Path(__file__).parent / "data" / "workload.json"
 
 
 @dataclass
@@ -60,7 +63,7 @@ class Options:
 
 def workload(opts: Options) -> tuple[list[Any], set[str]]:
     """The messages to send, and the ids that must each get one completion."""
-    data = json.loads(resources.files("relay_local").joinpath("data/workload.json").read_text())
+    data = json.loads(DATA.read_text())
     kinds = list(TASKS)
     messages: list[Any] = []
     for i in range(opts.size):
@@ -117,13 +120,19 @@ def run(opts: Options, inspect: Any = None) -> dict[str, Any]:
         "TierPolicy": json.dumps(DEMO_TIERS),
         "MaxBatchRequests": str(opts.max_batch),
         "PollMinSeconds": "30",
+        "LogLevel": "ERROR",
     }
     emulator_options = {"errored_share": opts.errored_share, "expired_share": opts.expired_share, "seed": 42}
     started = time.monotonic()
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
     messages, expected = workload(opts)
     with (
         anthropic_side(latency=opts.latency, **emulator_options) as env,
-        LocalStack(parameters=params, env=env, wait_cap=0.05 if not opts.real_api else 30.0) as stack,
+        LocalStack(
+            parameters=params,
+            env={**env, "POWERTOOLS_METRICS_DISABLED": "true"},
+            wait_cap=0.05 if not opts.real_api else 30.0,
+        ) as stack,
     ):
         inbox = stack.subscribe()
         stack.send(messages)
@@ -132,7 +141,7 @@ def run(opts: Options, inspect: Any = None) -> dict[str, Any]:
         rounds = 0
         for rounds in range(1, 2000):  # noqa: B007 - the count is reported
             stack.deliver()
-            stack.advance(SCHEDULE_SECONDS)
+            stack.advance(idle_ticks(stack) * SCHEDULE_SECONDS)
             stack.tick()
             stack.settle(timeout=3600)
             completions += stack.drain(inbox)
@@ -147,6 +156,22 @@ def run(opts: Options, inspect: Any = None) -> dict[str, Any]:
         if inspect is not None:
             inspect(stack, summary)
     return summary
+
+
+def idle_ticks(stack: Any) -> int:
+    """Schedule ticks until a tier is due: ticks that would find nothing to do are skipped."""
+    from batch_relay.settings import settings
+    from batch_relay.store import Store
+
+    store = Store(settings().table_name)
+    if next(store.live_batches(), None) is not None:
+        return 1
+    waits = []
+    for name, tier in settings().tiers.items():
+        oldest = next(store.waiting(name, limit=1), None)
+        if oldest is not None:
+            waits.append(clock.parse(oldest["pending_since"]) + tier.max_wait_seconds - clock.now())
+    return max(1, math.ceil(min(waits) / SCHEDULE_SECONDS)) if waits else 1
 
 
 def progress(opts: Options, stack: Any, completed: int, total: int) -> None:
@@ -164,11 +189,14 @@ def progress(opts: Options, stack: Any, completed: int, total: int) -> None:
 
 def _items(stack: Any) -> list[dict[str, Any]]:
     table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
-    pages = table.meta.client.get_paginator("scan").paginate(TableName=table.name)
-    from boto3.dynamodb.types import TypeDeserializer
-
-    plain = TypeDeserializer()
-    return [{k: plain.deserialize(v) for k, v in item.items()} for page in pages for item in page["Items"]]
+    items: list[dict[str, Any]] = []
+    args: dict[str, Any] = {}
+    while True:
+        page = table.scan(**args)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return items
+        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def summarise(
@@ -176,6 +204,7 @@ def summarise(
 ) -> dict[str, Any]:
     per_id = Counter(c["request_id"] for c in completions)
     statuses = Counter(c["status"] for c in completions)
+    retried = sum(1 for c in completions if c.get("attempts", 0) > 1)
     lost = sorted(expected - set(per_id))
     twice = sorted(k for k, n in per_id.items() if n > 1)
     latencies = [clock.parse(c["completed_at"]) - clock.parse(c["received_at"]) for c in completions]
@@ -190,6 +219,7 @@ def summarise(
         "requests": len(expected),
         "completions": len(completions),
         "statuses": dict(statuses),
+        "retried": retried,
         "lost": lost,
         "duplicated": twice,
         "batches": len([i for i in _items(stack) if i.get("kind") == "batch" and i.get("batch_id")]),
@@ -221,6 +251,9 @@ def report(summary: dict[str, Any]) -> str:
     for status, n in sorted(summary["statuses"].items()):
         out.append(f"  {status:<10} {n:6d}")
     out.append(f"  {'total':<10} {summary['completions']:6d}  for {summary['requests']} requests")
+    out.append(
+        f"  ({summary['retried']} needed more than one batch: transient errors and expiries are retried)"
+    )
     lat = summary["latency_seconds"]
     out += [
         "",

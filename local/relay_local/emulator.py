@@ -54,12 +54,60 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
-WORDS = (
-    "customer reports export failing after release; priority P2; suggest rollback of the button handler "
-    "post looks like spam promoting an external link; label spam; reason unsolicited offer "
-    "company operates in logistics with mid-size headcount; region EU; angle automation savings "
-    "summary follows with key facts dates amounts and next steps for the team"
-).split()
+WORDS = [
+    "customer",
+    "reports",
+    "export",
+    "failing",
+    "after",
+    "release;",
+    "priority",
+    "P2;",
+    "suggest",
+    "rollback",
+    "of",
+    "the",
+    "button",
+    "handler",
+    "post",
+    "looks",
+    "like",
+    "spam",
+    "promoting",
+    "an",
+    "external",
+    "link;",
+    "label",
+    "spam;",
+    "reason",
+    "unsolicited",
+    "offer",
+    "company",
+    "operates",
+    "in",
+    "logistics",
+    "with",
+    "mid-size",
+    "headcount;",
+    "region",
+    "EU;",
+    "angle",
+    "automation",
+    "savings",
+    "summary",
+    "follows",
+    "with",
+    "key",
+    "facts",
+    "dates",
+    "amounts",
+    "and",
+    "next",
+    "steps",
+    "for",
+    "the",
+    "team",
+]
 
 
 class SimClock:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
@@ -41,12 +44,26 @@ class Intake:
     store: Store
     payloads: Payloads
     topic: Topic
+    tally: Counter[str] = field(default_factory=Counter)
+    processor: BatchProcessor = field(default_factory=lambda: BatchProcessor(event_type=EventType.SQS))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
         return cls(
             settings, Store(settings.table_name), Payloads(settings.bucket_name), Topic(settings.topic_arn)
         )
+
+    def process(self, event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
+        """One SQS batch: each record accepted on its own; failed records reported for redelivery."""
+        self.tally.clear()
+        try:
+            return process_partial_response(
+                event=event, record_handler=self.accept, processor=self.processor, context=context
+            )
+        finally:
+            # One value per metric and invocation: Powertools flushes early past 100 values.
+            for name, n in self.tally.items():
+                metrics.add_metric(name=name, unit=MetricUnit.Count, value=n)
 
     def accept(self, record: SQSRecord) -> str:
         """Handle one SQS record; returns what happened to it ("stored", "duplicate", "rejected")."""
@@ -60,11 +77,11 @@ class Intake:
             return self._reject(rid, rejection.reason, received_at, raw)
         rid = request.request_id or record.message_id
         stored = self.store.add(self._item(rid, request, received_at, record.message_id))
-        metrics.add_metric(name="RequestsReceived", unit=MetricUnit.Count, value=1)
+        self.tally["RequestsReceived"] += 1
         if not stored:
             logger.info("duplicate request ignored", extra={"request_id": rid})
             return "duplicate"
-        metrics.add_metric(name=f"RequestsBuffered_{request.tier}", unit=MetricUnit.Count, value=1)
+        self.tally[f"RequestsBuffered_{request.tier}"] += 1
         logger.debug("request buffered", extra={"request_id": rid, "tier": request.tier})
         return "stored"
 
@@ -131,10 +148,10 @@ class Intake:
         return item
 
     def _reject(self, rid: str | None, reason: str, received_at: str, raw: Any) -> str:
-        metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
+        self.tally["RequestsRejected"] += 1
         if rid is None:
             logger.warning("request rejected without a usable id", extra={"reason": reason})
-            metrics.add_metric(name="RejectedWithoutId", unit=MetricUnit.Count, value=1)
+            self.tally["RejectedWithoutId"] += 1
             return "rejected"
         logger.info("request rejected", extra={"request_id": rid, "reason": reason})
         key = request_key(rid)
