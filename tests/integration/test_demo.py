@@ -1,0 +1,41 @@
+"""`make demo`'s own summary, checked against what the table and the topic say."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import boto3
+import pytest
+from relay_local import demo
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_summary_matches_the_table_and_the_completions(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    seen = {}
+
+    def inspect(stack, summary):
+        table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
+        seen["items"] = table.scan()["Items"]
+        seen["summary"] = summary
+
+    opts = demo.Options(size=45, duplicates=3, invalid=6, errored_share=0.1, expired_share=0.1, quiet=True)
+    summary = demo.run(opts, inspect=inspect)
+
+    requests = [i for i in seen["items"] if i["kind"] == "request"]
+    assert summary["lost"] == [] and summary["duplicated"] == []
+    assert summary["requests"] == summary["completions"] == len(requests) == 45 + 4
+    assert Counter(i["status"] for i in requests) == Counter(summary["statuses"])
+    assert summary["statuses"]["rejected"] == 4
+    batches = [i for i in seen["items"] if i["kind"] == "batch" and i.get("batch_id")]
+    assert summary["batches"] == len(batches)
+    succeeded = [i for i in requests if i["status"] == "succeeded"]
+    assert summary["tokens"]["output_tokens"] == sum(int(i["usage"]["output_tokens"]) for i in succeeded)
+    assert summary["cost_usd"]["saved_usd"] == pytest.approx(
+        sum(float(i["cost"]["saved_usd"]) for i in succeeded), abs=1e-5
+    )
+    assert summary["retried"] == sum(1 for i in requests if int(i.get("attempts", 0)) > 1)
+    assert summary["retried"] > 0
+    text = demo.report(summary)
+    assert "Every request accounted for: 49 in, 49 completions out." in text
