@@ -251,3 +251,16 @@ def test_sample_poller_events_drive_the_handlers(stack, emulator):
     collect = load_event("collect.json") | {"batch_id": batch_id, "ref": record["ref"]}
     again = stack.invoke("CollectResultsFunction", collect)
     assert again["done"] is True and again["cursor"] == 1
+
+
+def test_batches_the_api_finds_too_large_are_split_and_a_lone_giant_is_answered(stack, emulator):
+    inbox = stack.subscribe()
+    emulator.max_bytes = 4000  # the API's limit, lower than the deployment believes
+    ids = [f"t{i}" for i in range(20)]
+    stack.send([request(i) for i in ids] + [request("giant", text="y" * 6000)])
+    stack.pump()
+    per_id = assert_once(stack, inbox, [*ids, "giant"], emulator)
+    assert {per_id[i][0]["status"] for i in ids} == {"succeeded"}
+    assert per_id["giant"][0]["status"] == "errored"
+    assert per_id["giant"][0]["error"]["type"] == "request_too_large"
+    assert len(emulator.batch_ids()) >= 2

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import batches, clock, executions
+from .completions import Topic
 from .errors import ApiAccessError, BatchTooLargeError, TransientError
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
+from .results import Settler
 from .settings import Settings, Tier
 from .store import LIVE, Store, batch_key, claimed_partition
 
@@ -41,11 +43,13 @@ class Submitter:
     settings: Settings
     store: Store
     payloads: Payloads
+    settler: Settler
     report: dict[str, Any] = field(default_factory=lambda: {"batches": [], "requests": 0, "reconciled": 0})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Submitter:
-        return cls(settings, Store(settings.table_name), Payloads(settings.bucket_name))
+        store, payloads = Store(settings.table_name), Payloads(settings.bucket_name)
+        return cls(settings, store, payloads, Settler(settings, store, payloads, Topic(settings.topic_arn)))
 
     def run(self) -> dict[str, Any]:
         """One scheduled run: finish what crashed runs left, then flush every tier that is due."""
@@ -69,16 +73,22 @@ class Submitter:
         return self.store.count(name, tier.min_requests) >= tier.min_requests
 
     def flush(self, name: str, tier: Tier) -> None:
+        cap = self.settings.max_batch_requests
         while self.due(name, tier):
             room = self.settings.max_in_flight - self.in_flight()
             if room <= 0:
                 logger.warning("in-flight cap reached; tier waits", extra={"tier": name})
                 metrics.add_metric(name="InFlightCapReached", unit=MetricUnit.Count, value=1)
                 return
-            record = self.claim(name, min(room, self.settings.max_batch_requests))
+            record = self.claim(name, min(room, cap))
             if record is None:
                 return
-            self.submit(record)
+            try:
+                self.submit(record)
+            except BatchTooLargeError:
+                # The API measures size its own way: halve the batch until it fits.
+                cap = max(1, int(record["request_count"]) // 2)
+                metrics.add_metric(name="BatchSplit", unit=MetricUnit.Count, value=1)
 
     def claim(self, tier: str, cap: int) -> dict[str, Any] | None:
         """Claim the oldest pending requests of a tier into a new batch and write its JSONL to S3."""
@@ -140,7 +150,18 @@ class Submitter:
         ref = record["ref"]
         try:
             batch = batches.create(self._requests(record["input_key"]))
-        except (ApiAccessError, BatchTooLargeError) as exc:
+        except BatchTooLargeError:
+            if int(record["request_count"]) == 1:
+                # One request the API will never take: answer it rather than retry it forever.
+                self.settler.unresolved(
+                    record, "request_too_large", "the request alone exceeds the batch size limit"
+                )
+                self.store.update(batch_key(ref), status="refused", remove=("pending_tier", "pending_since"))
+                return
+            logger.warning("batch too large for the API; splitting", extra={"ref": ref})
+            self.release(record, status="split")
+            raise
+        except ApiAccessError as exc:
             # The API answered no: nothing was created, so the requests go back to their tier.
             logger.error("batch refused; requests released", extra={"ref": ref, "error": str(exc)})
             metrics.add_metric(name="BatchCreateRefused", unit=MetricUnit.Count, value=1)
