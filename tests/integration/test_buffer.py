@@ -84,7 +84,7 @@ def test_messages_without_a_usable_id_are_logged_not_published(aws_stack, capsys
     assert answer == {"batchItemFailures": []}
     assert aws_stack.drain(inbox) == []
     assert caplog.text.count("request rejected without a usable id") == 3
-    assert '"RejectedWithoutId":3.0' in capsys.readouterr().out
+    assert '"RejectedWithoutId":[3.0]' in capsys.readouterr().out
 
 
 def test_a_transient_aws_fault_fails_only_its_record(aws_stack, monkeypatch):
