@@ -35,6 +35,8 @@ from .store import Store, request_key
 EXTENDED_POINTER = "software.amazon.payloadoffloading.PayloadS3Pointer"
 # DynamoDB's item limit is 400 KB; params beyond this go to S3, leaving room for the other attributes.
 INLINE_PARAMS_BYTES = 300 * 1024
+# The Messages API refuses requests over 32 MB; such a request could never be answered.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
 _ID = re.compile(ID_PATTERN)
 
 
@@ -100,14 +102,18 @@ class Intake:
             if not (isinstance(bucket, str) and isinstance(key, str)):
                 raise RejectedRequest("S3 pointer lacks s3BucketName or s3Key", record.message_id)
             try:
-                raw = json.loads(self.payloads.read(bucket, key))
-            except self.payloads.s3.exceptions.NoSuchKey:
+                data = self.payloads.read(bucket, key, limit=MAX_REQUEST_BYTES)
+            except ValueError as exc:
+                raise RejectedRequest(f"body in S3 too large: {exc}", record.message_id) from None
+            except (self.payloads.s3.exceptions.NoSuchKey, self.payloads.s3.exceptions.NoSuchBucket):
                 # The body, and so the caller's id, is gone: answer under the SQS message id.
                 raise RejectedRequest(
                     f"S3 pointer names a missing object s3://{bucket}/{key}", record.message_id
                 ) from None
-            except json.JSONDecodeError as exc:
-                raise RejectedRequest(f"body in S3 is not JSON: {exc.msg}", record.message_id) from None
+            try:
+                raw = json.loads(data)
+            except ValueError as exc:  # bad JSON or bad UTF-8
+                raise RejectedRequest(f"body in S3 is not JSON: {exc}", record.message_id) from None
         return raw
 
     def _validate(self, raw: Any) -> RequestMessage:

@@ -29,7 +29,7 @@ class MessageParams(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._:@-]{0,127}$")]
-    max_tokens: int = Field(ge=1, le=128_000)
+    max_tokens: int = Field(ge=1, le=128_000, strict=True)
     messages: list[dict[str, Any]] = Field(min_length=1)
     system: str | list[dict[str, Any]] | None = None
     stream: bool | None = None

@@ -32,8 +32,13 @@ class Payloads:
             Bucket=self.bucket, Key=key, Body=b"".join(lines), ContentType="application/x-ndjson"
         )
 
-    def read(self, bucket: str, key: str) -> bytes:
-        return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    def read(self, bucket: str, key: str, limit: int | None = None) -> bytes:
+        """An object's bytes; ValueError past `limit`, checked before anything is downloaded."""
+        obj = self.s3.get_object(Bucket=bucket, Key=key)
+        if limit is not None and obj["ContentLength"] > limit:
+            obj["Body"].close()
+            raise ValueError(f"object is {obj['ContentLength']} bytes; the limit is {limit}")
+        return obj["Body"].read()
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.read(self.bucket, key))
