@@ -15,7 +15,8 @@ requests; a canceled batch cancels them.
 Outcomes are deterministic (seeded by the batch and custom_id) in the configured mix, and a test
 can force one per request by ending the last user message with a directive:
 `[[emulate:succeeded]]`, `[[emulate:expired]]`, `[[emulate:canceled]]` or
-`[[emulate:errored:<error_type>]]` (e.g. `overloaded_error`, `invalid_request_error`).
+`[[emulate:errored:<error_type>]]` (e.g. `overloaded_error`, `invalid_request_error`);
+`[[emulate:long]]` makes a succeeded answer use all of `max_tokens` (about four bytes a token).
 
 Faults on demand: `inject(method, path_prefix, status, count, retry_after)` answers the next
 matching calls with an error; `break_results_after(n)` cuts the next results stream after n lines.
@@ -138,6 +139,7 @@ class _Request(NamedTuple):
     prompt_chars: int
     forced: str | None
     invalid: str | None
+    long: bool = False
 
 
 @dataclass
@@ -470,6 +472,7 @@ def _digest(custom_id: str, params: dict[str, Any]) -> _Request:
         len(prompt),
         forced,
         invalid,
+        "[[emulate:long]]" in last,
     )
 
 
@@ -487,7 +490,7 @@ def _last_user_text(messages: Any) -> str:
 
 
 def _message(req: _Request) -> dict[str, Any]:
-    n = 8 + int(_unit(req.custom_id, "len") * 40)
+    n = req.max_tokens if req.long else 8 + int(_unit(req.custom_id, "len") * 40)
     start = int(_unit(req.custom_id, "start") * len(WORDS))
     words = [WORDS[(start + i) % len(WORDS)] for i in range(n)]
     output_tokens = max(1, min(req.max_tokens, int(n * 1.3)))

@@ -111,3 +111,40 @@ def test_batches_respect_the_request_limit_and_items_record_them(stack, emulator
     runs = stack.executions()
     assert len(runs) == 3 and {r["status"] for r in runs} == {"SUCCEEDED"}
     assert {r["name"] for r in runs} == set(emulator.batch_ids())
+
+
+def test_a_late_duplicate_after_completion_is_not_answered_again(stack, emulator):
+    inbox = stack.subscribe()
+    stack.send([request("late-1")])
+    stack.pump()
+    assert [c["status"] for c in stack.drain(inbox)] == ["succeeded"]
+    stack.send([request("late-1", text="resent a day later")])
+    stack.pump()
+    assert stack.drain(inbox) == []
+    assert len(emulator.batch_ids()) == 1
+
+
+def test_completion_too_large_for_sns_travels_as_an_s3_pointer(stack, emulator):
+    inbox = stack.subscribe()
+    body = request("long-1", text="write at length [[emulate:long]]")
+    body["params"]["max_tokens"] = 60_000
+    stack.send([body])
+    stack.pump()
+    [done] = stack.drain(inbox)
+    pointer = done["message"]
+    assert pointer["type"] == "s3_pointer" and pointer["bucket"] == stack.physical["PayloadBucket"]
+    message = json.loads(
+        boto3.client("s3").get_object(Bucket=pointer["bucket"], Key=pointer["key"])["Body"].read()
+    )
+    assert message["type"] == "message" and len(message["content"][0]["text"]) > 256 * 1024
+    assert done["usage"]["output_tokens"] == message["usage"]["output_tokens"]
+
+
+def test_state_machine_payloads_carry_ids_not_results(make_stack, emulator):
+    stack = make_stack(MaxBatchRequests="500")
+    stack.send([request(f"s{i}") for i in range(150)])
+    stack.pump()
+    sfn = boto3.client("stepfunctions")
+    for run in stack.executions():
+        described = sfn.describe_execution(executionArn=run["executionArn"])
+        assert len(described["input"]) < 512 and len(described.get("output", "")) < 512

@@ -264,3 +264,46 @@ def test_batches_the_api_finds_too_large_are_split_and_a_lone_giant_is_answered(
     assert per_id["giant"][0]["status"] == "errored"
     assert per_id["giant"][0]["error"]["type"] == "request_too_large"
     assert len(emulator.batch_ids()) >= 2
+
+
+def test_a_batch_canceled_by_an_operator_ends_in_canceled_completions(loaded, emulator):
+    import anthropic
+
+    stack, inbox, ids = loaded
+    emulator.latency_seconds = 30
+    stack.tick()
+    [batch_id] = emulator.batch_ids()
+    anthropic.Anthropic(base_url=emulator.url, api_key="operator").messages.batches.cancel(batch_id)
+    stack.pump()
+    per_id = assert_once(stack, inbox, ids, emulator)
+    assert {v[0]["status"] for v in per_id.values()} == {"canceled"}
+    assert all(v[0]["error"]["type"] == "canceled" and v[0]["attempts"] == 1 for v in per_id.values())
+
+
+def test_an_sns_failure_while_collecting_is_retried(loaded, emulator, monkeypatch):
+    from batch_relay.completions import Topic
+
+    stack, inbox, ids = loaded
+    calls = fail_once(monkeypatch, Topic, "_send", errors.TransientError("SNS 500"))
+    stack.pump()
+    assert calls["n"] >= 2
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_collect_stops_at_its_time_budget_and_continues_by_cursor(make_stack, emulator, monkeypatch):
+    from batch_relay.results import Settler
+
+    stack = make_stack(MaxBatchRequests="500")
+    inbox = stack.subscribe()
+    ids = [f"k{i}" for i in range(350)]
+    stack.send([request(i) for i in ids])
+    real = Settler.settle
+
+    def slow_chunk(self, record, chunk, results_key):
+        real(self, record, chunk, results_key)
+        stack.advance(400)  # each chunk "takes" 400 s of a 600 s budget
+
+    monkeypatch.setattr(Settler, "settle", slow_chunk)
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+    assert stack.invocations["CollectResultsFunction"] >= 2
