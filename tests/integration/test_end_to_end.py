@@ -148,3 +148,21 @@ def test_state_machine_payloads_carry_ids_not_results(make_stack, emulator):
     for run in stack.executions():
         described = sfn.describe_execution(executionArn=run["executionArn"])
         assert len(described["input"]) < 512 and len(described.get("output", "")) < 512
+
+
+def test_prompts_and_completions_never_reach_the_logs(stack, emulator, caplog, capsys):
+    inbox = stack.subscribe()
+    secret = "Patient Jane Roe, DOB 1970-01-01, reports chest pain"
+    stack.send(
+        [
+            request("private-1", text=secret),
+            {**request("private-2", text=secret), "params": {**request("x")["params"], "stream": True}},
+            request("private-3", text=f"{secret} [[emulate:errored:overloaded_error]]"),
+        ]
+    )
+    stack.pump()
+    answers = [c["message"]["content"][0]["text"] for c in stack.drain(inbox) if c["status"] == "succeeded"]
+    logs = caplog.text + capsys.readouterr().out
+    assert "private-2" in logs  # the logs do speak of requests, by id
+    assert secret not in logs and "Jane Roe" not in logs
+    assert answers and all(a not in logs for a in answers)
