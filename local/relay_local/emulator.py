@@ -158,6 +158,7 @@ class _Fault:
     status: int
     remaining: int
     retry_after: float | None
+    route: str | None
 
 
 def _stamp(ts: float | None) -> str | None:
@@ -198,11 +199,18 @@ class Emulator:
     # test controls
 
     def inject(
-        self, method: str, path_prefix: str, status: int, count: int = 1, retry_after: float | None = None
+        self,
+        method: str,
+        path_prefix: str,
+        status: int,
+        count: int = 1,
+        retry_after: float | None = None,
+        route: str | None = None,
     ) -> None:
-        """Answer the next `count` calls whose method and path match with this error status."""
+        """Answer the next `count` calls whose method and path (and route, e.g. "results") match
+        with this error status."""
         with self._lock:
-            self._faults.append(_Fault(method.upper(), path_prefix, status, count, retry_after))
+            self._faults.append(_Fault(method.upper(), path_prefix, status, count, retry_after, route))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -229,7 +237,7 @@ class Emulator:
         with self._lock:
             self.calls[(method, route)] += 1
         try:
-            self._check_fault(method, path)
+            self._check_fault(method, path, route)
             self._authenticate(headers)
             status, payload = self._dispatch(method, route, path, query, body)
         except ApiError as err:
@@ -248,10 +256,11 @@ class Emulator:
             return "cancel"
         return {"GET": "retrieve", "DELETE": "delete"}.get(method, "unknown")
 
-    def _check_fault(self, method: str, path: str) -> None:
+    def _check_fault(self, method: str, path: str, route: str) -> None:
         with self._lock:
             for fault in self._faults:
-                if fault.remaining > 0 and fault.method == method and path.startswith(fault.prefix):
+                matches = fault.method == method and path.startswith(fault.prefix)
+                if fault.remaining > 0 and matches and fault.route in (None, route):
                     fault.remaining -= 1
                     raise ApiError(fault.status, f"injected {fault.status}", fault.retry_after)
 

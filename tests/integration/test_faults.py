@@ -149,9 +149,10 @@ def test_rate_limited_create_is_retried_honouring_retry_after(loaded, emulator):
     assert_once(stack, inbox, ids, emulator)
 
 
-def test_refused_key_fails_fast_and_keeps_the_requests(loaded, emulator, caplog):
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_key_fails_fast_and_keeps_the_requests(loaded, emulator, caplog, status):
     stack, inbox, ids = loaded
-    emulator.inject("POST", "/v1/messages/batches", 401, count=1)
+    emulator.inject("POST", "/v1/messages/batches", status, count=1)
     with pytest.raises(errors.ApiAccessError):
         stack.tick()
     assert "batch refused; requests released" in caplog.text
@@ -174,6 +175,15 @@ def test_a_poller_that_gives_up_is_restarted_and_loses_nothing(loaded, emulator)
     stack.pump()
     assert_once(stack, inbox, ids, emulator)
     assert len(stack.executions()) == 2
+
+
+@pytest.mark.parametrize(("route", "status"), [("retrieve", 529), ("results", 500), ("results", 429)])
+def test_transient_api_errors_on_retrieve_and_results_are_retried(loaded, emulator, route, status):
+    stack, inbox, ids = loaded
+    emulator.inject("GET", "/v1/messages/batches/", status, count=3, retry_after=0.001, route=route)
+    stack.pump()
+    assert emulator.calls[("GET", route)] >= 4
+    assert_once(stack, inbox, ids, emulator)
 
 
 def test_a_results_stream_broken_midway_resumes_from_the_cursor(make_stack, emulator):
