@@ -57,6 +57,7 @@ class Options:
     latency: float = 1.0
     model: str = "claude-haiku-4-5"
     max_batch: int = 100
+    tiers: dict[str, Any] = field(default_factory=lambda: dict(DEMO_TIERS))
     quiet: bool = False
     real_api: bool = field(default_factory=lambda: bool(os.environ.get("ANTHROPIC_API_KEY")))
 
@@ -65,10 +66,15 @@ def workload(opts: Options) -> tuple[list[Any], set[str]]:
     """The messages to send, and the ids that must each get one completion."""
     data = json.loads(DATA.read_text())
     kinds = list(TASKS)
+    # Each kind of work goes to the tier of the same name, or else to the policy's tiers in turn.
+    names = list(opts.tiers)
+    tier_of = {
+        k: (TASKS[k][0] if TASKS[k][0] in opts.tiers else names[n % len(names)]) for n, k in enumerate(kinds)
+    }
     messages: list[Any] = []
     for i in range(opts.size):
         kind = kinds[i % len(kinds)]
-        tier, instruction = TASKS[kind]
+        tier, instruction = tier_of[kind], TASKS[kind][1]
         item = data[kind][(i // len(kinds)) % len(data[kind])]
         text = json.dumps(item, ensure_ascii=False) if isinstance(item, dict) else item
         messages.append(
@@ -117,7 +123,8 @@ def run(opts: Options, inspect: Any = None) -> dict[str, Any]:
             f"Using the real Anthropic API (ANTHROPIC_API_KEY is set): {opts.size} requests, {opts.model}",
         )
     params = {
-        "TierPolicy": json.dumps(DEMO_TIERS),
+        "TierPolicy": json.dumps(opts.tiers),
+        "DefaultTier": next(iter(opts.tiers)),
         "MaxBatchRequests": str(opts.max_batch),
         "PollMinSeconds": "30",
         "LogLevel": "ERROR",
@@ -302,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=1.0, help="seconds the emulator takes per batch")
     parser.add_argument("--max-batch", type=int, default=100, help="requests per batch (default 100)")
     parser.add_argument("--model", default="claude-haiku-4-5", help="model of every request")
+    parser.add_argument(
+        "--tiers",
+        type=json.loads,
+        default=DEMO_TIERS,
+        help='tier policy as JSON, e.g. \'{"urgent": {"max_wait_seconds": 60}}\' (default: '
+        + json.dumps(DEMO_TIERS)
+        + ")",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     opts = Options(
@@ -313,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         model=args.model,
         max_batch=args.max_batch,
+        tiers=args.tiers,
     )
     summary = run(opts)
     print(json.dumps(summary, indent=2) if args.json else report(summary))

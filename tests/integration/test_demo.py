@@ -8,6 +8,8 @@ import boto3
 import pytest
 from relay_local import demo
 
+from tests.conftest import EVENTS
+
 pytestmark = pytest.mark.integration
 
 
@@ -39,3 +41,22 @@ def test_demo_summary_matches_the_table_and_the_completions(monkeypatch):
     assert summary["retried"] > 0
     text = demo.report(summary)
     assert "Every request accounted for: 49 in, 49 completions out." in text
+
+
+def test_demo_with_a_tier_policy_of_its_own(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    opts = demo.Options(size=12, duplicates=1, invalid=0, errored_share=0, expired_share=0, quiet=True)
+    opts.tiers = {"now": {"max_wait_seconds": 60, "min_requests": 1}}
+    summary = demo.run(opts)
+    assert summary["statuses"] == {"succeeded": 12} and summary["lost"] == []
+    assert {c["tier"] for c in summary["samples"]} == {"now"}
+
+
+def test_invoke_runs_a_function_of_the_template_with_a_sample_event(capsys, monkeypatch):
+    from relay_local import cli
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    event = str(EVENTS / "buffer.json")
+    assert cli.main(["invoke", "BufferFunction", event]) == 0
+    assert '"batchItemFailures": []' in capsys.readouterr().out
+    assert cli.main(["invoke", "NoSuchFunction", event]) == 2
