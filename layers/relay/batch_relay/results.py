@@ -105,9 +105,9 @@ class Settler:
             error = ErrorInfo(
                 type="canceled", message="the batch was canceled before this request was processed"
             )
-        retry = (
-            kind == "expired" or (error is not None and error.type in RETRYABLE_ERRORS)
-        ) and kind != "canceled"
+        retry = kind == "expired" or (
+            kind == "errored" and error is not None and error.type in RETRYABLE_ERRORS
+        )
         base = {k: v for k, v in item.items() if k not in ("pending_tier", "pending_since", "batch_ref")}
         base["last_batch_id"] = record.get("batch_id")
         if retry and attempts < self.settings.max_attempts:
