@@ -379,11 +379,21 @@ class LocalStack:
         from batch_relay import clock
         from moto.dynamodb.models import DynamoDBBackend
 
-        # DynamoDB applies a conditional write atomically; moto checks and writes in two steps, so
-        # concurrent invocations here (threads) would see races the real service rules out.
+        # DynamoDB applies a conditional write atomically and reads consistent items; moto checks
+        # and writes in two steps and copies items while others change them, so concurrent
+        # invocations here (threads) would see races the real service rules out.
+        operations = (
+            "put_item",
+            "update_item",
+            "delete_item",
+            "transact_write_items",
+            "get_item",
+            "query",
+            "scan",
+        )
         atomic = [
             mock.patch.object(DynamoDBBackend, name, _serialised(getattr(DynamoDBBackend, name)))
-            for name in ("put_item", "update_item", "delete_item", "transact_write_items")
+            for name in operations
         ]
         self._patches = [
             *atomic,
@@ -542,7 +552,7 @@ class LocalStack:
                 self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
-_WRITES = threading.Lock()
+_WRITES = threading.RLock()
 
 
 def _serialised(method: Callable[..., Any]) -> Callable[..., Any]:
