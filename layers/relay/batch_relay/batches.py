@@ -15,7 +15,8 @@ from typing import Any
 import anthropic
 from aws_lambda_powertools.utilities import parameters
 
-from .errors import classify
+from .errors import ApiAccessError, classify
+from .observability import MetricUnit, logger, metrics
 
 try:  # the SDK moved to the httpx2 fork; older releases use httpx
     import httpx2 as httpx
@@ -59,7 +60,18 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except (anthropic.APIError, httpx.HTTPError) as exc:
-        raise classify(exc) from exc
+        raise _sorted(exc) from exc
+
+
+def _sorted(exc: BaseException) -> BaseException:
+    kind = classify(exc)
+    if isinstance(kind, ApiAccessError):
+        # Nothing retries its way out of a refused key: say so loudly, for the alarm and the operator.
+        logger.error(
+            "Anthropic refused the API key; requests are kept until it is fixed", extra={"error": str(kind)}
+        )
+        metrics.add_metric(name="ApiAuthFailures", unit=MetricUnit.Count, value=1)
+    return kind
 
 
 def create(requests: Iterable[dict[str, Any]]) -> Any:
@@ -84,4 +96,4 @@ def results(batch_id: str, skip: int = 0) -> Iterator[dict[str, Any]]:
             if n >= skip:
                 yield line.to_dict()
     except (anthropic.APIError, httpx.HTTPError) as exc:
-        raise classify(exc) from exc
+        raise _sorted(exc) from exc

@@ -25,6 +25,13 @@ from .store import Store, batch_key, claimed_partition, dynamo, request_key
 # Transient per-request errors are tried again in a later batch; anything else is final.
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error"})
 CHUNK = 100
+TOKEN_METRICS = {
+    "input_tokens": "InputTokens",
+    "output_tokens": "OutputTokens",
+    "cache_creation_input_tokens": "CacheWriteTokens",
+    "cache_read_input_tokens": "CacheReadTokens",
+}
+COST_METRICS = {"batch_usd": "BatchCostUSD", "list_usd": "ListCostUSD", "saved_usd": "SavedUSD"}
 
 
 def errored(custom_id: str, error_type: str, message: str) -> dict[str, Any]:
@@ -63,6 +70,7 @@ class Settler:
         done: list[Completion] = []
         writes: list[dict[str, Any]] = []
         tally: Counter[str] = Counter()
+        tokens: Counter[str] = Counter()
         totals = {"batch_usd": 0.0, "list_usd": 0.0, "saved_usd": 0.0}
         for result in chunk:
             item = items.get(request_key(result["custom_id"]))
@@ -73,6 +81,8 @@ class Settler:
             tally[completion.status if completion else "retried"] += 1
             if completion is not None:
                 done.append(completion)
+                for k in TOKEN_METRICS:
+                    tokens[k] += (completion.usage or {}).get(k) or 0
                 if completion.cost:
                     for k in totals:
                         totals[k] += getattr(completion.cost, k)
@@ -82,8 +92,24 @@ class Settler:
             self.store.update(
                 batch_key(record["ref"]), add={**{f"n_{k}": v for k, v in tally.items()}, **totals}
             )
+        self._metrics(done, tally, tokens, totals)
+
+    @staticmethod
+    def _metrics(
+        done: list[Completion], tally: Counter[str], tokens: Counter[str], totals: dict[str, float]
+    ) -> None:
         for status, n in tally.items():
             metrics.add_metric(name=f"Results_{status}", unit=MetricUnit.Count, value=n)
+        for key, name in TOKEN_METRICS.items():
+            if tokens[key]:
+                metrics.add_metric(name=name, unit=MetricUnit.Count, value=tokens[key])
+        for key, name in COST_METRICS.items():
+            if totals[key]:
+                metrics.add_metric(name=name, unit=MetricUnit.NoUnit, value=totals[key])
+        for c in done:
+            if c.received_at:
+                waited = clock.parse(c.completed_at) - clock.parse(c.received_at)
+                metrics.add_metric(name="ReceiptToCompletion", unit=MetricUnit.Seconds, value=waited)
 
     def _outcome(
         self, record: dict[str, Any], item: dict[str, Any], result: dict[str, Any], results_key: str | None

@@ -56,7 +56,18 @@ class Submitter:
         self.reconcile()
         for name, tier in self.settings.tiers.items():
             self.flush(name, tier)
+        self.measure_waits()
         return self.report
+
+    def measure_waits(self) -> None:
+        """Age of each tier's oldest pending request, and the worst age over its tier's max wait."""
+        worst = 0.0
+        for name, tier in self.settings.tiers.items():
+            oldest = next(self.store.waiting(name, limit=1), None)
+            age = clock.now() - clock.parse(oldest["pending_since"]) if oldest else 0.0
+            metrics.add_metric(name=f"OldestPendingSeconds_{name}", unit=MetricUnit.Seconds, value=age)
+            worst = max(worst, age / tier.max_wait_seconds)
+        metrics.add_metric(name="OldestPendingRatio", unit=MetricUnit.NoUnit, value=worst)
 
     # flushing
 

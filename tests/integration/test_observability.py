@@ -1,0 +1,60 @@
+"""The alarms and the dashboard watch metrics the code really emits (no drift by renaming)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from relay_local.stack import load_template
+
+from tests.helpers import request
+
+pytestmark = pytest.mark.integration
+
+
+def custom_metrics_in_template() -> set[str]:
+    resources = load_template()["Resources"]
+    names = set()
+    for res in resources.values():
+        props = res.get("Properties", {})
+        if res["Type"] == "AWS::CloudWatch::Alarm":
+            if props.get("Namespace") == "BatchRelay":
+                names.add(props["MetricName"])
+            for m in props.get("Metrics", []):
+                stat = m.get("MetricStat", {}).get("Metric", {})
+                if stat.get("Namespace") == "BatchRelay":
+                    names.add(stat["MetricName"])
+        if res["Type"] == "AWS::CloudWatch::Dashboard":
+            body = props["DashboardBody"]["Fn::Sub"]
+            # Rows of the BatchRelay namespace, and the "." rows that repeat it.
+            names |= set(re.findall(r'\["(?:BatchRelay|\.)", "(\w+)"', body))
+    return names
+
+
+def test_every_custom_metric_of_the_alarms_and_dashboard_is_emitted(stack, emulator, capsys):
+    watched = custom_metrics_in_template()
+    assert {"OldestPendingRatio", "ApiAuthFailures", "Results_errored", "SavedUSD"} <= watched
+
+    stack.send(
+        [
+            request("m-ok", model="claude-sonnet-4-5"),
+            request("m-err", text="x [[emulate:errored:invalid_request_error]]"),
+            request("m-retry", text="x [[emulate:expired]]"),
+            {**request("m-bad"), "tier": "nope"},
+        ]
+    )
+    emulator.inject("POST", "/v1/messages/batches", 401)
+    stack.deliver()
+    with pytest.raises(Exception, match="refused"):
+        stack.tick()
+    emulator.latency_seconds = 0.2
+    stack.pump()
+    emitted = set()
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith('{"_aws"'):
+            for block in json.loads(line)["_aws"]["CloudWatchMetrics"]:
+                emitted |= {m["Name"] for m in block["Metrics"]}
+    # Cache metrics appear only when the API reports cache tokens; the emulator reports none.
+    missing = watched - emitted - {"CacheReadTokens", "CacheWriteTokens", "Results_canceled"}
+    assert missing == set()
