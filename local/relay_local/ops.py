@@ -1,0 +1,375 @@
+"""`batch-relay`: drive a deployed relay from an operator's machine.
+
+    batch-relay --stack batch-relay send requests.jsonl
+    batch-relay --stack batch-relay status ticket-4711
+    batch-relay --stack batch-relay batches
+    batch-relay --stack batch-relay report --by day,tier,model --format table|csv|json
+    batch-relay --stack batch-relay cancel msgbatch_...
+    batch-relay --stack batch-relay redrive
+    batch-relay tail --queue-url https://sqs...   # a queue subscribed to the completion topic
+
+The stack's resources come from its CloudFormation outputs (`--stack`), or each one can be named
+(`--queue-url`, `--table`, ...), which is also how the local stack is reached. A user mistake ends
+in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from batch_relay.clock import parse
+from batch_relay.models import RequestMessage
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
+
+OUTPUTS = {
+    "queue_url": "RequestQueueUrl",
+    "dlq_url": "DeadLetterQueueUrl",
+    "table": "RequestTableName",
+    "topic_arn": "CompletionTopicArn",
+}
+
+
+class UserError(Exception):
+    """A mistake the operator can fix: shown as one line, exit status 2."""
+
+
+@dataclass
+class Stack:
+    queue_url: str | None = None
+    dlq_url: str | None = None
+    table: str | None = None
+    topic_arn: str | None = None
+
+    @classmethod
+    def resolve(cls, args: argparse.Namespace) -> Stack:
+        given = {k: getattr(args, k, None) for k in OUTPUTS}
+        if args.stack:
+            try:
+                answer = boto3.client("cloudformation").describe_stacks(StackName=args.stack)
+            except ClientError as exc:
+                raise UserError(f"stack {args.stack!r}: {exc.response['Error']['Message']}") from None
+            outputs = {o["OutputKey"]: o["OutputValue"] for o in answer["Stacks"][0].get("Outputs", [])}
+            for key, output in OUTPUTS.items():
+                given[key] = given[key] or outputs.get(output)
+        return cls(**given)
+
+    def need(self, name: str) -> str:
+        value = getattr(self, name)
+        if not value:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"no {name.replace('_', ' ')}: give --stack or {flag}")
+        return str(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _scan(table: str, kind: str) -> Iterator[dict[str, Any]]:
+    resource = boto3.resource("dynamodb").Table(table)
+    args: dict[str, Any] = {"FilterExpression": "kind = :k", "ExpressionAttributeValues": {":k": kind}}
+    while True:
+        page = resource.scan(**args)
+        for item in page["Items"]:
+            yield _plain(item)
+        if "LastEvaluatedKey" not in page:
+            return
+        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+# commands
+
+
+def send(stack: Stack, args: argparse.Namespace) -> int:
+    """Validate each line locally, then send the valid ones ten a call."""
+    try:
+        text = open(args.file, encoding="utf-8").read()  # noqa: SIM115 - read whole, small files
+    except OSError as exc:
+        raise UserError(f"cannot read {args.file}: {exc.strerror}") from None
+    valid: list[str] = []
+    rejected: list[tuple[int, str]] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            RequestMessage.model_validate_json(line)
+        except ValidationError as exc:
+            first = exc.errors(include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "line"
+            rejected.append((n, f"{where}: {first['msg']}"))
+            continue
+        valid.append(line)
+    url = stack.need("queue_url")
+    sqs = boto3.client("sqs")
+    sent = 0
+    for start in range(0, len(valid), 10):
+        chunk = valid[start : start + 10]
+        answer = sqs.send_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)]
+        )
+        sent += len(answer.get("Successful", []))
+        for failed in answer.get("Failed", []):
+            rejected.append((start + int(failed["Id"]) + 1, f"SQS: {failed.get('Message', failed['Code'])}"))
+        if not args.quiet:
+            done = start + len(chunk)
+            print(
+                f"\rsent {sent}/{len(valid)} {'#' * (30 * done // len(valid)):<30}", end="", file=sys.stderr
+            )
+    if valid and not args.quiet:
+        print(file=sys.stderr)
+    for n, reason in rejected:
+        print(f"line {n}: {reason}", file=sys.stderr)
+    print(json.dumps({"sent": sent, "rejected": len(rejected)}))
+    return 1 if rejected else 0
+
+
+def status(stack: Stack, args: argparse.Namespace) -> int:
+    table = boto3.resource("dynamodb").Table(stack.need("table"))
+    item = table.get_item(Key={"pk": f"req#{args.request_id}"}).get("Item")
+    if item is None:
+        raise UserError(f"no request {args.request_id!r}")
+    item = _plain(item)
+    batch_id = item.get("batch_id") or item.get("last_batch_id")
+    if not batch_id and item.get("batch_ref"):
+        record = table.get_item(Key={"pk": f"batch#{item['batch_ref']}"}).get("Item") or {}
+        batch_id = record.get("batch_id")
+    keys = (
+        "request_id",
+        "status",
+        "tier",
+        "model",
+        "attempts",
+        "received_at",
+        "submitted_at",
+        "completed_at",
+    )
+    out = {k: item.get(k) for k in keys} | {
+        "batch_id": batch_id,
+        "error": item.get("error"),
+        "cost": item.get("cost"),
+    }
+    print(json.dumps({k: v for k, v in out.items() if v is not None}, indent=2))
+    return 0
+
+
+def list_batches(stack: Stack, args: argparse.Namespace) -> int:
+    now = time.time()
+    rows = []
+    for b in sorted(_scan(stack.need("table"), "batch"), key=lambda b: b.get("claimed_at", ""), reverse=True):
+        if not b.get("batch_id") and not args.all:
+            continue
+        rows.append(
+            {
+                "batch_id": b.get("batch_id", "-"),
+                "tier": b.get("tier"),
+                "status": b.get("status"),
+                "requests": b.get("request_count", 0),
+                "succeeded": b.get("n_succeeded", 0),
+                "errored": b.get("n_errored", 0),
+                "retried": b.get("n_retried", 0),
+                "age_min": round((now - parse(b["claimed_at"])) / 60, 1),
+                "batch_usd": round(float(b.get("batch_usd", 0)), 4),
+                "saved_usd": round(float(b.get("saved_usd", 0)), 4),
+            }
+        )
+    columns = [
+        "batch_id",
+        "tier",
+        "status",
+        "requests",
+        "succeeded",
+        "errored",
+        "retried",
+        "age_min",
+        "batch_usd",
+        "saved_usd",
+    ]
+    print(json.dumps(rows, indent=2) if args.format == "json" else _table(rows, columns))
+    return 0
+
+
+def report(stack: Stack, args: argparse.Namespace) -> int:
+    """Tokens, cost and savings of completed requests, grouped as asked."""
+    by = [b.strip() for b in args.by.split(",") if b.strip()]
+    unknown = set(by) - {"day", "tier", "model", "status"}
+    if unknown:
+        raise UserError(f"--by accepts day, tier, model, status; not {', '.join(sorted(unknown))}")
+    groups: dict[tuple[str, ...], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for item in _scan(stack.need("table"), "request"):
+        if not item.get("completed_at") or item.get("status") == "rejected":
+            continue
+        values = {
+            "day": item["completed_at"][:10],
+            "tier": item.get("tier", "-"),
+            "model": item.get("model", "-"),
+            "status": item["status"],
+        }
+        key = tuple(values[b] for b in by)
+        row = groups[key]
+        row["requests"] += 1
+        for k in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+            row[k] += (item.get("usage") or {}).get(k) or 0
+        for k in ("batch_usd", "list_usd", "saved_usd"):
+            row[k] += (item.get("cost") or {}).get(k) or 0.0
+    rows = [
+        dict(zip(by, key, strict=True)) | {k: round(v, 6) for k, v in vals.items()}
+        for key, vals in sorted(groups.items())
+    ]
+    columns = [*by, "requests", "input_tokens", "output_tokens", "batch_usd", "list_usd", "saved_usd"]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.format == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        print(buffer.getvalue(), end="")
+    else:
+        print(_table(rows, columns))
+    return 0
+
+
+def cancel(stack: Stack, args: argparse.Namespace) -> int:
+    import anthropic
+
+    try:
+        batch = anthropic.Anthropic(max_retries=2).messages.batches.cancel(args.batch_id)
+    except TypeError:
+        raise UserError("no Anthropic key: set ANTHROPIC_API_KEY") from None
+    except anthropic.APIStatusError as exc:
+        raise UserError(f"cancel {args.batch_id}: {exc.status_code} {exc.message}") from None
+    print(json.dumps({"batch_id": batch.id, "processing_status": batch.processing_status}))
+    return 0
+
+
+def redrive(stack: Stack, args: argparse.Namespace) -> int:
+    """Move the dead-letter queue's messages back to the request queue (after fixing the cause)."""
+    sqs = boto3.client("sqs")
+    source, target = stack.need("dlq_url"), stack.need("queue_url")
+    moved = 0
+    while True:
+        got = sqs.receive_message(QueueUrl=source, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
+            "Messages", []
+        )
+        if not got:
+            break
+        sqs.send_message_batch(
+            QueueUrl=target,
+            Entries=[
+                {
+                    "Id": str(i),
+                    "MessageBody": m["Body"],
+                    **({"MessageAttributes": m["MessageAttributes"]} if m.get("MessageAttributes") else {}),
+                }
+                for i, m in enumerate(got)
+            ],
+        )
+        sqs.delete_message_batch(
+            QueueUrl=source,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)],
+        )
+        moved += len(got)
+    print(json.dumps({"moved": moved}))
+    return 0
+
+
+def tail(stack: Stack, args: argparse.Namespace) -> int:
+    """Print completions from a queue subscribed to the topic, one JSON line each."""
+    sqs = boto3.client("sqs")
+    url = args.queue_url_tail
+    while True:
+        got = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0 if args.once else 20
+        ).get("Messages", [])
+        for m in got:
+            body = json.loads(m["Body"])
+            if "Type" in body and "Message" in body:  # not raw delivery: unwrap the SNS envelope
+                body = json.loads(body["Message"])
+            print(json.dumps(body), flush=True)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        if args.once and not got:
+            return 0
+
+
+COMMANDS = {
+    "send": send,
+    "status": status,
+    "batches": list_batches,
+    "report": report,
+    "cancel": cancel,
+    "redrive": redrive,
+    "tail": tail,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="batch-relay", description=__doc__.split("\n\n")[0])
+    top.add_argument("--stack", help="CloudFormation stack name (resources from its outputs)")
+    top.add_argument("--queue-url", dest="queue_url")
+    top.add_argument("--dlq-url", dest="dlq_url")
+    top.add_argument("--table")
+    top.add_argument("--topic-arn", dest="topic_arn")
+    sub = top.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("send", help="validate a JSONL file of requests and send it to the queue")
+    p.add_argument("file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("status", help="where one request is")
+    p.add_argument("request_id")
+    p = sub.add_parser("batches", help="the batches the relay made, newest first")
+    p.add_argument("--all", action="store_true", help="also claims that never became a batch")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p = sub.add_parser("report", help="tokens, cost and savings of completed requests")
+    p.add_argument(
+        "--by", default="day,tier,model", help="grouping: day, tier, model, status (comma-separated)"
+    )
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p = sub.add_parser("cancel", help="cancel a message batch at the API (its requests end canceled)")
+    p.add_argument("batch_id")
+    sub.add_parser("redrive", help="move the dead-letter queue's messages back to the request queue")
+    p = sub.add_parser("tail", help="follow completions from a queue subscribed to the topic")
+    p.add_argument("--from", dest="queue_url_tail", required=True, help="the subscribed queue's URL")
+    p.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](Stack.resolve(args), args)
+    except UserError as exc:
+        print(f"batch-relay: {exc}", file=sys.stderr)
+        return 2
+    except (ClientError, BotoCoreError) as exc:
+        print(f"batch-relay: AWS: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
