@@ -58,3 +58,26 @@ def test_every_custom_metric_of_the_alarms_and_dashboard_is_emitted(stack, emula
     # Cache metrics appear only when the API reports cache tokens; the emulator reports none.
     missing = watched - emitted - {"CacheReadTokens", "CacheWriteTokens", "Results_canceled"}
     assert missing == set()
+
+
+def test_each_alarm_watches_the_resource_it_names_and_notifies_the_alarm_topic():
+    resources = load_template()["Resources"]
+    alarms = {k: v["Properties"] for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    assert set(alarms) == {
+        "DeadLetterAlarm",
+        "PollerFailedAlarm",
+        "PendingTooLongAlarm",
+        "ErroredRatioAlarm",
+        "AuthFailureAlarm",
+        "SubmitterErrorAlarm",
+    }
+    watched = {
+        "DeadLetterAlarm": {"Fn::GetAtt": ["RequestDeadLetterQueue", "QueueName"]},
+        "PollerFailedAlarm": {"Ref": "PollerStateMachine"},
+        "SubmitterErrorAlarm": {"Ref": "SubmitterFunction"},
+    }
+    for name, target in watched.items():
+        assert alarms[name]["Dimensions"][0]["Value"] == target, name
+    for name, props in alarms.items():
+        assert props["AlarmActions"]["Fn::If"][1] == [{"Ref": "AlarmTopicArn"}], name
+    assert alarms["PendingTooLongAlarm"]["Threshold"] == 2  # twice the tier's max wait
