@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 from batch_relay import clock
 
 TASKS = {
@@ -195,15 +194,9 @@ def progress(opts: Options, stack: Any, completed: int, total: int) -> None:
 
 
 def _items(stack: Any) -> list[dict[str, Any]]:
-    table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
-    items: list[dict[str, Any]] = []
-    args: dict[str, Any] = {}
-    while True:
-        page = table.scan(**args)
-        items += page["Items"]
-        if "LastEvaluatedKey" not in page:
-            return items
-        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    from batch_relay.store import Store
+
+    return list(Store(stack.physical["RequestTable"]).scan())
 
 
 def summarise(

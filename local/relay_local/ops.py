@@ -22,14 +22,13 @@ import json
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import boto3
 from batch_relay.clock import parse
 from batch_relay.models import RequestMessage
+from batch_relay.store import Store, batch_key, request_key
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
@@ -71,28 +70,6 @@ class Stack:
             flag = "--" + name.replace("_", "-")
             raise UserError(f"no {name.replace('_', ' ')}: give --stack or {flag}")
         return str(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _scan(table: str, kind: str) -> Iterator[dict[str, Any]]:
-    resource = boto3.resource("dynamodb").Table(table)
-    args: dict[str, Any] = {"FilterExpression": "kind = :k", "ExpressionAttributeValues": {":k": kind}}
-    while True:
-        page = resource.scan(**args)
-        for item in page["Items"]:
-            yield _plain(item)
-        if "LastEvaluatedKey" not in page:
-            return
-        args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -149,15 +126,13 @@ def send(stack: Stack, args: argparse.Namespace) -> int:
 
 
 def status(stack: Stack, args: argparse.Namespace) -> int:
-    table = boto3.resource("dynamodb").Table(stack.need("table"))
-    item = table.get_item(Key={"pk": f"req#{args.request_id}"}).get("Item")
+    store = Store(stack.need("table"))
+    item = store.get(request_key(args.request_id))
     if item is None:
         raise UserError(f"no request {args.request_id!r}")
-    item = _plain(item)
     batch_id = item.get("batch_id") or item.get("last_batch_id")
     if not batch_id and item.get("batch_ref"):
-        record = table.get_item(Key={"pk": f"batch#{item['batch_ref']}"}).get("Item") or {}
-        batch_id = record.get("batch_id")
+        batch_id = (store.get(batch_key(item["batch_ref"])) or {}).get("batch_id")
     keys = (
         "request_id",
         "status",
@@ -180,7 +155,9 @@ def status(stack: Stack, args: argparse.Namespace) -> int:
 def list_batches(stack: Stack, args: argparse.Namespace) -> int:
     now = time.time()
     rows = []
-    for b in sorted(_scan(stack.need("table"), "batch"), key=lambda b: b.get("claimed_at", ""), reverse=True):
+    for b in sorted(
+        Store(stack.need("table")).scan("batch"), key=lambda b: b.get("claimed_at", ""), reverse=True
+    ):
         if not b.get("batch_id") and not args.all:
             continue
         rows.append(
@@ -220,7 +197,7 @@ def report(stack: Stack, args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--by accepts day, tier, model, status; not {', '.join(sorted(unknown))}")
     groups: dict[tuple[str, ...], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for item in _scan(stack.need("table"), "request"):
+    for item in Store(stack.need("table")).scan("request"):
         if not item.get("completed_at") or item.get("status") == "rejected":
             continue
         values = {

@@ -191,8 +191,6 @@ class LocalStack:
             name, attr = value["Fn::GetAtt"]
             if attr in ("Arn", "TopicArn", "QueueArn"):
                 return self.arns.get(name, f"arn:aws:::{name}")
-            if attr in ("QueueUrl", "QueueName", "TopicName"):
-                return self.physical.get(name, name)
             return self.physical.get(name, name)
         if "Fn::Sub" in value:
             spec = value["Fn::Sub"]

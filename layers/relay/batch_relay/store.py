@@ -196,6 +196,17 @@ class Store:
     def live_batches(self) -> Iterator[dict[str, Any]]:
         return self.waiting(LIVE)
 
+    def scan(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every item (of one kind): for operators' reports, never on the request path."""
+        args: dict[str, Any] = {"FilterExpression": Attr("kind").eq(kind)} if kind else {}
+        while True:
+            page = self.table.scan(**args)
+            for item in page["Items"]:
+                yield plain(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
 
 def dynamo(value: Any) -> Any:
     """Floats are refused by boto3's DynamoDB serializer; Decimal keeps them exact."""
