@@ -8,7 +8,7 @@ SAM_PYENV ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv test unit integration lint build demo invoke clean schemas
+.PHONY: help venv test unit integration lint build demo bench invoke clean schemas
 
 help:
 	@echo "make test    set up and run the whole test suite"
@@ -51,6 +51,9 @@ build: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/relay-local demo $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run 2>/dev/null | grep -v '^{"'
 
 invoke: $(STAMP)
 	$(BIN)/relay-local invoke $(FN) $(EVENT)

@@ -102,12 +102,15 @@ class LocalStack:
         template: Path = TEMPLATE,
         wait_scale: float = 1.0,
         wait_cap: float = 0.05,
+        on_wait: Callable[[float], None] | None = None,
     ):
         self.template = load_template(template)
         self.params = self._parameters(parameters or {})
         self.extra_env = env or {}
         # Wait states sleep wait_seconds * wait_scale, at most wait_cap real seconds.
         self.wait_scale, self.wait_cap = wait_scale, wait_cap
+        # Called with each Wait state's seconds, e.g. to move simulated clocks instead of sleeping.
+        self.on_wait = on_wait
         self.physical: dict[str, str] = {}
         self.arns: dict[str, str] = {}
         self.functions: dict[str, Function] = {}
@@ -370,6 +373,8 @@ class LocalStack:
         )
 
         def wait(self: Any, env: Any, wait_seconds: int) -> None:
+            if stack.on_wait is not None:
+                stack.on_wait(wait_seconds)
             time.sleep(min(stack.wait_cap, max(0.0, wait_seconds * stack.wait_scale)))
 
         fake_time = mock.MagicMock(wraps=time)

@@ -57,7 +57,7 @@ class Settings(BaseModel):
     max_batch_bytes: int = Field(default=API_MAX_BYTES, alias="MAX_BATCH_BYTES", ge=1024, le=API_MAX_BYTES)
     max_in_flight: int = Field(default=100_000, alias="MAX_IN_FLIGHT", ge=1)
     poll_min_seconds: int = Field(default=60, alias="POLL_MIN_SECONDS", ge=1)
-    poll_max_seconds: int = Field(default=3600, alias="POLL_MAX_SECONDS", ge=1)
+    poll_max_seconds: int = Field(default=7200, alias="POLL_MAX_SECONDS", ge=1)
     collect_budget_seconds: int = Field(default=600, alias="COLLECT_BUDGET_SECONDS", ge=1)
     retention_days: int = Field(default=30, alias="RETENTION_DAYS", ge=1)
     api_key_secret_arn: str | None = Field(default=None, alias="API_KEY_SECRET_ARN")

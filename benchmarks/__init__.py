@@ -1,0 +1,1 @@
+"""Benchmarks of the relay on moto and the emulator (`make bench`)."""
