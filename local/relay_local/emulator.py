@@ -4,22 +4,42 @@
     with EmulatorServer(emu) as server:
         client = anthropic.Anthropic(base_url=server.url, api_key="any")
 
+or from a shell: `python -m relay_local.emulator --port 8765 --latency 5` and ANTHROPIC_BASE_URL.
+
 It behaves like the service where the relay depends on it: batches are `in_progress` for
 `latency_seconds`, then `ended` with `request_counts` and a relative `results_url`; results are
-LF-only JSONL streamed in an order unrelated to the request order, with the errored shape nested as
-the API sends it (`result.error.error.type`); bad params come back as errored results (validated
-asynchronously), while malformed batches are refused at once (400), oversize ones with 413, and
-calls without a key with 401. A batch not finished within 24 hours expires its unprocessed
-requests; a canceled batch cancels them.
+LF-only JSONL streamed (chunked, generated line by line) in an order unrelated to the request order,
+with the errored shape nested as the API sends it (`result.error.error.type`). Bad params (model,
+max_tokens, messages) come back as errored `invalid_request_error` results, since the API validates
+them asynchronously, while malformed batches (custom_id, duplicates, `stream`) are refused at once
+with 400, oversize ones with 413, and calls without a key with 401. A batch not finished within
+24 hours expires its unprocessed requests; a canceled batch cancels those not processed by the time
+of the cancel (elapsed / latency of them, chosen deterministically).
 
-Outcomes are deterministic (seeded by the batch and custom_id) in the configured mix, and a test
-can force one per request by ending the last user message with a directive:
-`[[emulate:succeeded]]`, `[[emulate:expired]]`, `[[emulate:canceled]]` or
-`[[emulate:errored:<error_type>]]` (e.g. `overloaded_error`, `invalid_request_error`);
-`[[emulate:long]]` makes a succeeded answer use all of `max_tokens` (about four bytes a token).
+Outcomes are deterministic (seeded by `seed`, the batch and the custom_id) in the configured mix:
+`errored_share` (as `api_error` or `overloaded_error`), `expired_share`, the rest succeeded.
+A directive anywhere in the text of the LAST user message (string content or any text block)
+forces the outcome of that request:
+
+    [[emulate:succeeded]]
+    [[emulate:expired]]
+    [[emulate:canceled]]
+    [[emulate:errored:<error_type>]]   e.g. overloaded_error, api_error, invalid_request_error
+    [[emulate:long]]                   a succeeded answer that fills max_tokens (about 4 bytes a token)
+
+Invalid params win over a directive, and a cancel or the 24-hour expiry wins over both.
+
+Each batch keeps the latency and the outcome mix in force when it was created, so changing them
+later shapes only new batches. Text blocks marked with `cache_control` make a cached prefix: the
+first request to send a given prefix writes it (`cache_creation_input_tokens`), later ones read it
+(`cache_read_input_tokens`), and `input_tokens` counts only what follows the last marker.
 
 Faults on demand: `inject(method, path_prefix, status, count, retry_after)` answers the next
-matching calls with an error; `break_results_after(n)` cuts the next results stream after n lines.
+matching calls with an error (`retry-after` header when given); `break_results_after(n)` cuts the
+next results stream after n lines; `rate_limit_per_minute` refuses with 429 calls to the batch
+endpoints past that many in the last 60 seconds of `clock`; `max_queued_requests` refuses with 429 a
+batch that would put more requests in processing than that. `clock` may be a `SimClock`, to live
+through a day at once; rate limits then lift only when the test advances it.
 """
 
 from __future__ import annotations
@@ -31,9 +51,10 @@ import math
 import re
 import secrets
 import string
+import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +65,16 @@ from urllib.parse import parse_qs, urlsplit
 DAY = 24 * 3600
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 DIRECTIVE = re.compile(r"\[\[emulate:(succeeded|expired|canceled|errored(?::[a-z_]+)?)\]\]")
+ROUTE = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?P<tail>/cancel|/results)?)?$")
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+OUTCOMES = ("processing", "succeeded", "errored", "canceled", "expired")
 TRANSIENT = ("api_error", "overloaded_error")
+ERROR_MESSAGES = {
+    "api_error": "Internal server error",
+    "overloaded_error": "Overloaded",
+    "rate_limit_error": "Rate limited",
+    "timeout_error": "Request timed out",
+}
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -131,15 +161,25 @@ class ApiError(Exception):
 
 
 class _Request(NamedTuple):
-    """What the emulator keeps of one request: enough to answer it, never the prompt itself."""
+    """What the emulator keeps of one request: enough to answer it, never the prompt itself, so that
+    a full batch of 100,000 requests costs a few tens of megabytes."""
 
     custom_id: str
     model: str
     max_tokens: int
     prompt_chars: int
+    prompt_hash: int
     forced: str | None
     invalid: str | None
     long: bool = False
+    cached_chars: int = 0  # the prompt up to the last cache_control marker
+    cache_read: bool = False  # that prefix was written by an earlier request
+
+
+class _End(NamedTuple):
+    at: float
+    processed: float  # share of the requests processed before the batch stopped
+    reason: str  # what the unprocessed requests become: "expired" or "canceled"
 
 
 @dataclass
@@ -147,8 +187,16 @@ class _Batch:
     id: str
     created: float
     requests: list[_Request]
+    latency: float
+    errored_share: float
+    expired_share: float
+    seed: int
     cancel_at: float | None = None
+    cancel_seconds: float = 0.0
     deleted: bool = False
+    # Once ended a batch never changes, even if a test changes the latency afterwards.
+    end: _End | None = None
+    counts: dict[str, int] | None = None
 
 
 @dataclass
@@ -164,7 +212,7 @@ class _Fault:
 def _stamp(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _unit(*parts: object) -> float:
@@ -173,12 +221,24 @@ def _unit(*parts: object) -> float:
 
 
 def _new_id(prefix: str, n: int = 24) -> str:
-    alphabet = string.ascii_letters + string.digits
-    return prefix + "".join(secrets.choice(alphabet) for _ in range(n))
+    return prefix + "".join(secrets.choice(BASE62) for _ in range(n))
+
+
+def _stable_id(prefix: str, *parts: object, n: int = 24) -> str:
+    value = int.from_bytes(
+        hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=18).digest(), "big"
+    )
+    chars = []
+    for _ in range(n):
+        value, r = divmod(value, 62)
+        chars.append(BASE62[r])
+    return prefix + "".join(chars)
 
 
 @dataclass
 class Emulator:
+    """The API's state and behaviour, without sockets: `EmulatorServer` puts it on HTTP."""
+
     latency_seconds: float = 2.0
     errored_share: float = 0.0
     expired_share: float = 0.0
@@ -189,9 +249,12 @@ class Emulator:
     clock: Callable[[], float] = time.time
     cancel_seconds: float = 0.5
     max_queued_requests: int | None = None
+    rate_limit_per_minute: int | None = None
     url: str | None = None
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     _batches: dict[str, _Batch] = field(default_factory=dict)
+    _admitted: deque[float] = field(default_factory=deque)
+    _cached_prefixes: set[int] = field(default_factory=set)
     _faults: list[_Fault] = field(default_factory=list)
     _break_after: int | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -208,7 +271,7 @@ class Emulator:
         route: str | None = None,
     ) -> None:
         """Answer the next `count` calls whose method and path (and route, e.g. "results") match
-        with this error status."""
+        with this error status, in the API's error shape."""
         with self._lock:
             self._faults.append(_Fault(method.upper(), path_prefix, status, count, retry_after, route))
 
@@ -218,10 +281,12 @@ class Emulator:
 
     def break_results_after(self, lines: int) -> None:
         """Cut the next results stream after this many lines, as a dropped connection would."""
-        self._break_after = lines
+        with self._lock:
+            self._break_after = lines
 
     def batch_ids(self) -> list[str]:
-        return [b.id for b in sorted(self._batches.values(), key=lambda b: b.created)]
+        with self._lock:
+            return list(self._batches)
 
     def custom_ids(self, batch_id: str) -> list[str]:
         return [r.custom_id for r in self._batches[batch_id].requests]
@@ -231,30 +296,31 @@ class Emulator:
     def handle(
         self, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, str], bytes | Iterator[bytes]]:
+        """Answer one HTTP request: (status, headers, body or an iterator of body pieces).
+
+        The body may be empty when `content-length` is past `max_bytes`: the server then drains it
+        rather than hold it, and the declared length is enough to refuse it."""
         parts = urlsplit(target)
-        path, query = parts.path.rstrip("/"), {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        route = self._route(method, path)
+        path = parts.path.rstrip("/")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        found = ROUTE.match(path)
+        route = _route(method, found)
         with self._lock:
             self.calls[(method, route)] += 1
         try:
             self._check_fault(method, path, route)
             self._authenticate(headers)
-            status, payload = self._dispatch(method, route, path, query, body)
+            if found is None or route == "unknown":
+                raise ApiError(404, f"Not found: {method} {path}")
+            self._throttle()
+            size = max(len(body), _int(headers.get("content-length")))
+            payload = self._dispatch(route, found.group("id"), query, body, size)
         except ApiError as err:
             return self._error(err)
+        request_id = {"request-id": _new_id("req_")}
         if isinstance(payload, Iterator):
-            return status, {"content-type": "application/x-jsonl"}, payload
-        return status, {"content-type": "application/json"}, json.dumps(payload).encode()
-
-    def _route(self, method: str, path: str) -> str:
-        tail = path.removeprefix("/v1/messages/batches")
-        if tail == "":
-            return "create" if method == "POST" else "list"
-        if tail.endswith("/results"):
-            return "results"
-        if tail.endswith("/cancel"):
-            return "cancel"
-        return {"GET": "retrieve", "DELETE": "delete"}.get(method, "unknown")
+            return 200, {"content-type": "application/binary"} | request_id, payload
+        return 200, {"content-type": "application/json"} | request_id, json.dumps(payload).encode()
 
     def _check_fault(self, method: str, path: str, route: str) -> None:
         with self._lock:
@@ -272,48 +338,64 @@ class Emulator:
         if self.api_key is not None and key != self.api_key:
             raise ApiError(401, "invalid x-api-key")
 
-    def _dispatch(
-        self, method: str, route: str, path: str, query: dict[str, str], body: bytes
-    ) -> tuple[int, Any]:
-        if not path.startswith("/v1/messages/batches"):
-            raise ApiError(404, f"no route {method} {path}")
-        if route == "create":
-            return 200, self._create(body)
-        if route == "list":
-            return 200, self._list(query)
-        batch_id = path.split("/")[4]
-        batch = self._batches.get(batch_id)
-        if batch is None or batch.deleted:
-            raise ApiError(404, f"batch {batch_id} not found")
-        if route == "retrieve":
-            return 200, self._view(batch)
-        if route == "cancel":
-            if self._state(batch)[0] == "in_progress" and batch.cancel_at is None:
-                batch.cancel_at = self.clock()
-            return 200, self._view(batch)
-        if route == "delete":
-            if self._state(batch)[0] != "ended":
-                raise ApiError(400, "a batch can only be deleted once it has ended; cancel it first")
-            batch.deleted = True
-            return 200, {"id": batch.id, "type": "message_batch_deleted"}
-        if route == "results":
-            if self._state(batch)[0] != "ended":
-                raise ApiError(400, f"batch {batch_id} is still processing; results are not available")
-            return 200, self._results(batch)
-        raise ApiError(404, f"no route {method} {path}")
+    def _throttle(self) -> None:
+        if self.rate_limit_per_minute is None:
+            return
+        with self._lock:
+            now = self.clock()
+            while self._admitted and self._admitted[0] <= now - 60:
+                self._admitted.popleft()
+            if len(self._admitted) >= self.rate_limit_per_minute:
+                wait = self._admitted[0] + 60 - now
+                raise ApiError(
+                    429,
+                    f"Number of requests has exceeded your rate limit ({self.rate_limit_per_minute} per minute)",
+                    max(1, math.ceil(wait)),
+                )
+            self._admitted.append(now)
 
-    def _create(self, body: bytes) -> dict[str, Any]:
-        if len(body) > self.max_bytes:
-            raise ApiError(413, f"request exceeds the maximum size of {self.max_bytes} bytes")
+    def _dispatch(
+        self, route: str, batch_id: str | None, query: dict[str, str], body: bytes, size: int
+    ) -> Any:
+        if route == "create":
+            return self._create(body, size)
+        if route == "list":
+            return self._list(query)
+        with self._lock:
+            batch = self._batches.get(batch_id or "")
+            if batch is None or batch.deleted:
+                raise ApiError(404, f"No batch found with id {batch_id}")
+            status = self._state(batch)[0]
+            if route == "retrieve":
+                return self._view(batch)
+            if route == "cancel":
+                if status == "in_progress":
+                    batch.cancel_at, batch.cancel_seconds = self.clock(), self.cancel_seconds
+                return self._view(batch)
+            if route == "delete":
+                if status != "ended":
+                    raise ApiError(
+                        400, f"Batch {batch.id} cannot be deleted while processing; cancel it first"
+                    )
+                batch.deleted = True
+                return {"id": batch.id, "type": "message_batch_deleted"}
+            if status != "ended":
+                raise ApiError(400, f"Batch {batch.id} has not ended; results are not available yet")
+            cut, self._break_after = self._break_after, None
+        return self._results(batch, cut)
+
+    def _create(self, body: bytes, size: int) -> dict[str, Any]:
+        if size > self.max_bytes:
+            raise ApiError(413, f"Request exceeds the maximum allowed size of {self.max_bytes} bytes")
         try:
             payload = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise ApiError(400, f"invalid JSON: {exc.msg}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
         items = payload.get("requests") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
             raise ApiError(400, "requests: a non-empty list is required")
         if len(items) > self.max_requests:
-            raise ApiError(413, f"a batch holds at most {self.max_requests} requests")
+            raise ApiError(413, f"A batch may hold at most {self.max_requests} requests")
         seen: set[str] = set()
         requests = []
         for n, item in enumerate(items):
@@ -322,7 +404,7 @@ class Emulator:
             if not isinstance(cid, str) or not CUSTOM_ID.match(cid):
                 raise ApiError(400, f"requests.{n}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$")
             if cid in seen:
-                raise ApiError(400, f"requests.{n}.custom_id: duplicate custom_id {cid!r}")
+                raise ApiError(400, f"requests.{n}.custom_id: duplicate custom_id {cid!r} in this batch")
             if not isinstance(params, dict):
                 raise ApiError(400, f"requests.{n}.params: an object is required")
             if params.get("stream"):
@@ -333,70 +415,93 @@ class Emulator:
             if self.max_queued_requests is not None:
                 queued = sum(len(b.requests) for b in self._batches.values() if self._state(b)[0] != "ended")
                 if queued + len(requests) > self.max_queued_requests:
-                    raise ApiError(429, "too many requests waiting in the processing queue", retry_after=60)
-            batch = _Batch(id=_new_id("msgbatch_"), created=self.clock(), requests=requests)
+                    raise ApiError(429, "Too many requests waiting in the batch processing queue", 60)
+            kept = []
+            for one, prefix in requests:
+                if prefix is not None:
+                    if prefix in self._cached_prefixes:
+                        one = one._replace(cache_read=True)
+                    self._cached_prefixes.add(prefix)
+                kept.append(one)
+            batch = _Batch(
+                id=_new_id("msgbatch_"),
+                created=self.clock(),
+                requests=kept,
+                latency=self.latency_seconds,
+                errored_share=self.errored_share,
+                expired_share=self.expired_share,
+                seed=self.seed,
+            )
             self._batches[batch.id] = batch
-        return self._view(batch)
+            return self._view(batch)
 
     def _list(self, query: dict[str, str]) -> dict[str, Any]:
-        limit = int(query.get("limit", 20))
+        try:
+            limit = int(query.get("limit", 20))
+        except ValueError:
+            raise ApiError(400, "limit: an integer is required") from None
         if not 1 <= limit <= 1000:
             raise ApiError(400, "limit: must be between 1 and 1000")
-        ordered = [
-            b for b in sorted(self._batches.values(), key=lambda b: b.created, reverse=True) if not b.deleted
-        ]
-        ids = [b.id for b in ordered]
-        if "after_id" in query and query["after_id"] in ids:
-            ordered = ordered[ids.index(query["after_id"]) + 1 :]
-        elif "before_id" in query and query["before_id"] in ids:
-            ordered = ordered[: ids.index(query["before_id"])][-limit:]
-        page = ordered[:limit]
-        return {
-            "data": [self._view(b) for b in page],
-            "has_more": len(ordered) > limit,
-            "first_id": page[0].id if page else None,
-            "last_id": page[-1].id if page else None,
-        }
+        with self._lock:
+            # Creation order rather than created_at: batches made within one tick of a SimClock tie.
+            newest = [b for b in reversed(self._batches.values()) if not b.deleted]
+            ids = [b.id for b in newest]
+            if query.get("after_id") in ids:
+                rest = newest[ids.index(query["after_id"]) + 1 :]
+                page, has_more = rest[:limit], len(rest) > limit
+            elif query.get("before_id") in ids:
+                rest = newest[: ids.index(query["before_id"])]
+                page, has_more = rest[-limit:], len(rest) > limit
+            else:
+                page, has_more = newest[:limit], len(newest) > limit
+            return {
+                "data": [self._view(b) for b in page],
+                "has_more": has_more,
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+            }
 
     # batch life
 
-    def _state(self, batch: _Batch) -> tuple[str, float | None, float]:
-        """(processing_status, ended_at, share of requests processed)."""
-        now = self.clock()
-        natural = batch.created + self.latency_seconds
-        expires = batch.created + DAY
-        ends = [(natural, 1.0), (expires, DAY / self.latency_seconds if self.latency_seconds else 1.0)]
+    def _state(self, batch: _Batch) -> tuple[str, _End | None]:
+        if batch.end is not None:
+            return "ended", batch.end
+        latency = max(batch.latency, 1e-9)
+        ends = [_End(batch.created + batch.latency, 1.0, "expired")]
+        ends.append(_End(batch.created + DAY, min(1.0, DAY / latency), "expired"))
         if batch.cancel_at is not None:
-            share = (batch.cancel_at - batch.created) / self.latency_seconds if self.latency_seconds else 1.0
-            ends.append((batch.cancel_at + self.cancel_seconds, share))
-        ended_at, share = min(ends)
-        if now >= ended_at:
-            return "ended", ended_at, min(1.0, share)
-        return ("canceling" if batch.cancel_at is not None else "in_progress"), None, 0.0
+            processed = min(1.0, (batch.cancel_at - batch.created) / latency)
+            ends.append(_End(batch.cancel_at + batch.cancel_seconds, processed, "canceled"))
+        end = min(ends, key=lambda e: e.at)
+        if self.clock() < end.at:
+            return ("canceling" if batch.cancel_at is not None else "in_progress"), None
+        batch.end = end
+        return "ended", end
 
-    def _outcome(self, batch: _Batch, req: _Request, share: float, rank: float) -> tuple[str, str | None]:
-        if rank >= share:
-            return ("canceled" if batch.cancel_at is not None else "expired"), None
+    def _outcome(self, batch: _Batch, req: _Request, end: _End) -> tuple[str, str | None]:
+        if _unit(batch.id, req.custom_id, "rank") >= end.processed:
+            return end.reason, None
+        if req.invalid:
+            return "errored", "invalid_request_error"
         if req.forced:
             kind, _, error = req.forced.partition(":")
             return kind, (error or "api_error") if kind == "errored" else None
-        if req.invalid:
-            return "errored", "invalid_request_error"
-        u = _unit(self.seed, batch.id, req.custom_id, "outcome")
-        if u < self.errored_share:
-            return "errored", TRANSIENT[int(u * 1e6) % 2]
-        if u < self.errored_share + self.expired_share:
+        u = _unit(batch.seed, batch.id, req.custom_id, "outcome")
+        if u < batch.errored_share:
+            return "errored", TRANSIENT[int(u * 1e6) % len(TRANSIENT)]
+        if u < batch.errored_share + batch.expired_share:
             return "expired", None
         return "succeeded", None
 
     def _view(self, batch: _Batch) -> dict[str, Any]:
-        status, ended_at, share = self._state(batch)
-        counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
-        if status == "ended":
-            for req in batch.requests:
-                counts[self._outcome(batch, req, share, _unit(batch.id, req.custom_id, "rank"))[0]] += 1
+        status, end = self._state(batch)
+        if end is None:
+            counts = dict.fromkeys(OUTCOMES, 0) | {"processing": len(batch.requests)}
         else:
-            counts["processing"] = len(batch.requests)
+            if batch.counts is None:
+                tally = Counter(self._outcome(batch, req, end)[0] for req in batch.requests)
+                batch.counts = {k: tally.get(k, 0) for k in OUTCOMES}
+            counts = batch.counts
         return {
             "id": batch.id,
             "type": "message_batch",
@@ -404,42 +509,39 @@ class Emulator:
             "request_counts": counts,
             "created_at": _stamp(batch.created),
             "expires_at": _stamp(batch.created + DAY),
-            "ended_at": _stamp(ended_at),
+            "ended_at": _stamp(end.at if end else None),
             "cancel_initiated_at": _stamp(batch.cancel_at),
             "archived_at": None,
-            "results_url": f"/v1/messages/batches/{batch.id}/results" if status == "ended" else None,
+            "results_url": f"/v1/messages/batches/{batch.id}/results" if end else None,
         }
 
-    def _results(self, batch: _Batch) -> Iterator[bytes]:
-        _, _, share = self._state(batch)
-        cut, self._break_after = self._break_after, None
+    def _results(self, batch: _Batch, cut: int | None) -> Iterator[bytes]:
+        end = batch.end
+        assert end is not None
         # The API answers in its own order; callers must match lines by custom_id.
         order = sorted(range(len(batch.requests)), key=lambda i: _unit(batch.id, i, "order"))
         for sent, i in enumerate(order):
             if cut is not None and sent >= cut:
                 raise ConnectionAbortedError("results stream cut")
             req = batch.requests[i]
-            kind, error = self._outcome(batch, req, share, _unit(batch.id, req.custom_id, "rank"))
-            yield (
-                json.dumps({"custom_id": req.custom_id, "result": self._result(kind, error, req)}).encode()
-                + b"\n"
-            )
+            kind, error = self._outcome(batch, req, end)
+            line = {"custom_id": req.custom_id, "result": self._result(batch, kind, error, req)}
+            yield json.dumps(line, separators=(",", ":")).encode() + b"\n"
 
-    def _result(self, kind: str, error: str | None, req: _Request) -> dict[str, Any]:
+    def _result(self, batch: _Batch, kind: str, error: str | None, req: _Request) -> dict[str, Any]:
         if kind == "succeeded":
-            return {"type": "succeeded", "message": _message(req)}
+            return {"type": "succeeded", "message": _message(batch.id, req)}
         if kind == "errored":
-            message = (
-                req.invalid
-                if error == "invalid_request_error" and req.invalid
-                else f"{error} while processing"
-            )
+            if error == "invalid_request_error" and req.invalid:
+                message = req.invalid
+            else:
+                message = ERROR_MESSAGES.get(error or "", f"{error} while processing the request")
             return {
                 "type": "errored",
                 "error": {
                     "type": "error",
                     "error": {"type": error, "message": message},
-                    "request_id": _new_id("req_"),
+                    "request_id": _stable_id("req_", batch.id, req.custom_id),
                 },
             }
         return {"type": kind}
@@ -449,7 +551,10 @@ class Emulator:
         headers = {"content-type": "application/json", "request-id": request_id}
         if err.retry_after is not None:
             headers["retry-after"] = str(max(0, math.ceil(err.retry_after)))
-            headers["retry-after-ms"] = str(max(1, int(err.retry_after * 1000)))
+            if err.retry_after != int(err.retry_after):
+                # The API only says whole seconds; a test asking for less gets the SDK's precise
+                # header too, so that retries cost milliseconds.
+                headers["retry-after-ms"] = str(max(1, round(err.retry_after * 1000)))
         body = {
             "type": "error",
             "error": {"type": ERROR_TYPES.get(err.status, "api_error"), "message": err.message},
@@ -458,31 +563,81 @@ class Emulator:
         return err.status, headers, json.dumps(body).encode()
 
 
-def _digest(custom_id: str, params: dict[str, Any]) -> _Request:
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _route(method: str, found: re.Match[str] | None) -> str:
+    if found is None:
+        return "unknown"
+    tail = found.group("tail")
+    if found.group("id") is None:
+        return {"POST": "create", "GET": "list"}.get(method, "unknown")
+    if tail == "/results":
+        return "results" if method == "GET" else "unknown"
+    if tail == "/cancel":
+        return "cancel" if method == "POST" else "unknown"
+    return {"GET": "retrieve", "DELETE": "delete"}.get(method, "unknown")
+
+
+def _texts(value: Any) -> Iterator[tuple[str, bool]]:
+    """The text of a system prompt or of message contents, however it is laid out in blocks, each
+    piece with whether it closes a `cache_control` block."""
+    if isinstance(value, str):
+        yield value, False
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, dict):
+        if isinstance(value.get("text"), str):
+            yield value["text"], False
+        if "content" in value:
+            yield from _texts(value["content"])
+        if value.get("cache_control"):
+            yield "", True
+
+
+def _digest(custom_id: str, params: dict[str, Any]) -> tuple[_Request, int | None]:
+    """What to keep of one request, and a key for its cached prefix when it marks one."""
     messages = params.get("messages")
     model, max_tokens = params.get("model"), params.get("max_tokens")
     invalid = None
-    if not isinstance(model, str) or not model.startswith("claude-"):
-        invalid = f"model: {model!r} is not a known model"
-    elif not isinstance(max_tokens, int) or max_tokens < 1:
-        invalid = "max_tokens: must be at least 1"
+    if "model" not in params:
+        invalid = "model: Field required"
+    elif not isinstance(model, str) or not model.startswith("claude-"):
+        invalid = f"model: {model}"
+    elif "max_tokens" not in params:
+        invalid = "max_tokens: Field required"
+    elif not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        invalid = "max_tokens: must be greater than or equal to 1"
     elif not isinstance(messages, list) or not messages:
         invalid = "messages: at least one message is required"
-    prompt = json.dumps([params.get("system"), messages], ensure_ascii=False)
-    forced = None
+    hasher = hashlib.blake2b(digest_size=8)
+    chars = cached_chars = 0
+    prefix_key = None
+    for text, marked in _texts([params.get("system"), messages]):
+        chars += len(text)
+        hasher.update(text.encode("utf-8", "replace"))
+        if marked:
+            cached_chars = chars
+            prefix_key = hash((model, chars, hasher.copy().digest()))
     last = _last_user_text(messages)
-    found = DIRECTIVE.search(last) if last else None
-    if found:
-        forced = found.group(1)
-    return _Request(
+    found = DIRECTIVE.search(last)
+    digest = _Request(
         custom_id,
-        model if isinstance(model, str) else "",
+        sys.intern(model) if isinstance(model, str) else "",
         max_tokens if isinstance(max_tokens, int) else 0,
-        len(prompt),
-        forced,
+        chars,
+        int.from_bytes(hasher.digest(), "big"),
+        found.group(1) if found else None,
         invalid,
         "[[emulate:long]]" in last,
+        cached_chars if invalid is None else 0,
     )
+    return digest, prefix_key if invalid is None and cached_chars else None
 
 
 def _last_user_text(messages: Any) -> str:
@@ -494,18 +649,23 @@ def _last_user_text(messages: Any) -> str:
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return " ".join(b.get("text", "") for b in content if isinstance(b, dict))
+                return " ".join(
+                    b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)
+                )
+            return ""
     return ""
 
 
-def _message(req: _Request) -> dict[str, Any]:
-    n = req.max_tokens if req.long else 8 + int(_unit(req.custom_id, "len") * 40)
-    start = int(_unit(req.custom_id, "start") * len(WORDS))
+def _message(batch_id: str, req: _Request) -> dict[str, Any]:
+    # An ordinary answer ends on its own well within max_tokens; a "long" one runs into the limit.
+    n = req.max_tokens if req.long else min(8 + req.prompt_hash % 40, max(1, int(req.max_tokens / 1.3)))
+    start = (req.prompt_hash >> 8) % len(WORDS)
     words = [WORDS[(start + i) % len(WORDS)] for i in range(n)]
-    output_tokens = max(1, min(req.max_tokens, int(n * 1.3)))
-    stop = "end_turn" if output_tokens < req.max_tokens else "max_tokens"
+    output_tokens = max(1, min(req.max_tokens, math.ceil(n * 1.3)))
+    stop = "max_tokens" if req.long else "end_turn"
+    cached = req.cached_chars // 4
     return {
-        "id": "msg_" + hashlib.blake2b(req.custom_id.encode(), digest_size=12).hexdigest(),
+        "id": _stable_id("msg_01", batch_id, req.custom_id, n=22),
         "type": "message",
         "role": "assistant",
         "model": req.model,
@@ -513,10 +673,10 @@ def _message(req: _Request) -> dict[str, Any]:
         "stop_reason": stop,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": max(1, req.prompt_chars // 4),
+            "input_tokens": max(1, (req.prompt_chars - req.cached_chars) // 4),
             "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0 if req.cache_read else cached,
+            "cache_read_input_tokens": cached if req.cache_read else 0,
             "service_tier": "batch",
         },
     }
@@ -527,10 +687,23 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def _serve(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
+        length = _int(self.headers.get("content-length"))
+        if length > self.server.emulator.max_bytes:
+            # Read it to the end, as the client waits to finish sending before it reads the 413.
+            left = length
+            while left > 0:
+                piece = self.rfile.read(min(left, 1 << 20))
+                if not piece:
+                    break
+                left -= len(piece)
+            body = b""
+        else:
+            body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        status, out_headers, payload = self.server.emulator.handle(self.command, self.path, headers, body)
+        try:
+            status, out_headers, payload = self.server.emulator.handle(self.command, self.path, headers, body)
+        except Exception as exc:  # a bug here must reach the client as the API's 500, not a hang
+            status, out_headers, payload = self.server.emulator._error(ApiError(500, repr(exc)))
         self.send_response(status)
         for k, v in out_headers.items():
             self.send_header(k, v)
@@ -548,20 +721,21 @@ class _Handler(BaseHTTPRequestHandler):
                 if len(buffer) >= 64 * 1024:
                     self._chunk(bytes(buffer))
                     buffer.clear()
+            if buffer:
+                self._chunk(bytes(buffer))
+            self.wfile.write(b"0\r\n\r\n")
         except ConnectionAbortedError:
             if buffer:
                 self._chunk(bytes(buffer))
             self.wfile.flush()
-            self.close_connection = True
-            return  # no closing chunk: the client sees the stream break
-        if buffer:
-            self._chunk(bytes(buffer))
-        self.wfile.write(b"0\r\n\r\n")
+            self.close_connection = True  # no closing chunk: the client sees the stream break
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client stopped reading, as a consumer may
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
-    do_GET = do_POST = do_DELETE = _serve
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read their own output
         pass
@@ -580,7 +754,11 @@ class EmulatorServer:
         self.httpd = _Server((host, port), _Handler)
         self.httpd.emulator = emulator
         self.thread = threading.Thread(
-            target=self.httpd.serve_forever, name="anthropic-emulator", daemon=True
+            # A short poll interval keeps stop() quick: tests start and stop many servers.
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="anthropic-emulator",
+            daemon=True,
         )
 
     @property
@@ -611,9 +789,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--latency", type=float, default=5.0, help="seconds a batch stays in_progress")
-    parser.add_argument("--errored-share", type=float, default=0.0)
-    parser.add_argument("--expired-share", type=float, default=0.0)
+    parser.add_argument("--errored-share", type=float, default=0.0, help="share of requests errored")
+    parser.add_argument("--expired-share", type=float, default=0.0, help="share of requests expired")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cancel-seconds", type=float, default=0.5, help="seconds a batch stays canceling")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="requests per batch (413 past it)")
+    parser.add_argument("--max-bytes", type=int, default=256 * 1024 * 1024, help="body size (413 past it)")
+    parser.add_argument(
+        "--max-queued-requests", type=int, default=None, help="requests in processing across batches (429)"
+    )
+    parser.add_argument(
+        "--rate-limit-per-minute", type=int, default=None, help="calls to the batch endpoints (429 past it)"
+    )
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any)")
     args = parser.parse_args(argv)
     emu = Emulator(
@@ -621,7 +808,12 @@ def main(argv: list[str] | None = None) -> None:
         errored_share=args.errored_share,
         expired_share=args.expired_share,
         seed=args.seed,
+        max_requests=args.max_requests,
+        max_bytes=args.max_bytes,
         api_key=args.api_key,
+        cancel_seconds=args.cancel_seconds,
+        max_queued_requests=args.max_queued_requests,
+        rate_limit_per_minute=args.rate_limit_per_minute,
     )
     server = EmulatorServer(emu, args.host, args.port).start()
     print(f"Anthropic batch emulator on {server.url} (set ANTHROPIC_BASE_URL to it); Ctrl-C stops it")

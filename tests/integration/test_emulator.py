@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from datetime import datetime, timedelta
+
 import anthropic
 import pytest
 from relay_local.emulator import Emulator, EmulatorServer, SimClock
@@ -149,16 +157,16 @@ def test_a_batch_older_than_a_day_expires_what_is_left(clock):
 
 
 def test_a_broken_results_stream_raises_in_the_sdk(client, emu, clock):
-    batch = client.messages.batches.create(requests=[req(f"b{i}") for i in range(3000)])
+    batch = client.messages.batches.create(requests=[req(f"b{i}") for i in range(1200)])
     clock.advance(61)
-    emu.break_results_after(1000)
+    emu.break_results_after(400)
     got = 0
     with pytest.raises(Exception) as broke:  # the SDK surfaces the transport's own error
         for _ in client.messages.batches.results(batch.id):
             got += 1
-    assert 0 < got <= 1000
+    assert 0 < got <= 400
     assert "httpx" in type(broke.value).__module__ or isinstance(broke.value, anthropic.APIError)
-    assert len(list(client.messages.batches.results(batch.id))) == 3000
+    assert len(list(client.messages.batches.results(batch.id))) == 1200
 
 
 def test_env_base_url_is_honoured(emu, monkeypatch):
@@ -167,3 +175,223 @@ def test_env_base_url_is_honoured(emu, monkeypatch):
         monkeypatch.setenv("ANTHROPIC_API_KEY", "from-env")
         assert anthropic.Anthropic(max_retries=0).messages.batches.list().data == []
         assert emu.calls[("GET", "list")] == 1
+
+
+def raw(url, method="GET", headers=None, body=None):
+    """One call below the SDK, to see status, headers and bytes as the API sends them."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def test_directives_in_the_last_user_message_force_outcomes(client, clock):
+    blocks = [
+        {"type": "text", "text": "first block"},
+        {"type": "text", "text": "[[emulate:errored:api_error]]"},
+    ]
+    earlier = [
+        {"role": "user", "content": "[[emulate:expired]]"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "no directive here"},
+    ]
+    sent = [
+        req("ok", text="plain [[emulate:succeeded]]"),
+        req("blocks", text=blocks),
+        req("cancel", text="[[emulate:canceled]]"),
+        req("expire", text="[[emulate:expired]] at the start"),
+        req("earlier", messages=earlier),
+    ]
+    batch = client.messages.batches.create(requests=sent)
+    clock.advance(61)
+    by_id = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert by_id["ok"].type == "succeeded"
+    assert by_id["blocks"].type == "errored" and by_id["blocks"].error.error.type == "api_error"
+    assert by_id["blocks"].error.request_id.startswith("req_")
+    assert by_id["cancel"].type == "canceled" and by_id["expire"].type == "expired"
+    assert by_id["earlier"].type == "succeeded"
+    counts = client.messages.batches.retrieve(batch.id).request_counts
+    assert (counts.succeeded, counts.errored, counts.canceled, counts.expired) == (2, 1, 1, 1)
+
+
+def test_bad_params_are_errored_results_not_refusals(client, clock):
+    base = req("x")["params"]
+    sent = [
+        {"custom_id": "no-model", "params": {k: v for k, v in base.items() if k != "model"}},
+        {"custom_id": "no-max", "params": {k: v for k, v in base.items() if k != "max_tokens"}},
+        {"custom_id": "no-messages", "params": {k: v for k, v in base.items() if k != "messages"}},
+        req("zero-max", max_tokens=0),
+        req("other-model", model="gpt-4o"),
+        req("fine"),
+    ]
+    batch = client.messages.batches.create(requests=sent)
+    assert batch.processing_status == "in_progress"
+    clock.advance(61)
+    by_id = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert by_id.pop("fine").type == "succeeded"
+    assert {cid: r.error.error.type for cid, r in by_id.items()} == dict.fromkeys(
+        ["no-model", "no-max", "no-messages", "zero-max", "other-model"], "invalid_request_error"
+    )
+
+
+def test_messages_are_deterministic_and_realistic(client, clock):
+    long_prompt = "word " * 400
+    first = client.messages.batches.create(requests=[req("a", text=long_prompt), req("b", max_tokens=3)])
+    second = client.messages.batches.create(requests=[req("a", text=long_prompt)])
+    clock.advance(61)
+    one = {r.custom_id: r.result.message for r in client.messages.batches.results(first.id)}
+    [two] = [r.result.message for r in client.messages.batches.results(second.id)]
+    assert one["a"].content[0].text == two.content[0].text and one["a"].id != two.id
+    assert one["a"].id.startswith("msg_") and one["a"].role == "assistant"
+    assert one["a"].model == "claude-haiku-4-5" and one["a"].stop_reason == "end_turn"
+    assert one["a"].stop_sequence is None and one["a"].usage.service_tier == "batch"
+    assert one["a"].usage.input_tokens == pytest.approx(2000 / 4, rel=0.05)
+    assert one["a"].usage.cache_read_input_tokens == 0 == one["a"].usage.cache_creation_input_tokens
+    assert 1 <= one["b"].usage.output_tokens <= 3
+
+
+def test_results_are_lf_only_chunked_jsonl_and_refused_before_the_end(emu, clock):
+    with EmulatorServer(emu) as server:
+        key = {"x-api-key": "k"}
+        status, _, body = raw(
+            server.url + "/v1/messages/batches",
+            "POST",
+            key | {"content-type": "application/json"},
+            json.dumps({"requests": [req(f"l{i}") for i in range(50)]}).encode(),
+        )
+        assert status == 200
+        batch = json.loads(body)
+        assert re.fullmatch(r"msgbatch_[A-Za-z0-9]{24}", batch["id"]) and batch["type"] == "message_batch"
+        assert batch["created_at"].endswith("Z") and batch["ended_at"] is None
+        created = datetime.fromisoformat(batch["created_at"])
+        assert datetime.fromisoformat(batch["expires_at"]) - created == timedelta(hours=24)
+        results = f"{server.url}/v1/messages/batches/{batch['id']}/results"
+        status, headers, body = raw(results, headers=key)
+        assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
+        clock.advance(61)
+        status, headers, body = raw(results, headers=key)
+        assert status == 200 and headers.get("Transfer-Encoding") == "chunked"
+        assert b"\r" not in body and body.endswith(b"\n") and b"\n\n" not in body
+        assert len(body.splitlines()) == 50
+
+
+def test_authentication(emu):
+    with EmulatorServer(emu) as server:
+        status, headers, body = raw(server.url + "/v1/messages/batches")
+        error = json.loads(body)
+        assert status == 401 and error["type"] == "error"
+        assert error["error"]["type"] == "authentication_error"
+        assert headers["request-id"] == error["request_id"] and error["request_id"].startswith("req_")
+        assert raw(server.url + "/v1/messages/batches", headers={"x-api-key": "any"})[0] == 200
+        emu.api_key = "right"
+        assert raw(server.url + "/v1/messages/batches", headers={"x-api-key": "wrong"})[0] == 401
+        assert raw(server.url + "/v1/messages/batches", headers={"Authorization": "Bearer right"})[0] == 200
+
+
+def test_other_injected_statuses_map_to_the_sdk_exceptions(client, emu):
+    for status, exc in [
+        (401, anthropic.AuthenticationError),
+        (403, anthropic.PermissionDeniedError),
+        (413, anthropic.APIStatusError),
+        (429, anthropic.RateLimitError),
+    ]:
+        emu.inject("GET", "/v1/messages/batches", status, retry_after=7)
+        with pytest.raises(exc) as raised:
+            client.messages.batches.list()
+        assert raised.value.status_code == status
+        assert raised.value.response.headers["retry-after"] == "7"
+    emu.inject("POST", "/v1/messages/batches", 500, count=5, retry_after=0.001)
+    retrying = client.with_options(max_retries=1)
+    with pytest.raises(anthropic.InternalServerError):
+        retrying.messages.batches.create(requests=[req("a")])
+    assert emu.calls[("POST", "create")] == 2 and emu.batch_ids() == []
+
+
+def test_retry_after_zero_is_retried_by_the_sdk(client, emu):
+    emu.inject("POST", "/v1/messages/batches", 429, count=2, retry_after=0)
+    started = time.monotonic()
+    batch = client.with_options(max_retries=2).messages.batches.create(requests=[req("a")])
+    assert time.monotonic() - started < 1.0
+    assert emu.calls[("POST", "create")] == 3 and emu.batch_ids() == [batch.id]
+
+
+def test_the_processing_queue_has_a_limit(clock):
+    emu = Emulator(latency_seconds=60, clock=clock, max_queued_requests=5)
+    with EmulatorServer(emu) as server:
+        client = anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0)
+        client.messages.batches.create(requests=[req(f"q{i}") for i in range(4)])
+        with pytest.raises(anthropic.RateLimitError):
+            client.messages.batches.create(requests=[req(f"p{i}") for i in range(2)])
+        clock.advance(61)
+        client.messages.batches.create(requests=[req(f"p{i}") for i in range(5)])
+
+
+def test_list_pages_both_ways_and_checks_limit(client, clock):
+    ids = [client.messages.batches.create(requests=[req("x")]).id for _ in range(5)]
+    newest = ids[::-1]
+    assert [b.id for b in client.messages.batches.list().data] == newest
+    page = client.messages.batches.list(limit=2, before_id=newest[4])
+    assert [b.id for b in page.data] == newest[2:4] and page.has_more
+    every = [b.id for b in client.messages.batches.list(limit=2)]  # the SDK follows the pages
+    assert every == newest
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.list(limit=1001)
+
+
+def test_cancel_is_deterministic_and_stamped(client, emu, clock):
+    batch = client.messages.batches.create(requests=[req(f"c{i}") for i in range(200)])
+    clock.advance(15)  # a quarter of the latency
+    canceling = client.messages.batches.cancel(batch.id)
+    assert canceling.processing_status == "canceling" and canceling.cancel_initiated_at is not None
+    assert client.messages.batches.retrieve(batch.id).processing_status == "canceling"
+    clock.advance(emu.cancel_seconds)
+    ended = client.messages.batches.retrieve(batch.id)
+    assert ended.ended_at == canceling.cancel_initiated_at + timedelta(seconds=emu.cancel_seconds)
+    assert 25 < ended.request_counts.succeeded < 75 and ended.request_counts.canceled > 125
+    again = client.messages.batches.cancel(batch.id)
+    assert again.processing_status == "ended" and again.request_counts == ended.request_counts
+
+
+def test_expiry_ends_the_batch_at_expires_at(clock):
+    emu = Emulator(latency_seconds=30 * 3600, clock=clock)
+    with EmulatorServer(emu) as server:
+        client = anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0)
+        batch = client.messages.batches.create(requests=[req(f"e{i}") for i in range(100)])
+        clock.advance(23 * 3600)
+        assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
+        clock.advance(3600)
+        ended = client.messages.batches.retrieve(batch.id)
+        assert ended.processing_status == "ended" and ended.ended_at == ended.expires_at
+        kinds = Counter(r.result.type for r in client.messages.batches.results(batch.id))
+        assert set(kinds) == {"succeeded", "expired"} and kinds["expired"] == ended.request_counts.expired
+
+
+def test_configured_mix_is_deterministic(clock):
+    emu = Emulator(latency_seconds=1, clock=clock, errored_share=0.2, expired_share=0.1, seed=5)
+    with EmulatorServer(emu) as server:
+        client = anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0)
+        batch = client.messages.batches.create(requests=[req(f"m{i}") for i in range(400)])
+        clock.advance(2)
+
+        def outcomes():
+            return {
+                r.custom_id: (
+                    r.result.type,
+                    r.result.error.error.type if r.result.type == "errored" else None,
+                )
+                for r in client.messages.batches.results(batch.id)
+            }
+
+        first = outcomes()
+        assert first == outcomes()
+        kinds = Counter(kind for kind, _ in first.values())
+        assert 50 < kinds["errored"] < 110 and 20 < kinds["expired"] < 65
+        assert {e for kind, e in first.values() if kind == "errored"} == {"api_error", "overloaded_error"}
+        counts = client.messages.batches.retrieve(batch.id).request_counts
+        assert (counts.succeeded, counts.errored, counts.expired) == (
+            kinds["succeeded"],
+            kinds["errored"],
+            kinds["expired"],
+        )
