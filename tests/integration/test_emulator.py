@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import subprocess
+import sys
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -15,6 +19,10 @@ import pytest
 from relay_local.emulator import Emulator, EmulatorServer, SimClock
 
 pytestmark = pytest.mark.integration
+
+# Older SDKs lack the precise classes; their parents are what those raise.
+CONTENT_TOO_LARGE = getattr(anthropic, "ContentTooLargeError", anthropic.APIStatusError)
+OVERLOADED = getattr(anthropic, "OverloadedError", anthropic.InternalServerError)
 
 
 def req(cid, text="Summarise this ticket.", **params):
@@ -85,13 +93,17 @@ def test_refusals_match_the_api(client, emu):
     with pytest.raises(anthropic.NotFoundError):
         client.messages.batches.retrieve("msgbatch_missing")
     emu.max_requests = 3
-    with pytest.raises(anthropic.APIStatusError) as too_many:
+    with pytest.raises(CONTENT_TOO_LARGE) as too_many:
         client.messages.batches.create(requests=[req(f"n{i}") for i in range(4)])
-    assert too_many.value.status_code == 413
+    assert too_many.value.status_code == 413 and isinstance(too_many.value, anthropic.APIStatusError)
+    assert too_many.value.body["error"]["type"] == "request_too_large"
     emu.max_requests, emu.max_bytes = 100_000, 2000
-    with pytest.raises(anthropic.APIStatusError) as too_big:
+    with pytest.raises(CONTENT_TOO_LARGE) as too_big:
         client.messages.batches.create(requests=[req("big", text="x" * 3000)])
     assert too_big.value.status_code == 413
+    # The connection survives an oversize body: the server read it to the end before answering.
+    assert client.messages.batches.create(requests=[req("small")]).processing_status == "in_progress"
+    assert emu.batch_ids() and len(emu.batch_ids()) == 1
 
 
 def test_key_is_required(emu):
@@ -110,12 +122,17 @@ def test_injected_faults_and_retry_after(client, emu):
     retrying.messages.batches.create(requests=[req("a")])
     assert emu.calls[("POST", "create")] == 3
     emu.inject("GET", "/v1/messages/batches", 500)
-    with pytest.raises(anthropic.InternalServerError):
+    with pytest.raises(anthropic.InternalServerError) as internal:
         client.messages.batches.list()
+    assert internal.value.status_code == 500 and internal.value.body["error"]["type"] == "api_error"
+    assert internal.value.request_id and internal.value.request_id.startswith("req_")
     emu.inject("GET", "/v1/messages/batches", 529)
-    with pytest.raises(anthropic.APIStatusError) as overloaded:
+    with pytest.raises(OVERLOADED) as overloaded:
         client.messages.batches.list()
-    assert overloaded.value.status_code == 529
+    assert (
+        overloaded.value.status_code == 529 and overloaded.value.body["error"]["type"] == "overloaded_error"
+    )
+    assert isinstance(overloaded.value, anthropic.InternalServerError)
 
 
 def test_list_is_newest_first_and_pages(client, emu, clock):
@@ -255,13 +272,13 @@ def test_messages_are_deterministic_and_realistic(client, clock):
 def test_results_are_lf_only_chunked_jsonl_and_refused_before_the_end(emu, clock):
     with EmulatorServer(emu) as server:
         key = {"x-api-key": "k"}
-        status, _, body = raw(
+        status, headers, body = raw(
             server.url + "/v1/messages/batches",
             "POST",
             key | {"content-type": "application/json"},
             json.dumps({"requests": [req(f"l{i}") for i in range(50)]}).encode(),
         )
-        assert status == 200
+        assert status == 200 and headers["request-id"].startswith("req_")
         batch = json.loads(body)
         assert re.fullmatch(r"msgbatch_[A-Za-z0-9]{24}", batch["id"]) and batch["type"] == "message_batch"
         assert batch["created_at"].endswith("Z") and batch["ended_at"] is None
@@ -309,12 +326,88 @@ def test_other_injected_statuses_map_to_the_sdk_exceptions(client, emu):
     assert emu.calls[("POST", "create")] == 2 and emu.batch_ids() == []
 
 
-def test_retry_after_zero_is_retried_by_the_sdk(client, emu):
-    emu.inject("POST", "/v1/messages/batches", 429, count=2, retry_after=0)
+def test_retry_after_is_in_whole_seconds_as_the_api_sends_it(client, emu):
+    emu.inject("POST", "/v1/messages/batches", 429, count=1, retry_after=0)
     started = time.monotonic()
-    batch = client.with_options(max_retries=2).messages.batches.create(requests=[req("a")])
-    assert time.monotonic() - started < 1.0
-    assert emu.calls[("POST", "create")] == 3 and emu.batch_ids() == [batch.id]
+    batch = client.with_options(max_retries=1).messages.batches.create(requests=[req("a")])
+    # "0" asks for no particular wait, so the SDK falls back to its own backoff (at least 0.375 s).
+    assert time.monotonic() - started > 0.3
+    assert emu.calls[("POST", "create")] == 2 and emu.batch_ids() == [batch.id]
+    emu.inject("GET", "/v1/messages/batches", 429, retry_after=2)
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        client.messages.batches.list()
+    headers = limited.value.response.headers
+    assert headers["retry-after"] == "2" and "retry-after-ms" not in headers
+
+
+def test_the_batch_endpoints_have_a_rate_limit(clock):
+    emu = Emulator(latency_seconds=60, clock=clock, rate_limit_per_minute=3)
+    with EmulatorServer(emu) as server:
+        client = anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0)
+        batch = client.messages.batches.create(requests=[req("a")])
+        clock.advance(20)
+        client.messages.batches.retrieve(batch.id)
+        client.messages.batches.list()
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            client.messages.batches.retrieve(batch.id)
+        assert limited.value.body["error"]["type"] == "rate_limit_error"
+        assert limited.value.response.headers["retry-after"] == "40"  # when the first call leaves the window
+        clock.advance(40)
+        assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
+        # Refused calls do not use up the allowance.
+        assert emu.calls[("GET", "retrieve")] == 3
+
+
+def test_a_batch_keeps_the_settings_it_was_created_under(client, emu, clock):
+    before = client.messages.batches.create(requests=[req(f"k{i}") for i in range(50)])
+    emu.latency_seconds, emu.errored_share = 3600, 1.0
+    after = client.messages.batches.create(requests=[req(f"k{i}") for i in range(50)])
+    clock.advance(61)
+    assert client.messages.batches.retrieve(before.id).request_counts.succeeded == 50
+    assert client.messages.batches.retrieve(after.id).processing_status == "in_progress"
+    clock.advance(3600)
+    assert client.messages.batches.retrieve(after.id).request_counts.errored == 50
+
+
+def test_cache_control_blocks_are_written_once_then_read(client, clock):
+    system = [{"type": "text", "text": "policy " * 400, "cache_control": {"type": "ephemeral"}}]
+    first = client.messages.batches.create(
+        requests=[req(f"cc{i}", text=f"ticket {i} " * 20, system=system) for i in range(3)] + [req("plain")]
+    )
+    clock.advance(61)
+    usage = {r.custom_id: r.result.message.usage for r in client.messages.batches.results(first.id)}
+    assert usage["cc0"].cache_creation_input_tokens == 700 and usage["cc0"].cache_read_input_tokens == 0
+    assert usage["cc1"].cache_read_input_tokens == 700 == usage["cc2"].cache_read_input_tokens
+    assert usage["cc1"].cache_creation_input_tokens == 0
+    assert usage["cc1"].input_tokens == pytest.approx(len("ticket 1 " * 20) / 4, abs=1)
+    assert usage["plain"].cache_read_input_tokens == 0 == usage["plain"].cache_creation_input_tokens
+
+
+def test_stored_requests_are_small_whatever_the_prompt_size():
+    emu = Emulator(clock=SimClock())
+    filler = "lorem ipsum dolor sit amet " * 80
+    body = json.dumps(
+        {"requests": [req(f"m{i:05d}", text=f"{i} {filler}"[:2000]) for i in range(4000)]}
+    ).encode()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        status, _, _ = emu.handle("POST", "/v1/messages/batches", {"x-api-key": "k"}, body)
+        gc.collect()
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 200
+    # A few hundred bytes a request: 100,000 requests of 2 KB fit in tens of megabytes.
+    assert kept / 4000 < 500
+
+
+def test_the_command_line_documents_its_options():
+    out = subprocess.run(
+        [sys.executable, "-m", "relay_local.emulator", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for option in ("--port", "--latency", "--errored-share", "--rate-limit-per-minute", "--max-bytes"):
+        assert option in out
 
 
 def test_the_processing_queue_has_a_limit(clock):
