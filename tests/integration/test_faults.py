@@ -99,16 +99,16 @@ def test_create_answer_lost_in_transit_is_adopted_not_recreated(loaded, emulator
     from batch_relay import batches
 
     stack, inbox, ids = loaded
-    real = batches.create
+    real = batches.create_from
 
-    def created_then_lost(requests):
-        real(requests)
+    def created_then_lost(body, length):
+        real(body, length)
         raise errors.TransientError("connection reset after the batch was created")
 
-    monkeypatch.setattr(batches, "create", created_then_lost)
+    monkeypatch.setattr(batches, "create_from", created_then_lost)
     with pytest.raises(errors.TransientError):
         stack.tick()
-    monkeypatch.setattr(batches, "create", real)
+    monkeypatch.setattr(batches, "create_from", real)
     stack.advance(STALE)
     stack.pump()
     assert len(emulator.batch_ids()) == 1

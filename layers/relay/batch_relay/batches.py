@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 import anthropic
+from anthropic.types.messages import MessageBatch
 from aws_lambda_powertools.utilities import parameters
 
 from .errors import ApiAccessError, classify
@@ -74,8 +75,19 @@ def _sorted(exc: BaseException) -> BaseException:
     return kind
 
 
-def create(requests: Iterable[dict[str, Any]]) -> Any:
-    return _call(client().messages.batches.create, requests=list(requests))
+def create_from(body: Iterable[bytes], length: int) -> Any:
+    """Create a batch from a request body already in the API's JSON shape, sent as it is read.
+
+    A 256 MB batch never exists in memory as request objects or as one string. `body` must be
+    iterable more than once: the SDK sends it again when it retries.
+    """
+    return _call(
+        client().post,
+        "/v1/messages/batches",
+        cast_to=MessageBatch,
+        content=body,
+        options={"headers": {"Content-Type": "application/json", "Content-Length": str(length)}},
+    )
 
 
 def retrieve(batch_id: str) -> Any:

@@ -50,8 +50,44 @@ class Payloads:
             if line:
                 yield line
 
+    def size(self, key: str) -> int:
+        return int(self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+
+    def chunks(self, key: str, size: int = 1024 * 1024) -> Iterator[bytes]:
+        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size=size)
+        finally:
+            body.close()
+
     def writer(self, key: str) -> JsonlWriter:
         return JsonlWriter(self.s3, self.bucket, key)
+
+
+class RequestsBody:
+    """A batch's JSONL object as the body of a create call, `{"requests":[line,line,...]}`,
+    streamed from S3 a chunk at a time. Each iteration reads the object afresh, so a retried
+    request sends the whole body again."""
+
+    HEAD, TAIL = b'{"requests":[', b"]}"
+
+    def __init__(self, payloads: Payloads, key: str, size: int):
+        self.payloads, self.key, self.size = payloads, key, size
+
+    def __len__(self) -> int:
+        # Every line ends in a newline: each becomes a comma, except the last, which is dropped.
+        return len(self.HEAD) + self.size - 1 + len(self.TAIL)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.HEAD
+        held = b""
+        for chunk in self.payloads.chunks(self.key):
+            if held:
+                yield held
+            # JSON lines never hold a raw newline, so every newline is a line end.
+            held = chunk.replace(b"\n", b",")
+        yield held[:-1]
+        yield self.TAIL
 
 
 class JsonlWriter:

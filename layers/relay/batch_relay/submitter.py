@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ from . import batches, clock, executions
 from .completions import Topic
 from .errors import ApiAccessError, BatchTooLargeError, TransientError
 from .observability import MetricUnit, logger, metrics
-from .payloads import Payloads
+from .payloads import Payloads, RequestsBody
 from .results import Settler
 from .settings import Settings, Tier
 from .store import LIVE, Store, batch_key, claimed_partition
@@ -160,7 +159,8 @@ class Submitter:
         """Create the batch from the uploaded JSONL and start its poller."""
         ref = record["ref"]
         try:
-            batch = batches.create(self._requests(record["input_key"]))
+            body = RequestsBody(self.payloads, record["input_key"], self.payloads.size(record["input_key"]))
+            batch = batches.create_from(body, len(body))
         except BatchTooLargeError:
             if int(record["request_count"]) == 1:
                 # One request the API will never take: answer it rather than retry it forever.
@@ -222,10 +222,6 @@ class Submitter:
         self.store.update(batch_key(record["ref"]), status="polling", updated_at=clock.iso())
         self.report["batches"].append(record["batch_id"])
         self.report["requests"] += int(record["request_count"])
-
-    def _requests(self, key: str) -> Iterator[dict[str, Any]]:
-        for line in self.payloads.lines(key):
-            yield json.loads(line)
 
     # recovery
 
