@@ -99,7 +99,9 @@ def relay(n: int, prompt_bytes: int = 600, buffer_batch: int = 100) -> dict[str,
                 arn = stack.arns["RequestQueue"]
                 started = time.perf_counter()
                 for start in range(0, n, buffer_batch):
-                    answer = stack.invoke("BufferFunction", sqs_event(messages[start : start + buffer_batch], arn))
+                    answer = stack.invoke(
+                        "BufferFunction", sqs_event(messages[start : start + buffer_batch], arn)
+                    )
                     assert not answer.get("batchItemFailures"), answer
                 buffered = time.perf_counter()
                 stack.advance(60)
@@ -188,7 +190,9 @@ def naive(n: int, prompt_bytes: int = 600) -> dict[str, Any]:
                 for rid in ids:
                     mark(rid, "claimed")
                 batch = client.messages.batches.create(
-                    requests=[{"custom_id": rid, "params": params(i, prompt_bytes)} for i, rid in enumerate(ids)]
+                    requests=[
+                        {"custom_id": rid, "params": params(i, prompt_bytes)} for i, rid in enumerate(ids)
+                    ]
                 )
                 for rid in ids:
                     mark(rid, "submitted", batch_id=batch.id)

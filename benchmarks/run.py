@@ -1,32 +1,190 @@
-"""`make bench`: print the benchmark figures and write them to benchmarks/results.json.
+"""`make bench`: every benchmark figure, printed as tables and written to benchmarks/results.json.
 
-Only the polling measurement exists so far; the others of the benchmark plan are still to come.
+BENCH_REQUESTS sets the size of the metered pipeline runs (default 2,000; see README, Performance).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
-from benchmarks.polling import measure
+from benchmarks import cost, fullsize, pipeline, polling
 
 OUT = Path(__file__).parent / "results.json"
+TARGETS = {
+    "calls_per_request": 2.5,
+    "write_units_per_request": 5.0,
+    "baseline_call_ratio": 1.5,
+    "usd_per_million": 15.0,
+    "savings_ratio": 100.0,
+    "overhead_ratio": 3.0,
+    "transitions_23h": 200,
+}
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(str(x)) for x in [h, *(r[i] for r in rows)]) for i, h in enumerate(header)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        print("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
+
+
+def check(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def full_size(out: dict[str, float]) -> None:
+    memory = cost.memory_gb()["SubmitterFunction"] * 1024
+    rows = []
+    for label, n, size in (("100k x 2 KB", 100_000, 2000), ("near 256 MB", 25_000, 10_000)):
+        m = fullsize.submitter(n, size)
+        key = "submit_100k" if n == 100_000 else "submit_256mb"
+        out |= {
+            f"{key}_requests": n,
+            f"{key}_bytes": m["bytes"],
+            f"{key}_wall_seconds": m["wall_seconds"],
+            f"{key}_peak_rss_mb": m["peak_rss_mb"],
+        }
+        rows.append(
+            [
+                label,
+                n,
+                f"{m['bytes'] / 1e6:.0f} MB",
+                m["upload_seconds"],
+                m["create_seconds"],
+                m["peak_rss_mb"],
+                f"{memory / 2:.0f}",
+                check(m["peak_rss_mb"] < memory / 2),
+            ]
+        )
+    table(
+        "Submitter at full size (JSONL to S3, then one streamed create; 1 batch each)",
+        ["run", "requests", "body", "upload s", "create s", "peak RSS MB", "limit MB", ""],
+        rows,
+    )
+    rows = []
+    for n in (10_000, 100_000):
+        m = fullsize.collector(n)
+        key = f"collect_{n // 1000}k"
+        out |= {
+            f"{key}_wall_seconds": m["wall_seconds"],
+            f"{key}_results_per_second": m["results_per_second"],
+            f"{key}_peak_rss_mb": m["peak_rss_mb"],
+        }
+        rows.append([n, m["wall_seconds"], m["results_per_second"], m["peak_rss_mb"]])
+    table(
+        "Collector results stream at full size (read, stored 100 a chunk)",
+        ["results", "wall s", "results/s", "peak RSS MB"],
+        rows,
+    )
+    out["collect_rss_growth_mb"] = round(out["collect_100k_peak_rss_mb"] - out["collect_10k_peak_rss_mb"], 1)
+
+
+def end_to_end(out: dict[str, float], n: int) -> None:
+    relay, naive, direct = pipeline.relay(n), pipeline.naive(n), pipeline.direct(n)
+    ops = sorted(set(relay["calls"]) | set(naive["calls"]))
+    rows = [
+        [op, f"{relay['calls'].get(op, 0) / n:.3f}", f"{naive['calls'].get(op, 0) / n:.3f}"] for op in ops
+    ]
+    per_request = relay["calls_total"] / n
+    baseline = naive["calls_total"] / n
+    rows.append(["total", f"{per_request:.3f}", f"{baseline:.3f}"])
+    rows.append(
+        ["DynamoDB write units", f"{relay['write_units'] / n:.2f}", f"{naive['write_units'] / n:.2f}"]
+    )
+    table(f"AWS calls per request, {n:,} requests end to end", ["operation", "relay", "naive"], rows)
+    wcu = relay["write_units"] / n
+    ratio = baseline / per_request
+    print(
+        f"calls/request {per_request:.2f} (target <= 2.5: {check(per_request <= 2.5)}); "
+        f"write units/request {wcu:.2f} (target <= 5: {check(wcu <= 5)}); "
+        f"{ratio:.2f}x fewer calls than the naive relay (target >= 1.5: {check(ratio >= 1.5)})"
+    )
+    out |= {
+        "e2e_requests": n,
+        "calls_per_request": round(per_request, 3),
+        "write_units_per_request": round(wcu, 2),
+        "naive_calls_per_request": round(baseline, 3),
+        "naive_write_units_per_request": round(naive["write_units"] / n, 2),
+        "baseline_call_ratio": round(ratio, 2),
+        "transitions_per_batch": relay["transitions"] / max(1, relay["batches"]),
+    }
+    for op, count in relay["calls"].items():
+        out[f"calls_{op.replace('.', '_')}"] = round(count / n, 4)
+
+    item_bytes = len(json.dumps(pipeline.message(0))) + 400  # the request plus the relay's attributes
+    bill = cost.per_million(relay, item_bytes)
+    saved = cost.savings_per_million()
+    table(
+        "Modelled AWS cost per million requests (USD, us-east-1 list prices)",
+        ["service", "USD"],
+        [[k, f"{v:.2f}"] for k, v in bill.items()],
+    )
+    savings_ratio = saved["saved_usd"] / bill["total"]
+    print(
+        f"batch pricing saves {saved['saved_usd']:,.0f} USD per million typical Sonnet requests "
+        f"(1,000 in / 500 out): {savings_ratio:,.0f}x the AWS cost "
+        f"(targets: < 15 USD {check(bill['total'] < 15)}, >= 100x {check(savings_ratio >= 100)})"
+    )
+    out |= {f"usd_per_million_{k}": v for k, v in bill.items()}
+    out |= {"anthropic_saved_usd_per_million": saved["saved_usd"], "savings_ratio": round(savings_ratio)}
+
+    own = relay["wall_seconds"] - relay["service_seconds"]
+    overhead = relay["wall_seconds"] / direct["wall_seconds"]
+    overhead_own = own / direct["wall_seconds"]
+    table(
+        f"Pipeline overhead, {n:,} requests, queue to completion vs one direct create + results",
+        ["path", "seconds"],
+        [
+            ["relay, wall", f"{relay['wall_seconds']:.1f}"],
+            ["  of which inside moto (emulated AWS)", f"{relay['service_seconds']:.1f}"],
+            ["  relay's own", f"{own:.1f}"],
+            ["direct create + results", f"{direct['wall_seconds']:.2f}"],
+        ],
+    )
+    print(
+        f"ratio {overhead:.1f}x with moto's time, {overhead_own:.1f}x the relay's own "
+        f"(target <= 3: {check(overhead_own <= 3)})"
+    )
+    collect_per_result = relay["durations"].get("CollectResultsFunction", 0.0) / n
+    needed = cost.invocations_needed(collect_per_result, 100_000, 600)
+    print(
+        f"collect: {collect_per_result * 1000:.1f} ms a result here; "
+        f"a 100,000-result batch needs {needed} invocations of its 600 s budget"
+    )
+    out |= {
+        "overhead_ratio": round(overhead, 2),
+        "overhead_ratio_own": round(overhead_own, 2),
+        "relay_wall_seconds": round(relay["wall_seconds"], 1),
+        "direct_wall_seconds": round(direct["wall_seconds"], 2),
+        "collect_invocations_100k": needed,
+    }
+
+
+def polled(out: dict[str, float]) -> None:
+    rows = []
+    for label, seconds in (("1 minute", 60), ("1 hour", 3600), ("23 hours", 23 * 3600)):
+        m = polling.measure(seconds)
+        rows.append([label, m["transitions"], m["checks"], m["delay_seconds"], m["delay_limit_seconds"]])
+        key = label.replace(" ", "_")
+        out[f"polling_transitions_{key}"] = m["transitions"]
+        out[f"polling_delay_seconds_{key}"] = m["delay_seconds"]
+    table("Polling, one batch", ["batch ends after", "transitions", "checks", "delay s", "limit s"], rows)
 
 
 def main() -> None:
     warnings.filterwarnings("ignore")
-    results: dict[str, float] = {}
-    print(f"{'batch ends after':>18} {'transitions':>12} {'checks':>7} {'delay s':>9} {'limit s':>9}")
-    for label, seconds in (("1 minute", 60), ("1 hour", 3600), ("23 hours", 23 * 3600)):
-        m = measure(seconds)
-        row = (label, m["transitions"], m["checks"], m["delay_seconds"], m["delay_limit_seconds"])
-        print("{:>18} {:>12} {:>7} {:>9} {:>9}".format(*row))
-        key = label.replace(" ", "_")
-        results[f"polling_transitions_{key}"] = m["transitions"]
-        results[f"polling_delay_seconds_{key}"] = m["delay_seconds"]
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {OUT}")
+    n = int(os.environ.get("BENCH_REQUESTS", "2000"))
+    out: dict[str, float] = {}
+    full_size(out)
+    end_to_end(out, n)
+    polled(out)
+    OUT.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {OUT}")
 
 
 if __name__ == "__main__":

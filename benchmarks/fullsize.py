@@ -1,0 +1,198 @@
+"""Full-size batches: the submitter's upload and create, and the collector's results stream, at the
+API's limits, each in a process of its own so its peak RSS is its alone.
+
+S3 is moto's server and the API is the emulator, both in the parent process; the child runs the
+relay's own code (`JsonlWriter`, `RequestsBody` + `batches.create_from`, `batches.results` +
+`Payloads.put_lines`) and reports its wall time and peak RSS.
+
+DynamoDB is not in these runs: moto answers a 1 MB query page of a 100,000-item index in seconds
+and rescans the index for every page, so claiming 100,000 requests there would take hours. The
+per-request DynamoDB work (one claim each, one write each at the end, 100 a call) is measured on
+the whole pipeline instead (`benchmarks.pipeline`), and holds one page or one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+
+BUCKET = "bench-payloads"
+
+
+def _rss_mb() -> float:
+    """Peak RSS of this process so far. VmHWM starts afresh at exec; ru_maxrss would keep the
+    parent's figure from before it."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def services() -> Any:
+    """moto's server (S3) and the emulator, for a child process to talk to over HTTP."""
+    from moto.server import ThreadedMotoServer
+    from relay_local.emulator import Emulator, EmulatorServer, SimClock
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    emulator = Emulator(latency_seconds=0, clock=SimClock())
+    try:
+        with EmulatorServer(emulator) as api:
+            endpoint = f"http://127.0.0.1:{port}"
+            env = {
+                **os.environ,
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "ANTHROPIC_BASE_URL": api.url,
+                "ANTHROPIC_API_KEY": "bench",
+                "TABLE_NAME": "bench-requests",
+                "BUCKET_NAME": BUCKET,
+                "TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:bench",
+                "POWERTOOLS_METRICS_DISABLED": "true",
+                "LOG_LEVEL": "ERROR",
+                "POWERTOOLS_LOG_LEVEL": "ERROR",
+            }
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
+            )
+            s3.create_bucket(Bucket=BUCKET)
+            yield env, emulator
+    finally:
+        moto.stop()
+
+
+def _child(env: dict[str, str], *args: object) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fullsize", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def submitter(n: int, prompt_bytes: int) -> dict[str, Any]:
+    """n requests written as the batch's JSONL, then created from it: the submitter's two big legs."""
+    with services() as (env, emulator):
+        got = _child(env, "submit", n, prompt_bytes)
+        [batch_id] = emulator.batch_ids()
+        counts = emulator.handle("GET", f"/v1/messages/batches/{batch_id}", {"x-api-key": "k"}, b"")
+    processing = json.loads(counts[2])["request_counts"]
+    total = sum(processing.values())
+    if total != n:
+        raise RuntimeError(f"the API holds {total} of {n} requests")
+    return got
+
+
+def collector(n: int) -> dict[str, Any]:
+    """An ended batch of n results read back and stored chunk by chunk, as the collector does."""
+    import anthropic
+
+    with services() as (env, _):
+        from benchmarks.pipeline import params
+
+        client = anthropic.Anthropic(base_url=env["ANTHROPIC_BASE_URL"], api_key="bench", max_retries=0)
+        requests = [{"custom_id": f"r{i:06d}", "params": params(i, 200)} for i in range(n)]
+        batch = client.messages.batches.create(requests=requests)
+        del requests
+        return _child(env, "collect", batch.id, n)
+
+
+# the child's side
+
+
+def _submit(n: int, prompt_bytes: int) -> dict[str, Any]:
+    from batch_relay import batches
+    from batch_relay.payloads import Payloads, RequestsBody
+
+    from benchmarks.pipeline import params
+
+    base = _rss_mb()
+    payloads = Payloads(BUCKET)
+    key = "input/bench.jsonl"
+    started = time.perf_counter()
+    writer = payloads.writer(key)
+    for i in range(n):
+        line = {"custom_id": f"bench-{i:06d}", "params": params(i, prompt_bytes)}
+        writer.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode())
+    writer.close()
+    uploaded = time.perf_counter()
+    body = RequestsBody(payloads, key, payloads.size(key))
+    batch = batches.create_from(body, len(body))
+    created = time.perf_counter()
+    return {
+        "requests": n,
+        "bytes": len(body),
+        "batch_id": batch.id,
+        "upload_seconds": round(uploaded - started, 2),
+        "create_seconds": round(created - uploaded, 2),
+        "wall_seconds": round(created - started, 2),
+        "base_rss_mb": round(base, 1),
+        "peak_rss_mb": round(_rss_mb(), 1),
+    }
+
+
+def _collect(batch_id: str, n: int) -> dict[str, Any]:
+    from batch_relay import batches
+    from batch_relay.payloads import Payloads
+
+    base = _rss_mb()
+    payloads = Payloads(BUCKET)
+    started = time.perf_counter()
+    chunk: list[bytes] = []
+    seen = 0
+    for result in batches.results(batch_id):
+        chunk.append(json.dumps(result, separators=(",", ":")).encode() + b"\n")
+        seen += 1
+        if len(chunk) == 100:
+            payloads.put_lines(f"results/{batch_id}/{seen:06d}.jsonl", chunk)
+            chunk = []
+    if chunk:
+        payloads.put_lines(f"results/{batch_id}/{seen:06d}.jsonl", chunk)
+    wall = time.perf_counter() - started
+    if seen != n:
+        raise RuntimeError(f"read {seen} of {n} results")
+    return {
+        "results": seen,
+        "wall_seconds": round(wall, 2),
+        "results_per_second": round(seen / wall),
+        "base_rss_mb": round(base, 1),
+        "peak_rss_mb": round(_rss_mb(), 1),
+    }
+
+
+def main(argv: list[str]) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    out = _submit(int(argv[1]), int(argv[2])) if argv[0] == "submit" else _collect(argv[1], int(argv[2]))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
