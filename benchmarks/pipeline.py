@@ -47,25 +47,15 @@ def message(n: int, prompt_bytes: int = 600, tier: str = "standard") -> dict[str
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
-    now = str(int(time.time() * 1000))
+    """The event Lambda's SQS poller would hand the buffer for these messages."""
+    from relay_local.stack import sqs_record
+
     return {
         "Records": [
-            {
-                "messageId": str(uuid.uuid4()),
-                "receiptHandle": uuid.uuid4().hex,
-                "body": json.dumps(m),
-                "attributes": {
-                    "ApproximateReceiveCount": "1",
-                    "SentTimestamp": now,
-                    "SenderId": "AIDAEXAMPLE",
-                    "ApproximateFirstReceiveTimestamp": now,
-                },
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": "us-east-1",
-            }
+            sqs_record(
+                {"MessageId": str(uuid.uuid4()), "ReceiptHandle": uuid.uuid4().hex, "Body": json.dumps(m)},
+                queue_arn,
+            )
             for m in messages
         ]
     }
@@ -75,7 +65,6 @@ STACK_PARAMS = {
     "TierPolicy": json.dumps({"standard": {"max_wait_seconds": 60, "min_requests": 1}}),
     "DefaultTier": "standard",
     "PollMinSeconds": "60",
-    "LogLevel": "ERROR",
 }
 
 

@@ -453,7 +453,7 @@ class LocalStack:
                 messages.extend(got)
             if not messages:
                 break
-            event = {"Records": [_sqs_record(m, arn) for m in messages]}
+            event = {"Records": [sqs_record(m, arn) for m in messages]}
             try:
                 answer = self.invoke("BufferFunction", event)
                 failures = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
@@ -582,7 +582,7 @@ def _reset() -> None:
     settings.cache_clear()
 
 
-def _sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
     attrs = message.get("Attributes", {})
     return {
         "messageId": message["MessageId"],

@@ -43,13 +43,6 @@ class Payloads:
     def read_json(self, key: str) -> Any:
         return json.loads(self.read(self.bucket, key))
 
-    def lines(self, key: str) -> Iterator[bytes]:
-        """A JSONL object line by line, streamed rather than held whole."""
-        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
-        for line in body.iter_lines(chunk_size=1024 * 1024):
-            if line:
-                yield line
-
     def size(self, key: str) -> int:
         return int(self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
 
