@@ -13,6 +13,7 @@ the two, and each index the item enters, leaves or changes in costs one unit per
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -149,8 +150,6 @@ class Meter:
 
 
 def _written_keys(operation: str, body: Any) -> list[tuple[str, str]]:
-    import json
-
     request = json.loads(body) if isinstance(body, bytes | str) and body else body or {}
     if operation == "BatchWriteItem":
         out = []
