@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import boto3
 
 
 def request(
@@ -28,3 +31,11 @@ def by_id(completions: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for c in completions:
         out.setdefault(c["request_id"], []).append(c)
     return out
+
+
+def stored_line(bucket: str, item: dict[str, Any]) -> dict[str, Any]:
+    """The request line a buffered item points at in the payload bucket."""
+    start, length = int(item["body_at"]), int(item["body_len"])
+    span = f"bytes={start}-{start + length - 1}"
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=item["body_key"], Range=span)["Body"].read()
+    return json.loads(body)

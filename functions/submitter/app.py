@@ -14,4 +14,4 @@ config = settings()
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return Submitter.from_settings(config).run()
+    return Submitter.from_settings(config).run(context.get_remaining_time_in_millis() / 1000)

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import stored_line
 from tests.malformed import CASES, SQS_ID, ok
 
 pytestmark = pytest.mark.integration
@@ -151,7 +152,8 @@ def test_generated_messages_never_crash_the_batch_or_block_valid_ones(aws_stack,
     stored = items(aws_stack)
     for good in (before, after):
         item = stored[good["request_id"]]
-        assert item["status"] == "pending" and json.loads(item["params"]) == good["params"]
+        line = stored_line(aws_stack.physical["PayloadBucket"], item)
+        assert item["status"] == "pending" and line["params"] == good["params"]
     completions = aws_stack.drain(aws_stack.inbox)
     assert all(c["status"] == "rejected" and c["error"]["message"] for c in completions)
     assert len(completions) <= 1

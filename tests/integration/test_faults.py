@@ -317,3 +317,89 @@ def test_collect_stops_at_its_time_budget_and_continues_by_cursor(make_stack, em
     stack.pump()
     assert_once(stack, inbox, ids, emulator)
     assert stack.invocations["CollectResultsFunction"] >= 2
+
+
+def test_a_run_while_another_holds_the_lease_does_nothing_until_it_ends(loaded, emulator):
+    from batch_relay import clock
+    from batch_relay.store import Store
+
+    stack, inbox, ids = loaded
+    store = Store(stack.physical["RequestTable"])
+    assert store.lease("submitter", "a-run-still-going", clock.now() + 600, clock.now())
+    assert stack.tick()["skipped"] is True
+    assert emulator.batch_ids() == []
+    assert stack.open_work()["pending"] == len(ids)
+    stack.advance(601)  # that run's invocation must have ended by now
+    assert stack.tick()["requests"] == len(ids)
+    assert store.lease("submitter", "next", clock.now() + 600, clock.now()), "the run kept its lease"
+    store.unlease("submitter", "next")
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_a_stale_index_page_never_claims_a_request_twice(loaded, emulator, monkeypatch):
+    from batch_relay.store import Store
+
+    stack, inbox, ids = loaded
+    real = Store.pages
+    stale = list(real(Store(stack.physical["RequestTable"]), "urgent"))
+    assert sum(map(len, stale)) == len(ids)
+    stack.tick()
+    assert len(emulator.batch_ids()) == 1
+    # The index still lists every request as pending, as a lagging GSI may after a claim.
+    monkeypatch.setattr(
+        Store, "pages", lambda self, part, size=1000: iter(stale) if part == "urgent" else real(self, part)
+    )
+    stack.tick()
+    assert len(emulator.batch_ids()) == 1, "a request listed as pending by a stale page was claimed again"
+    monkeypatch.setattr(Store, "pages", real)
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_a_claim_that_dies_between_pages_is_released_from_its_journal(loaded, emulator, monkeypatch):
+    from batch_relay.payloads import Payloads
+    from batch_relay.store import Store
+
+    stack, inbox, ids = loaded
+    real = Store.pages
+    monkeypatch.setattr(Store, "pages", lambda self, part, size=1000: real(self, part, 5))
+    journal = Payloads.journal
+    calls = {"n": 0}
+
+    def dies_on_third_page(self, ref, page, rids):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("crash after two pages were claimed")
+        return journal(self, ref, page, rids)
+
+    monkeypatch.setattr(Payloads, "journal", dies_on_third_page)
+    with pytest.raises(RuntimeError):
+        stack.tick()
+    store = Store(stack.physical["RequestTable"])
+    status = Counter(store.get(f"req#{rid}")["status"] for rid in ids)
+    assert status == {"claimed": 10, "pending": 2}
+    stack.advance(STALE)
+    stack.pump()
+    assert len(emulator.batch_ids()) == 1
+    per_id = assert_once(stack, inbox, ids, emulator)
+    assert {c[0]["attempts"] for c in per_id.values()} == {1}, "a released claim still counted an attempt"
+
+
+def test_a_request_the_api_returns_no_result_for_is_tried_again(loaded, emulator, monkeypatch):
+    from batch_relay import batches
+
+    stack, inbox, ids = loaded
+    real = batches.results
+    first: list[str] = []
+
+    def one_line_short(batch_id, skip=0):
+        first[:] = first or [batch_id]
+        return (line for line in real(batch_id, skip) if batch_id != first[0] or line["custom_id"] != "q3")
+
+    monkeypatch.setattr(batches, "results", one_line_short)
+    stack.pump()
+    per_id = assert_once(stack, inbox, ids)
+    assert per_id["q3"][0]["status"] == "succeeded" and per_id["q3"][0]["attempts"] == 2
+    assert ids_in_batches(emulator)["q3"] == 2
+    assert {c[0]["attempts"] for k, c in per_id.items() if k != "q3"} == {1}

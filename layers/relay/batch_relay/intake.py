@@ -1,7 +1,7 @@
 """The buffer: validate request messages and store each accepted request once.
 
 Outcomes of one SQS record, decided in `accept`:
-- valid and new: stored as a pending request of its tier;
+- valid and new: its request line stored in S3, and a pending item of its tier pointing at it;
 - valid but its id is already stored: nothing more (the first one is answered);
 - invalid: a `rejected` completion with the reason, and the record is done (never retried);
   without a usable id, a logged rejection and a metric instead;
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,17 +28,37 @@ from .completions import Topic
 from .errors import RejectedRequest
 from .models import ID_PATTERN, Completion, ErrorInfo, RequestMessage
 from .observability import MetricUnit, logger, metrics
-from .payloads import Payloads
+from .payloads import SHARED_LINE_BYTES, Payloads
 from .settings import Settings
 from .store import Store, request_key
 
 # The SQS Extended Client's pointer, which producers in Java, Python and .NET already emit.
 EXTENDED_POINTER = "software.amazon.payloadoffloading.PayloadS3Pointer"
-# DynamoDB's item limit is 400 KB; params beyond this go to S3, leaving room for the other attributes.
-INLINE_PARAMS_BYTES = 300 * 1024
+# The most request lines one body object holds; lines of one invocation share objects up to this.
+BODY_OBJECT_BYTES = 8 * 1024 * 1024
 # The Messages API refuses requests over 32 MB; such a request could never be answered.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 _ID = re.compile(ID_PATTERN)
+
+
+@dataclass
+class Parsed:
+    """A valid request, its line as the batch will carry it, and where that line is stored."""
+
+    rid: str
+    request: RequestMessage
+    line: bytes
+    received_at: str
+    key: str = ""
+    offset: int = 0
+
+
+@dataclass
+class Refused:
+    rid: str | None
+    reason: str
+    received_at: str
+    raw: Any
 
 
 @dataclass
@@ -48,6 +69,7 @@ class Intake:
     topic: Topic
     tally: Counter[str] = field(default_factory=Counter)
     processor: BatchProcessor = field(default_factory=lambda: BatchProcessor(event_type=EventType.SQS))
+    parsed: dict[str, Parsed | Refused | Exception] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
@@ -56,9 +78,21 @@ class Intake:
         )
 
     def process(self, event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
-        """One SQS batch: each record accepted on its own; failed records reported for redelivery."""
+        """One SQS batch: each record accepted on its own; failed records reported for redelivery.
+
+        Every record is parsed first so that the accepted request lines go to S3 together, one
+        object per invocation, and each item holds only a pointer: the item stays under 1 KB, so
+        each of its writes costs one write unit whatever the prompt's size."""
         self.tally.clear()
+        self.parsed = {}
         try:
+            for raw in event.get("Records", []):
+                record = SQSRecord(raw)
+                try:
+                    self.parsed[record.message_id] = self._parse(record)
+                except Exception as exc:  # raised again in `accept`, so only this record is retried
+                    self.parsed[record.message_id] = exc
+            self._store_lines([p for p in self.parsed.values() if isinstance(p, Parsed)])
             return process_partial_response(
                 event=event, record_handler=self.accept, processor=self.processor, context=context
             )
@@ -67,8 +101,7 @@ class Intake:
             for name, n in self.tally.items():
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=n)
 
-    def accept(self, record: SQSRecord) -> str:
-        """Handle one SQS record; returns what happened to it ("stored", "duplicate", "rejected")."""
+    def _parse(self, record: SQSRecord) -> Parsed | Refused:
         received_at = clock.iso()
         raw: Any = None
         try:
@@ -76,9 +109,47 @@ class Intake:
             request = self._validate(raw)
         except RejectedRequest as rejection:
             rid = rejection.request_id or _usable_id(raw, record.message_id)
-            return self._reject(rid, rejection.reason, received_at, raw)
+            return Refused(rid, rejection.reason, received_at, raw)
         rid = request.request_id or record.message_id
-        stored = self.store.add(self._item(rid, request, received_at, record.message_id))
+        line = json.dumps(
+            {"custom_id": rid, "params": request.params.payload()}, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+        return Parsed(rid, request, line, received_at)
+
+    def _store_lines(self, accepted: list[Parsed]) -> None:
+        """Write the accepted lines to S3: shared objects of up to BODY_OBJECT_BYTES, and a line too
+        large to share in an object of its own."""
+        group: list[Parsed] = []
+        size = 0
+        for p in accepted:
+            if len(p.line) > SHARED_LINE_BYTES:
+                self._put([p])
+                continue
+            if group and size + len(p.line) + 1 > BODY_OBJECT_BYTES:
+                self._put(group)
+                group, size = [], 0
+            group.append(p)
+            size += len(p.line) + 1
+        if group:
+            self._put(group)
+
+    def _put(self, group: list[Parsed]) -> None:
+        key = f"bodies/{clock.iso()[:10]}/{uuid.uuid4().hex}.jsonl"
+        offset = 0
+        for p in group:
+            p.key, p.offset = key, offset
+            offset += len(p.line) + 1
+        self.payloads.put_lines(key, [p.line + b"\n" for p in group])
+
+    def accept(self, record: SQSRecord) -> str:
+        """Handle one SQS record; returns what happened to it ("stored", "duplicate", "rejected")."""
+        parsed = self.parsed[record.message_id]
+        if isinstance(parsed, Exception):
+            raise parsed
+        if isinstance(parsed, Refused):
+            return self._reject(parsed.rid, parsed.reason, parsed.received_at, parsed.raw)
+        rid, request = parsed.rid, parsed.request
+        stored = self.store.add(self._item(parsed, record.message_id))
         self.tally["RequestsReceived"] += 1
         if not stored:
             logger.info("duplicate request ignored", extra={"request_id": rid})
@@ -128,30 +199,26 @@ class Intake:
             raise RejectedRequest(f"unknown tier {tier!r}; this deployment has {sorted(self.settings.tiers)}")
         return request.model_copy(update={"tier": tier})
 
-    def _item(self, rid: str, request: RequestMessage, received_at: str, message_id: str) -> dict[str, Any]:
-        params = request.params.payload()
-        text = json.dumps(params, separators=(",", ":"), ensure_ascii=False)
-        item: dict[str, Any] = {
-            "pk": request_key(rid),
+    def _item(self, parsed: Parsed, message_id: str) -> dict[str, Any]:
+        request = parsed.request
+        return {
+            "pk": request_key(parsed.rid),
             "kind": "request",
-            "request_id": rid,
+            "request_id": parsed.rid,
             "tier": request.tier,
             "model": request.params.model,
             "status": "pending",
             "attempts": 0,
             "metadata": request.metadata,
-            "received_at": received_at,
+            "received_at": parsed.received_at,
             "pending_tier": request.tier,
-            "pending_since": received_at,
-            "size": len(text.encode()) + len(rid) + 32,
+            "pending_since": parsed.received_at,
+            "body_key": parsed.key,
+            "body_at": parsed.offset,
+            "body_len": len(parsed.line),
             "sqs_message_id": message_id,
             "ttl": int(clock.now()) + self.settings.retention_days * 86400,
         }
-        if len(text.encode()) > INLINE_PARAMS_BYTES:
-            item["params_key"] = self.payloads.put_json(f"bodies/{rid}.json", params).key
-        else:
-            item["params"] = text
-        return item
 
     def _reject(self, rid: str | None, reason: str, received_at: str, raw: Any) -> str:
         self.tally["RequestsRejected"] += 1

@@ -1,13 +1,16 @@
 """The payload bucket: the only module that touches S3.
 
-Layout: `bodies/` request bodies too large for SQS or DynamoDB, `input/` the JSONL each batch was
-created from, `results/` the raw results of each batch, `messages/` completions too large for SNS.
+Layout: `bodies/` the request lines the buffer accepted (one object per buffer invocation, a
+request's item points at its bytes), `claims/` the ids each batch claimed, page by page, written
+before the claim, `input/` the JSONL each batch was created from, `results/` the raw results of each
+batch, `messages/` completions too large for SNS.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import aws
@@ -15,6 +18,10 @@ from .models import S3Pointer
 
 # S3 multipart parts must be at least 5 MiB; larger parts mean fewer calls for a 256 MB batch.
 PART_BYTES = 16 * 1024 * 1024
+# Bodies the submitter keeps in memory while it claims; a shared body object is at most 8 MB.
+CACHE_BYTES = 64 * 1024 * 1024
+# A line this long sits alone in its object and is read by range, never cached.
+SHARED_LINE_BYTES = 256 * 1024
 
 
 class Payloads:
@@ -40,6 +47,21 @@ class Payloads:
             raise ValueError(f"object is {obj['ContentLength']} bytes; the limit is {limit}")
         return obj["Body"].read()
 
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        span = f"bytes={offset}-{offset + length - 1}"
+        return self.s3.get_object(Bucket=self.bucket, Key=key, Range=span)["Body"].read()
+
+    def journal(self, ref: str, page: int, ids: Iterable[str]) -> None:
+        """Record the ids batch <ref> is about to claim, so a crashed claim can be undone."""
+        self.put_lines(f"claims/{ref}/{page:06d}.txt", [f"{rid}\n".encode() for rid in ids])
+
+    def journaled(self, ref: str) -> Iterator[str]:
+        """Every id batch <ref> may have claimed, in claim order."""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"claims/{ref}/")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield from self.read(self.bucket, obj["Key"]).decode().split()
+
     def read_json(self, key: str) -> Any:
         return json.loads(self.read(self.bucket, key))
 
@@ -55,6 +77,34 @@ class Payloads:
 
     def writer(self, key: str) -> JsonlWriter:
         return JsonlWriter(self.s3, self.bucket, key)
+
+
+class Bodies:
+    """Request lines by pointer, for the submitter: each shared body object is read once and kept
+    while it is likely to be needed again (its requests arrived together, so they are claimed
+    together), up to CACHE_BYTES."""
+
+    def __init__(self, payloads: Payloads, budget: int = CACHE_BYTES):
+        self.payloads, self.budget = payloads, budget
+        self.held: OrderedDict[str, bytes] = OrderedDict()
+        self.size = 0
+        self.reads = 0
+
+    def line(self, key: str, offset: int, length: int) -> bytes:
+        if length > SHARED_LINE_BYTES:
+            self.reads += 1
+            return self.payloads.read_range(key, offset, length)
+        data = self.held.get(key)
+        if data is None:
+            self.reads += 1
+            data = self.payloads.read(self.payloads.bucket, key)
+            self.held[key] = data
+            self.size += len(data)
+            while self.size > self.budget and len(self.held) > 1:
+                self.size -= len(self.held.popitem(last=False)[1])
+        else:
+            self.held.move_to_end(key)
+        return data[offset : offset + length]
 
 
 class RequestsBody:

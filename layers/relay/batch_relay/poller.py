@@ -95,8 +95,9 @@ class Poller:
                 extra={"batch_id": batch_id, "cursor": cursor, "error": str(exc)},
             )
             return out
-        # Requests that got no result line at all are answered, never dropped.
-        self.settler.unresolved(record, "api_error", "no result returned for this request")
+        # The API returns one line per request; requests that got none are answered, never dropped.
+        if cursor < int(record.get("request_count", 0)):
+            self.settler.unresolved(record, "api_error", "no result returned for this request")
         self.store.update(
             batch_key(ref),
             status="collected",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from . import clock
@@ -20,7 +21,7 @@ from .observability import MetricUnit, metrics
 from .payloads import Payloads
 from .pricing import cost_of
 from .settings import Settings
-from .store import Store, batch_key, claimed_partition, dynamo, request_key
+from .store import Store, batch_key, dynamo, request_key
 
 # Transient per-request errors are tried again in a later batch; anything else is final.
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error"})
@@ -52,14 +53,12 @@ class Settler:
     payloads: Payloads
     topic: Topic
 
-    def unresolved(self, record: dict[str, Any], error_type: str, message: str) -> int:
-        """Answer every request still claimed by this batch as errored, so none is left behind."""
-        left = [i["request_id"] for i in self.store.waiting(claimed_partition(record["ref"]))]
-        for start in range(0, len(left), CHUNK):
-            self.settle(
-                record, [errored(rid, error_type, message) for rid in left[start : start + CHUNK]], None
-            )
-        return len(left)
+    def unresolved(self, record: dict[str, Any], error_type: str, message: str) -> None:
+        """Answer every request still claimed by this batch as errored, so none is left behind.
+        `settle` skips those already answered, so the journal's ids can be offered as they are."""
+        ids = self.payloads.journaled(record["ref"])
+        while chunk := [errored(rid, error_type, message) for rid in islice(ids, CHUNK)]:
+            self.settle(record, chunk, None)
 
     def settle(self, record: dict[str, Any], chunk: list[dict[str, Any]], results_key: str | None) -> None:
         if results_key:

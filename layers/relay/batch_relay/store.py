@@ -5,14 +5,20 @@ One table holds two kinds of item:
 - `batch#<ref>`: a batch the relay made (the API keeps no metadata of ours), from the moment its
   requests are claimed until its results are collected.
 
+- `lease#submitter`: which submitter run may claim requests, and until when.
+
 The sparse `pending` index is the relay's work list. Its partition says what an item waits for:
-a tier name (a pending request), `claimed#<ref>` (a request inside batch <ref>), or `live` (a
-batch not yet collected). An item leaves the index when its state no longer needs attention.
+a tier name (a pending request) or `live` (a batch not yet collected). An item leaves the index
+when its state no longer needs attention: a claimed request leaves it (its batch's claim journal
+in S3 says where it went), so claiming costs one index delete, not a move.
+
+Items stay under 1 KB (request bodies live in S3), so each write costs one write unit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from decimal import Decimal
 from typing import Any
 
@@ -32,8 +38,18 @@ def batch_key(ref: str) -> str:
     return f"batch#{ref}"
 
 
-def claimed_partition(ref: str) -> str:
-    return f"claimed#{ref}"
+def claimed(item: dict[str, Any], ref: str, at: str) -> dict[str, Any]:
+    """A pending request as batch <ref> holds it: out of the index, one more attempt."""
+    out = {k: v for k, v in item.items() if k != "pending_tier"}
+    out.update(status="claimed", batch_ref=ref, submitted_at=at, attempts=int(item.get("attempts", 0)) + 1)
+    return out
+
+
+def released(item: dict[str, Any]) -> dict[str, Any]:
+    """A claimed request back in its tier, as if never claimed (its batch was never created)."""
+    out = {k: v for k, v in item.items() if k not in ("batch_ref", "submitted_at")}
+    out.update(status="pending", pending_tier=item["tier"], attempts=int(item.get("attempts", 1)) - 1)
+    return out
 
 
 def plain(value: Any) -> Any:
@@ -84,74 +100,48 @@ class Store:
         """Unconditional writes, 25 a call; only for items no one else may change meanwhile."""
         with self.table.batch_writer() as writer:
             for item in items:
-                writer.put_item(Item=item)
+                writer.put_item(Item=dynamo(item))
 
-    def waiting(self, partition: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
-        """Items of one index partition, oldest first, page by page."""
+    def pages(self, partition: str, size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Items of one index partition, oldest first, a page at a time (eventually consistent)."""
         args: dict[str, Any] = {
             "IndexName": INDEX,
             "KeyConditionExpression": Key("pending_tier").eq(partition),
             "ScanIndexForward": True,
+            "Limit": size,
         }
-        if limit:
-            args["Limit"] = min(limit, 1000)
-        seen = 0
         while True:
             page = self.table.query(**args)
-            for item in page.get("Items", []):
-                yield plain(item)
-                seen += 1
-                if limit and seen >= limit:
-                    return
+            yield [plain(item) for item in page.get("Items", [])]
             if "LastEvaluatedKey" not in page:
                 return
             args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def claim(self, request_id: str, tier: str, ref: str, at: str) -> bool:
-        """Move a pending request into batch <ref>; False when someone else got there first."""
+    def waiting(self, partition: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Items of one index partition, oldest first."""
+        seen = 0
+        for page in self.pages(partition, min(limit, 1000) if limit else 1000):
+            for item in page:
+                yield item
+                seen += 1
+                if limit and seen >= limit:
+                    return
+
+    def lease(self, name: str, holder: str, until: float, now: float) -> bool:
+        """Take lease <name> for `holder` until `until`, unless another holder's is still running."""
         try:
-            self.table.update_item(
-                Key={"pk": request_key(request_id)},
-                UpdateExpression=(
-                    "SET #s = :claimed, batch_ref = :ref, pending_tier = :part, submitted_at = :at "
-                    "ADD attempts :one"
-                ),
-                ConditionExpression="#s = :pending AND pending_tier = :tier",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":claimed": "claimed",
-                    ":pending": "pending",
-                    ":tier": tier,
-                    ":ref": ref,
-                    ":part": claimed_partition(ref),
-                    ":at": at,
-                    ":one": 1,
-                },
+            self.table.put_item(
+                Item={"pk": f"lease#{name}", "kind": "lease", "holder": holder, "until": dynamo(until)},
+                ConditionExpression=Attr("pk").not_exists() | Attr("until").lt(dynamo(now)),
             )
         except self.table.meta.client.exceptions.ConditionalCheckFailedException:
             return False
         return True
 
-    def release(self, item: dict[str, Any], ref: str) -> bool:
-        """Put a claimed request back in its tier (its batch was never created); undoes the attempt."""
-        try:
-            self.table.update_item(
-                Key={"pk": item["pk"]},
-                UpdateExpression="SET #s = :pending, pending_tier = :tier ADD attempts :minus "
-                "REMOVE batch_ref, submitted_at",
-                ConditionExpression="#s = :claimed AND batch_ref = :ref",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":pending": "pending",
-                    ":claimed": "claimed",
-                    ":tier": item["tier"],
-                    ":ref": ref,
-                    ":minus": -1,
-                },
-            )
-        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+    def unlease(self, name: str, holder: str) -> None:
+        # A lease that expired may be someone else's by now: only the holder's own is removed.
+        with suppress(self.table.meta.client.exceptions.ConditionalCheckFailedException):
+            self.table.delete_item(Key={"pk": f"lease#{name}"}, ConditionExpression=Attr("holder").eq(holder))
 
     # batches
 

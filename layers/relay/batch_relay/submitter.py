@@ -10,13 +10,14 @@ finish the job (`reconcile`):
      │            └─ crash: adopt the batch the API has for it, or create it
      └─ crash: release the claimed requests to their tier
 
-Each claimed request sits in the index under `claimed#<ref>`, so the requests of any batch can be
-found again without a scan.
+A run holds the `submitter` lease for as long as its invocation can last, so claims never race:
+a page of pending requests is read again consistently, its ids journaled in S3, then claimed with
+batched writes (25 a call, not one conditional write each). The journal is how a batch's requests
+are found again (to release them, or answer those the API never did) without an index entry each.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,13 +26,15 @@ from . import batches, clock, executions
 from .completions import Topic
 from .errors import ApiAccessError, BatchTooLargeError, TransientError
 from .observability import MetricUnit, logger, metrics
-from .payloads import Payloads, RequestsBody
+from .payloads import Bodies, Payloads, RequestsBody
 from .results import Settler
 from .settings import Settings, Tier
-from .store import LIVE, Store, batch_key, claimed_partition
+from .store import LIVE, Store, batch_key, claimed, released, request_key
 
 # A batch left in one state longer than a submitter run may take was left by a crashed run.
 STALE_SECONDS = 15 * 60
+# Clocks of two invocations may disagree by this much; a lease outlives its run by as long.
+LEASE_MARGIN_SECONDS = 30
 # Room for the `{"requests":[...]}` envelope around the request lines.
 ENVELOPE_BYTES = 1024
 MAX_RESTARTS = 3
@@ -44,18 +47,34 @@ class Submitter:
     payloads: Payloads
     settler: Settler
     report: dict[str, Any] = field(default_factory=lambda: {"batches": [], "requests": 0, "reconciled": 0})
+    bodies: Bodies = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bodies = Bodies(self.payloads)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Submitter:
         store, payloads = Store(settings.table_name), Payloads(settings.bucket_name)
         return cls(settings, store, payloads, Settler(settings, store, payloads, Topic(settings.topic_arn)))
 
-    def run(self) -> dict[str, Any]:
-        """One scheduled run: finish what crashed runs left, then flush every tier that is due."""
-        self.reconcile()
-        for name, tier in self.settings.tiers.items():
-            self.flush(name, tier)
-        self.measure_waits()
+    def run(self, seconds_left: float = STALE_SECONDS) -> dict[str, Any]:
+        """One scheduled run: finish what crashed runs left, then flush every tier that is due.
+
+        Nothing is done unless this run holds the lease; it lasts until this invocation must have
+        ended (`seconds_left`, from the Lambda context), so a run that dies keeps no one out longer."""
+        holder, now = uuid.uuid4().hex, clock.now()
+        if not self.store.lease("submitter", holder, now + seconds_left + LEASE_MARGIN_SECONDS, now):
+            logger.info("another submitter run holds the lease; this one does nothing")
+            metrics.add_metric(name="SubmitterOverlap", unit=MetricUnit.Count, value=1)
+            self.report["skipped"] = True
+            return self.report
+        try:
+            self.reconcile()
+            for name, tier in self.settings.tiers.items():
+                self.flush(name, tier)
+            self.measure_waits()
+        finally:
+            self.store.unlease("submitter", holder)
         return self.report
 
     def measure_waits(self) -> None:
@@ -122,12 +141,31 @@ class Submitter:
         limit = self.settings.max_batch_bytes - ENVELOPE_BYTES
         writer = self.payloads.writer(record["input_key"])
         try:
-            for item in self.store.waiting(tier):
-                line = self._line(item)
-                if writer.count >= cap or writer.bytes + len(line) + 1 > limit:
+            for number, page in enumerate(self.store.pages(tier, size=min(cap, 1000))):
+                # The index lags the table: only what a consistent read says is pending is taken.
+                fresh = self.store.get_many(item["pk"] for item in page)
+                taken: list[dict[str, Any]] = []
+                lines: list[bytes] = []
+                size = writer.bytes
+                full = False
+                for listed in page:
+                    item = fresh.get(listed["pk"])
+                    if item is None or item.get("status") != "pending" or item.get("pending_tier") != tier:
+                        continue
+                    line = self.bodies.line(item["body_key"], int(item["body_at"]), int(item["body_len"]))
+                    if writer.count + len(taken) >= cap or size + len(line) + 1 > limit:
+                        full = True
+                        break
+                    taken.append(item)
+                    lines.append(line)
+                    size += len(line) + 1
+                if taken:
+                    self.payloads.journal(ref, number, (item["request_id"] for item in taken))
+                    self.store.put_many(claimed(item, ref, now) for item in taken)
+                    for line in lines:
+                        writer.write(line)
+                if full or writer.count >= cap:
                     break
-                if self.store.claim(item["request_id"], tier, ref, now):
-                    writer.write(line)
             writer.close()
         except BaseException:
             writer.abort()
@@ -144,16 +182,6 @@ class Submitter:
             updated_at=clock.iso(),
         )
         return record
-
-    def _line(self, item: dict[str, Any]) -> bytes:
-        params = (
-            self.payloads.read_json(item["params_key"])
-            if "params_key" in item
-            else json.loads(item["params"])
-        )
-        return json.dumps(
-            {"custom_id": item["request_id"], "params": params}, separators=(",", ":"), ensure_ascii=False
-        ).encode()
 
     def submit(self, record: dict[str, Any]) -> None:
         """Create the batch from the uploaded JSONL and start its poller."""
@@ -226,14 +254,19 @@ class Submitter:
     # recovery
 
     def release(self, record: dict[str, Any], status: str) -> int:
+        """Put the requests batch <ref> still holds back in their tier (the batch was never created)."""
         ref = record["ref"]
-        released = sum(
-            self.store.release(item, ref) for item in list(self.store.waiting(claimed_partition(ref)))
-        )
+        items = self.store.get_many(request_key(rid) for rid in self.payloads.journaled(ref))
+        back = [
+            released(item)
+            for item in items.values()
+            if item.get("status") == "claimed" and item.get("batch_ref") == ref
+        ]
+        self.store.put_many(back)
         self.store.update(
             batch_key(ref), status=status, updated_at=clock.iso(), remove=("pending_tier", "pending_since")
         )
-        return released
+        return len(back)
 
     def reconcile(self) -> None:
         """Finish batches a crashed run left half-made."""
@@ -241,10 +274,8 @@ class Submitter:
             stale = clock.now() - clock.parse(record["updated_at"]) >= STALE_SECONDS
             status = record["status"]
             if status == "claiming" and stale:
-                released = self.release(record, status="abandoned")
-                logger.warning(
-                    "released requests of an abandoned claim", extra={"ref": record["ref"], "n": released}
-                )
+                n = self.release(record, status="abandoned")
+                logger.warning("released an abandoned claim", extra={"ref": record["ref"], "n": n})
             elif status == "uploaded" and stale:
                 adopted = self._find_created(record)
                 if adopted is not None:
