@@ -28,9 +28,10 @@ PRICES = {
 # Lambda's SQS poller receives up to 10 messages a call and deletes them 10 a call; producers
 # are assumed to send 10 a call too (the operator CLI does).
 SQS_CALLS_PER_MESSAGE = 0.1 + 0.1 + 0.1
-# Reads: a consistent BatchGetItem of each request at collection (1 unit each, items under 4 KB)
-# and its share of the index pages the submitter queries (eventually consistent, half a unit).
-READ_UNITS_PER_REQUEST = 1.5
+# Reads: a consistent BatchGetItem of each request when it is claimed and again when its result is
+# settled (1 unit each, items under 4 KB), and its share of the index pages the submitter queries
+# (eventually consistent, half a unit).
+READ_UNITS_PER_REQUEST = 2.5
 S3_PUTS = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
 S3_GETS = ("GetObject", "HeadObject")
 TYPICAL = {"model": "claude-sonnet-4-5", "input_tokens": 1000, "output_tokens": 500}
@@ -45,8 +46,10 @@ def memory_gb() -> dict[str, float]:
     }
 
 
-def per_million(run: dict[str, Any], item_bytes: float, retention_days: int = 30) -> dict[str, float]:
-    """USD per million requests, by service, from one metered run of `relay`."""
+def per_million(run: dict[str, Any], retention_days: int = 30) -> dict[str, float]:
+    """USD per million requests, by service, from one metered run of `relay` (which also gives the
+    mean item size in DynamoDB and request line size in S3)."""
+    item_bytes, line_bytes = run["item_bytes"], run["line_bytes"]
     n = run["requests"]
     scale = 1e6 / n
     calls = run["calls"]
@@ -65,8 +68,9 @@ def per_million(run: dict[str, Any], item_bytes: float, retention_days: int = 30
         "dynamodb": run["write_units"] * scale * PRICES["dynamodb_write_unit"]
         + 1e6 * READ_UNITS_PER_REQUEST * PRICES["dynamodb_read_unit"]
         + 1e6 * item_bytes / 1e9 * PRICES["dynamodb_gb_month"] * months,
-        # the batch's input JSONL and its raw results, kept for the retention period
-        "s3": s3_usd * scale + 1e6 * 2 * item_bytes / 1e9 * PRICES["s3_gb_month"] * months,
+        # the request line (kept twice: as buffered and in the batch's input) and its raw result,
+        # a line's size again, kept for the retention period
+        "s3": s3_usd * scale + 1e6 * 3 * line_bytes / 1e9 * PRICES["s3_gb_month"] * months,
         "sns": published * scale * PRICES["sns_publish"],
         "stepfunctions": run["transitions"] * scale * PRICES["sfn_transition"],
     }

@@ -2,13 +2,15 @@
 API's limits, each in a process of its own so its peak RSS is its alone.
 
 S3 is moto's server and the API is the emulator, both in the parent process; the child runs the
-relay's own code (`JsonlWriter`, `RequestsBody` + `batches.create_from`, `batches.results` +
-`Payloads.put_lines`) and reports its wall time and peak RSS.
+relay's own code (`Bodies` reading the buffered request lines, `JsonlWriter`, `RequestsBody` +
+`batches.create_from`, `batches.results` + `Payloads.put_lines`) and reports its wall time and
+peak RSS. The parent stages the request lines as the buffer leaves them (100 to an object) and
+hands the child their pointers in a file, read one at a time as the claim reads index pages.
 
 DynamoDB is not in these runs: moto answers a 1 MB query page of a 100,000-item index in seconds
 and rescans the index for every page, so claiming 100,000 requests there would take hours. The
-per-request DynamoDB work (one claim each, one write each at the end, 100 a call) is measured on
-the whole pipeline instead (`benchmarks.pipeline`), and holds one page or one chunk at a time.
+per-request DynamoDB work (batched claims and final writes) is measured on the whole pipeline
+instead (`benchmarks.pipeline`), and holds one page or one chunk at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -78,7 +81,7 @@ def services() -> Any:
                 aws_secret_access_key="bench",
             )
             s3.create_bucket(Bucket=BUCKET)
-            yield env, emulator
+            yield env, emulator, s3
     finally:
         moto.stop()
 
@@ -97,9 +100,11 @@ def _child(env: dict[str, str], *args: object) -> dict[str, Any]:
 
 
 def submitter(n: int, prompt_bytes: int) -> dict[str, Any]:
-    """n requests written as the batch's JSONL, then created from it: the submitter's two big legs."""
-    with services() as (env, emulator):
-        got = _child(env, "submit", n, prompt_bytes)
+    """n buffered requests read back and written as the batch's JSONL, then created from it: the
+    submitter's two big legs."""
+    with services() as (env, emulator, s3), tempfile.NamedTemporaryFile("w", suffix=".txt") as pointers:
+        _stage(s3, n, prompt_bytes, pointers)
+        got = _child(env, "submit", pointers.name)
         [batch_id] = emulator.batch_ids()
         counts = emulator.handle("GET", f"/v1/messages/batches/{batch_id}", {"x-api-key": "k"}, b"")
     processing = json.loads(counts[2])["request_counts"]
@@ -113,7 +118,7 @@ def collector(n: int) -> dict[str, Any]:
     """An ended batch of n results read back and stored chunk by chunk, as the collector does."""
     import anthropic
 
-    with services() as (env, _):
+    with services() as (env, _, _s3):
         from benchmarks.pipeline import params
 
         client = anthropic.Anthropic(base_url=env["ANTHROPIC_BASE_URL"], api_key="bench", max_retries=0)
@@ -123,23 +128,47 @@ def collector(n: int) -> dict[str, Any]:
         return _child(env, "collect", batch.id, n)
 
 
+def _stage(s3: Any, n: int, prompt_bytes: int, pointers: Any) -> None:
+    """Request lines as the buffer stores them, 100 to an object; their pointers, one per line."""
+    from benchmarks.pipeline import params
+
+    for start in range(0, n, 100):
+        key = f"bodies/bench/{start:06d}.jsonl"
+        lines = [
+            json.dumps(
+                {"custom_id": f"bench-{i:06d}", "params": params(i, prompt_bytes)},
+                separators=(",", ":"),
+                ensure_ascii=False,
+            ).encode()
+            for i in range(start, min(n, start + 100))
+        ]
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"".join(line + b"\n" for line in lines))
+        offset = 0
+        for line in lines:
+            pointers.write(f"{key} {offset} {len(line)}\n")
+            offset += len(line) + 1
+    pointers.flush()
+
+
 # the child's side
 
 
-def _submit(n: int, prompt_bytes: int) -> dict[str, Any]:
+def _submit(pointers: str) -> dict[str, Any]:
     from batch_relay import batches
-    from batch_relay.payloads import Payloads, RequestsBody
-
-    from benchmarks.pipeline import params
+    from batch_relay.payloads import Bodies, Payloads, RequestsBody
 
     base = _rss_mb()
     payloads = Payloads(BUCKET)
+    bodies = Bodies(payloads)
     key = "input/bench.jsonl"
     started = time.perf_counter()
     writer = payloads.writer(key)
-    for i in range(n):
-        line = {"custom_id": f"bench-{i:06d}", "params": params(i, prompt_bytes)}
-        writer.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode())
+    n = 0
+    with open(pointers) as lines:
+        for pointer in lines:
+            body_key, offset, length = pointer.split()
+            writer.write(bodies.line(body_key, int(offset), int(length)))
+            n += 1
     writer.close()
     uploaded = time.perf_counter()
     body = RequestsBody(payloads, key, payloads.size(key))
@@ -148,6 +177,7 @@ def _submit(n: int, prompt_bytes: int) -> dict[str, Any]:
     return {
         "requests": n,
         "bytes": len(body),
+        "body_reads": bodies.reads,
         "batch_id": batch.id,
         "upload_seconds": round(uploaded - started, 2),
         "create_seconds": round(created - uploaded, 2),
@@ -190,7 +220,7 @@ def main(argv: list[str]) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    out = _submit(int(argv[1]), int(argv[2])) if argv[0] == "submit" else _collect(argv[1], int(argv[2]))
+    out = _submit(argv[1]) if argv[0] == "submit" else _collect(argv[1], int(argv[2]))
     print(json.dumps(out))
 
 

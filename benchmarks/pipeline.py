@@ -98,7 +98,7 @@ def relay(n: int, prompt_bytes: int = 600, buffer_batch: int = 100) -> dict[str,
                 runs = stack.settle(timeout=3600)
                 wall = time.perf_counter() - started
                 transitions = _transitions(runs)
-                done = _answered(stack)
+                done, item_bytes, line_bytes = _answered(stack)
     finally:
         meter.uninstall()
     if done != n:
@@ -113,6 +113,8 @@ def relay(n: int, prompt_bytes: int = 600, buffer_batch: int = 100) -> dict[str,
         "service_seconds": meter.service_seconds,
         "invocations": dict(meter.invocations),
         "batches": len(emulator.batch_ids()),
+        "item_bytes": item_bytes,
+        "line_bytes": line_bytes,
         "transitions": transitions,
         "wall_seconds": wall,
         "buffer_seconds": buffered - started,
@@ -128,14 +130,18 @@ def _transitions(runs: list[dict[str, Any]]) -> int:
     return total
 
 
-def _answered(stack: Any) -> int:
+def _answered(stack: Any) -> tuple[int, float, float]:
+    """Requests answered, and the mean size of their items and of their request lines."""
     from batch_relay.store import Store
 
-    return sum(
-        1
+    done = [
+        item
         for item in Store(stack.physical["RequestTable"]).scan("request")
         if item.get("status") in ("succeeded", "errored", "expired", "canceled") and item.get("notified")
-    )
+    ]
+    n = max(1, len(done))
+    item_bytes = sum(len(json.dumps(item, separators=(",", ":"))) for item in done) / n
+    return len(done), item_bytes, sum(int(item["body_len"]) for item in done) / n
 
 
 def naive(n: int, prompt_bytes: int = 600) -> dict[str, Any]:

@@ -116,8 +116,7 @@ def end_to_end(out: dict[str, float], n: int) -> None:
     for op, count in relay["calls"].items():
         out[f"calls_{op.replace('.', '_')}"] = round(count / n, 4)
 
-    item_bytes = len(json.dumps(pipeline.message(0))) + 400  # the request plus the relay's attributes
-    bill = cost.per_million(relay, item_bytes)
+    bill = cost.per_million(relay)
     saved = cost.savings_per_million()
     table(
         "Modelled AWS cost per million requests (USD, us-east-1 list prices)",
