@@ -130,17 +130,14 @@ def collector(n: int) -> dict[str, Any]:
 
 def _stage(s3: Any, n: int, prompt_bytes: int, pointers: Any) -> None:
     """Request lines as the buffer stores them, 100 to an object; their pointers, one per line."""
+    from batch_relay.payloads import request_line
+
     from benchmarks.pipeline import params
 
     for start in range(0, n, 100):
         key = f"bodies/bench/{start:06d}.jsonl"
         lines = [
-            json.dumps(
-                {"custom_id": f"bench-{i:06d}", "params": params(i, prompt_bytes)},
-                separators=(",", ":"),
-                ensure_ascii=False,
-            ).encode()
-            for i in range(start, min(n, start + 100))
+            request_line(f"bench-{i:06d}", params(i, prompt_bytes)) for i in range(start, min(n, start + 100))
         ]
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"".join(line + b"\n" for line in lines))
         offset = 0

@@ -28,7 +28,7 @@ from .completions import Topic
 from .errors import RejectedRequest
 from .models import ID_PATTERN, Completion, ErrorInfo, RequestMessage
 from .observability import MetricUnit, logger, metrics
-from .payloads import SHARED_LINE_BYTES, Payloads
+from .payloads import SHARED_LINE_BYTES, Payloads, request_line
 from .settings import Settings
 from .store import Store, request_key
 
@@ -111,10 +111,7 @@ class Intake:
             rid = rejection.request_id or _usable_id(raw, record.message_id)
             return Refused(rid, rejection.reason, received_at, raw)
         rid = request.request_id or record.message_id
-        line = json.dumps(
-            {"custom_id": rid, "params": request.params.payload()}, separators=(",", ":"), ensure_ascii=False
-        ).encode()
-        return Parsed(rid, request, line, received_at)
+        return Parsed(rid, request, request_line(rid, request.params.payload()), received_at)
 
     def _store_lines(self, accepted: list[Parsed]) -> None:
         """Write the accepted lines to S3: shared objects of up to BODY_OBJECT_BYTES, and a line too

@@ -24,6 +24,13 @@ CACHE_BYTES = 64 * 1024 * 1024
 SHARED_LINE_BYTES = 256 * 1024
 
 
+def request_line(custom_id: str, params: dict[str, Any]) -> bytes:
+    """One request of a batch's JSONL, as the buffer stores it and the create call sends it."""
+    return json.dumps(
+        {"custom_id": custom_id, "params": params}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
 class Payloads:
     def __init__(self, bucket: str):
         self.bucket = bucket
