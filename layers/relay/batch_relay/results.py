@@ -21,7 +21,7 @@ from .observability import MetricUnit, metrics
 from .payloads import Payloads
 from .pricing import cost_of
 from .settings import Settings
-from .store import Store, batch_key, dynamo, request_key
+from .store import Store, batch_key, dynamo, held_by, request_key
 
 # Transient per-request errors are tried again in a later batch; anything else is final.
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error"})
@@ -73,7 +73,7 @@ class Settler:
         totals = {"batch_usd": 0.0, "list_usd": 0.0, "saved_usd": 0.0}
         for result in chunk:
             item = items.get(request_key(result["custom_id"]))
-            if item is None or item.get("status") != "claimed" or item.get("batch_ref") != record["ref"]:
+            if item is None or not held_by(item, record["ref"]):
                 continue  # answered already, by an earlier try of this chunk or another poller
             completion, item = self._outcome(record, item, result["result"], results_key)
             writes.append(item)

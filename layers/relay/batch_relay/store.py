@@ -45,6 +45,11 @@ def claimed(item: dict[str, Any], ref: str, at: str) -> dict[str, Any]:
     return out
 
 
+def held_by(item: dict[str, Any] | None, ref: str) -> bool:
+    """Whether batch <ref> still holds this request: claimed by it and not yet answered."""
+    return item is not None and item.get("status") == "claimed" and item.get("batch_ref") == ref
+
+
 def released(item: dict[str, Any]) -> dict[str, Any]:
     """A claimed request back in its tier, as if never claimed (its batch was never created)."""
     out = {k: v for k, v in item.items() if k not in ("batch_ref", "submitted_at")}

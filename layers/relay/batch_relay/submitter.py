@@ -29,7 +29,7 @@ from .observability import MetricUnit, logger, metrics
 from .payloads import Bodies, Payloads, RequestsBody
 from .results import Settler
 from .settings import Settings, Tier
-from .store import LIVE, Store, batch_key, claimed, released, request_key
+from .store import LIVE, Store, batch_key, claimed, held_by, released, request_key
 
 # A batch left in one state longer than a submitter run may take was left by a crashed run.
 STALE_SECONDS = 15 * 60
@@ -257,11 +257,7 @@ class Submitter:
         """Put the requests batch <ref> still holds back in their tier (the batch was never created)."""
         ref = record["ref"]
         items = self.store.get_many(request_key(rid) for rid in self.payloads.journaled(ref))
-        back = [
-            released(item)
-            for item in items.values()
-            if item.get("status") == "claimed" and item.get("batch_ref") == ref
-        ]
+        back = [released(item) for item in items.values() if held_by(item, ref)]
         self.store.put_many(back)
         self.store.update(
             batch_key(ref), status=status, updated_at=clock.iso(), remove=("pending_tier", "pending_since")
