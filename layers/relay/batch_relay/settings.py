@@ -44,6 +44,9 @@ class Settings(BaseModel):
 
     table_name: str = Field(alias="TABLE_NAME", min_length=3)
     bucket_name: str = Field(alias="BUCKET_NAME", min_length=3)
+    # Where producers offload bodies too large for SQS (the buffer only reads it); the relay's own
+    # bucket when a deployment names none.
+    inbox_bucket_name: str | None = Field(default=None, alias="INBOX_BUCKET_NAME")
     topic_arn: str = Field(alias="TOPIC_ARN", pattern=r"^arn:aws[a-z-]*:sns:")
     state_machine_arn: str | None = Field(default=None, alias="STATE_MACHINE_ARN")
     tiers: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Tier] = Field(
@@ -67,7 +70,7 @@ class Settings(BaseModel):
     def _parse_tiers(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
 
-    @field_validator("state_machine_arn", "api_key_secret_arn", mode="before")
+    @field_validator("state_machine_arn", "api_key_secret_arn", "inbox_bucket_name", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return value or None
@@ -81,6 +84,11 @@ class Settings(BaseModel):
         if self.poll_max_seconds < self.poll_min_seconds:
             raise ValueError("POLL_MAX_SECONDS is below POLL_MIN_SECONDS")
         return self
+
+    @property
+    def inbox(self) -> str:
+        """The one bucket offloaded request bodies may be read from."""
+        return self.inbox_bucket_name or self.bucket_name
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
