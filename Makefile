@@ -8,13 +8,14 @@ SAM_PYENV ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv test unit integration lint build demo bench invoke clean schemas
+.PHONY: help venv test unit integration lint build demo bench invoke clean schemas chaos
 
 help:
 	@echo "make test    set up and run the whole test suite"
 	@echo "make lint    ruff, mypy, cfn-lint, sam validate --lint, asl-validator"
 	@echo "make build   sam build (the deployable artifacts in .aws-sam/)"
 	@echo "make demo    the whole pipeline on this machine: moto + the Anthropic emulator (ARGS=--help)"
+	@echo "make chaos SEEDS=200   the promises under random faults, seed by seed"
 	@echo "make invoke FN=BufferFunction EVENT=events/buffer.json   run one function, no Docker"
 
 venv: $(STAMP)
@@ -63,3 +64,6 @@ clean:
 
 schemas: $(STAMP)
 	$(BIN)/python scripts/schemas.py
+
+chaos: $(STAMP)
+	$(BIN)/relay-local chaos --seeds $(or $(SEEDS),20) $(ARGS) 2>/dev/null | grep -v '^{"'

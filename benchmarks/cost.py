@@ -38,11 +38,17 @@ TYPICAL = {"model": "claude-sonnet-4-5", "input_tokens": 1000, "output_tokens": 
 
 
 def memory_gb() -> dict[str, float]:
+    return {name: props["MemorySize"] / 1024 for name, props in _functions().items()}
+
+
+def timeouts() -> dict[str, int]:
+    return {name: int(props["Timeout"]) for name, props in _functions().items()}
+
+
+def _functions() -> dict[str, Any]:
     resources = load_template()["Resources"]
     return {
-        name: r["Properties"]["MemorySize"] / 1024
-        for name, r in resources.items()
-        if r["Type"] == "AWS::Serverless::Function"
+        name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::Serverless::Function"
     }
 
 

@@ -169,7 +169,7 @@ def _submit(pointers: str) -> dict[str, Any]:
     writer.close()
     uploaded = time.perf_counter()
     body = RequestsBody(payloads, key, payloads.size(key))
-    batch = batches.create_from(body, len(body))
+    batch = batches.create_from(body, len(body), deadline=time.time() + 600)
     created = time.perf_counter()
     return {
         "requests": n,

@@ -31,6 +31,7 @@ WRITES = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem")
 class Meter:
     def __init__(self, index_key: str = "pending_tier"):
         self.calls: Counter[str] = Counter()
+        self.calls_by_fn: dict[str, Counter[str]] = {}
         self.write_units = 0
         self.durations: Counter[str] = Counter()  # seconds per function
         self.invocations: Counter[str] = Counter()
@@ -124,6 +125,8 @@ class Meter:
     def _note(self, model: Any, params: dict[str, Any], context: Any) -> None:
         service = model.service_model.service_name
         self.calls[f"{service}.{model.name}"] += 1
+        fn = getattr(self._inside, "fn", None) or "?"
+        self.calls_by_fn.setdefault(fn, Counter())[f"{service}.{model.name}"] += 1
         if service == "dynamodb" and model.name in WRITES:
             keys = _written_keys(model.name, params.get("body", {}))
             context["bench_images"] = [(table, key, _image(table, key)) for table, key in keys]

@@ -107,6 +107,7 @@ def relay(n: int, prompt_bytes: int = 600, buffer_batch: int = 100) -> dict[str,
         "requests": n,
         "prompt_bytes": prompt_bytes,
         "calls": dict(meter.calls),
+        "calls_by_function": {fn: dict(c) for fn, c in meter.calls_by_fn.items()},
         "calls_total": meter.total(),
         "write_units": meter.write_units,
         "durations": dict(meter.durations),
@@ -200,6 +201,7 @@ def naive(n: int, prompt_bytes: int = 600) -> dict[str, Any]:
     return {
         "requests": n,
         "calls": dict(meter.calls),
+        "calls_by_function": {fn: dict(c) for fn, c in meter.calls_by_fn.items()},
         "calls_total": meter.total(),
         "write_units": meter.write_units,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ def make_stack(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def make(**params: str) -> Any:
         s = LocalStack(parameters=TEST_PARAMETERS | params, env={"ANTHROPIC_BASE_URL": emulator.url})
         s.start()
+        # The API's clock moves with the relay's when a test moves time on (batch times, windows).
+        emulator.clock = lambda: time.time() + s.offset
         started.append(s)
         return s
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from batch_relay.errors import surfacing
 from batch_relay.observability import logger, metrics, tracer
 from batch_relay.settings import settings
 from batch_relay.submitter import Submitter
@@ -14,4 +15,5 @@ config = settings()
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return Submitter.from_settings(config).run(context.get_remaining_time_in_millis() / 1000)
+    with surfacing():
+        return Submitter.from_settings(config).run(context.get_remaining_time_in_millis() / 1000)

@@ -1,6 +1,7 @@
 """`relay-local`: run the relay's functions on this machine, with no AWS account and no Docker.
 
     relay-local demo                                      # the whole pipeline, see --help
+    relay-local chaos --seeds 200                         # the promises under random faults
     relay-local invoke BufferFunction events/buffer.json
 
 starts the local stack (moto, built from template.yaml) and the Anthropic emulator (or uses the
@@ -55,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         from relay_local import demo
 
         return demo.main(argv[1:])
+    if argv[:1] == ["chaos"]:
+        from relay_local import chaos
+
+        return chaos.main(argv[1:])
     parser = argparse.ArgumentParser(prog="relay-local", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="the whole pipeline on a realistic workload (see `relay-local demo --help`)")
+    sub.add_parser("chaos", help="the promises against random faults, seed by seed (see --help)")
     run = sub.add_parser("invoke", help="run one function of template.yaml with an event file")
     run.add_argument("function", help="logical id in template.yaml, e.g. BufferFunction")
     run.add_argument("event", help="JSON event file, e.g. events/buffer.json")

@@ -35,7 +35,11 @@ first request to send a given prefix writes it (`cache_creation_input_tokens`), 
 (`cache_read_input_tokens`), and `input_tokens` counts only what follows the last marker.
 
 Faults on demand: `inject(method, path_prefix, status, count, retry_after)` answers the next
-matching calls with an error (`retry-after` header when given); `break_results_after(n)` cuts the
+matching calls with an error (`retry-after` header when given); `lose_create_answers(n, how)` makes
+the next n creates go through and then answers 503 (`how="503"`) or drops the connection
+(`how="reset"`), as a gateway losing the answer would; `chaos(rate, seed)` does all of these at
+random (429/529/5xx before acting, lost create answers after, results streams cut half-way), and
+`creates` records every batch made, to count who was billed twice; `break_results_after(n)` cuts the
 next results stream after n lines; `rate_limit_per_minute` refuses with 429 calls to the batch
 endpoints past that many in the last 60 seconds of `clock`; `max_queued_requests` refuses with 429 a
 batch that would put more requests in processing than that. `clock` may be a `SimClock`, to live
@@ -48,6 +52,7 @@ import argparse
 import hashlib
 import json
 import math
+import random
 import re
 import secrets
 import string
@@ -75,7 +80,13 @@ ERROR_MESSAGES = {
     "overloaded_error": "Overloaded",
     "rate_limit_error": "Rate limited",
     "timeout_error": "Request timed out",
+    "billing_error": "Your credit balance is too low to access the Anthropic API.",
 }
+# What the API answers every request of a batch made while the account has no credit.
+NO_CREDIT = (
+    "Your credit balance is too low to access the Anthropic API. "
+    "Please go to Plans & Billing to upgrade or purchase credits."
+)
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -192,6 +203,7 @@ class _Batch:
     errored_share: float
     expired_share: float
     seed: int
+    credit: bool = True
     cancel_at: float | None = None
     cancel_seconds: float = 0.0
     deleted: bool = False
@@ -247,6 +259,11 @@ class Emulator:
     cancel_seconds: float = 0.5
     max_queued_requests: int | None = None
     rate_limit_per_minute: int | None = None
+    # False: batches are still accepted, but every request of one made now ends errored with
+    # invalid_request_error "Your credit balance is too low ..." (as the API does).
+    credit: bool = True
+    # A batch holding one of these custom_ids is refused with 400, naming it.
+    refused_ids: set[str] = field(default_factory=set)
     url: str | None = None
     calls: Counter[tuple[str, str]] = field(default_factory=Counter, repr=False)
     # Kept out of repr: a failing test would otherwise print every stored request.
@@ -255,6 +272,10 @@ class Emulator:
     _cached_prefixes: set[int] = field(default_factory=set, repr=False)
     _faults: list[_Fault] = field(default_factory=list, repr=False)
     _break_after: int | None = field(default=None, repr=False)
+    _lose: list[str] = field(default_factory=list, repr=False)
+    _chaos: random.Random | None = field(default=None, repr=False)
+    _chaos_rate: float = field(default=0.0, repr=False)
+    faults_served: Counter[str] = field(default_factory=Counter, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # test controls
@@ -276,6 +297,21 @@ class Emulator:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._lose.clear()
+            self._chaos = None
+
+    def lose_create_answers(self, count: int = 1, how: str = "503") -> None:
+        """Create the next `count` batches, then lose each answer: a 503 or a dropped connection."""
+        with self._lock:
+            self._lose.extend([how] * count)
+
+    def chaos(self, rate: float, seed: int) -> None:
+        """Fail about `rate` of calls at random, in every way the service can (seeded)."""
+        with self._lock:
+            self._chaos, self._chaos_rate = random.Random(seed), rate
+
+    def _roll(self) -> float:
+        return self._chaos.random() if self._chaos is not None else 1.0
 
     def break_results_after(self, lines: int) -> None:
         """Cut the next results stream after this many lines, as a dropped connection would."""
@@ -307,12 +343,15 @@ class Emulator:
             self.calls[(method, route)] += 1
         try:
             self._check_fault(method, path, route)
+            self._random_refusal()
             self._authenticate(headers)
             if found is None or route == "unknown":
                 raise ApiError(404, f"Not found: {method} {path}")
             self._throttle()
             size = max(len(body), _int(headers.get("content-length")))
             payload = self._dispatch(route, found.group("id"), query, body, size)
+            if route == "create":
+                self._lose_answer()
         except ApiError as err:
             return self._error(err)
         request_id = {"request-id": _new_id("req_")}
@@ -327,6 +366,25 @@ class Emulator:
                 if fault.remaining > 0 and matches and fault.route in (None, route):
                     fault.remaining -= 1
                     raise ApiError(fault.status, f"injected {fault.status}", fault.retry_after)
+
+    def _random_refusal(self) -> None:
+        with self._lock:
+            if self._roll() < self._chaos_rate / 2:
+                status = (429, 529, 500, 503)[int(self._roll() * 4) % 4]
+                self.faults_served[f"refused {status}"] += 1
+                raise ApiError(status, f"injected {status}", 0.001 if status == 429 else None)
+
+    def _lose_answer(self) -> None:
+        with self._lock:
+            how = self._lose.pop(0) if self._lose else None
+            if how is None and self._roll() < self._chaos_rate / 2:
+                how = "503" if self._roll() < 0.5 else "reset"
+            if how is None:
+                return
+            self.faults_served[f"lost create answer ({how})"] += 1
+        if how == "reset":
+            raise ConnectionResetError("answer lost after the batch was created")
+        raise ApiError(503, "upstream connect error or disconnect/reset before headers")
 
     def _authenticate(self, headers: dict[str, str]) -> None:
         auth = headers.get("authorization", "")
@@ -378,6 +436,9 @@ class Emulator:
             if status != "ended":
                 raise ApiError(400, f"Batch {batch.id} has not ended; results are not available yet")
             cut, self._break_after = self._break_after, None
+            if cut is None and self._roll() < self._chaos_rate:
+                cut = int(self._roll() * len(batch.requests))
+                self.faults_served["results stream cut"] += 1
         return self._results(batch, cut)
 
     def _create(self, body: bytes, size: int) -> dict[str, Any]:
@@ -405,6 +466,8 @@ class Emulator:
                 raise ApiError(400, f"requests.{n}.params: an object is required")
             if params.get("stream"):
                 raise ApiError(400, f"requests.{n}.params.stream: streaming is not supported in batches")
+            if cid in self.refused_ids:
+                raise ApiError(400, f"requests.{n}.params: this request cannot be processed ({cid})")
             seen.add(cid)
             requests.append(_digest(cid, params))
         with self._lock:
@@ -427,6 +490,7 @@ class Emulator:
                 errored_share=self.errored_share,
                 expired_share=self.expired_share,
                 seed=self.seed,
+                credit=self.credit,
             )
             self._batches[batch.id] = batch
             return self._view(batch)
@@ -477,7 +541,7 @@ class Emulator:
     def _outcome(self, batch: _Batch, req: _Request, end: _End) -> tuple[str, str | None]:
         if _unit(batch.id, req.custom_id, "rank") >= end.processed:
             return end.reason, None
-        if req.invalid:
+        if req.invalid or not batch.credit:
             return "errored", "invalid_request_error"
         if req.forced:
             kind, _, error = req.forced.partition(":")
@@ -528,7 +592,9 @@ class Emulator:
         if kind == "succeeded":
             return {"type": "succeeded", "message": _message(batch.id, req)}
         if kind == "errored":
-            if error == "invalid_request_error" and req.invalid:
+            if error == "invalid_request_error" and not batch.credit:
+                message = NO_CREDIT
+            elif error == "invalid_request_error" and req.invalid:
                 message = req.invalid
             else:
                 message = ERROR_MESSAGES.get(error or "", f"{error} while processing the request")
@@ -698,6 +764,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             status, out_headers, payload = self.server.emulator.handle(self.command, self.path, headers, body)
+        except ConnectionResetError:
+            self.close_connection = True  # no answer at all: the client sees the connection drop
+            return
         except Exception as exc:  # a bug here must reach the client as the API's 500, not a hang
             status, out_headers, payload = self.server.emulator._error(ApiError(500, repr(exc)))
         self.send_response(status)

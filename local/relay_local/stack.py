@@ -11,6 +11,7 @@ tasks call the handlers named in the template.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from unittest import mock
 
 import boto3
 import yaml
+from batch_relay.errors import FunctionKilled
 from moto import mock_aws
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,6 +120,11 @@ class LocalStack:
         self._patches: list[Any] = []
         self._lock = threading.RLock()
         self.invocations: dict[str, int] = {}
+        # Called around every AWS call a function makes (not the harness's own), to inject faults:
+        # `before(function, operation)` may raise (refused), `after(function, operation)` too
+        # (the call acted, then the function died).
+        self.before: Callable[[str, str], None] | None = None
+        self.after: Callable[[str, str], None] | None = None
         # Seconds the relay's clock runs ahead of real time; `advance` moves it, to make tiers due.
         self.offset = 0.0
 
@@ -348,7 +355,17 @@ class LocalStack:
         """Call a function's handler as Lambda would: its event, a context, its return value."""
         with self._lock:
             self.invocations[logical_id] = self.invocations.get(logical_id, 0) + 1
-        return self.handler(logical_id)(event, LambdaContext(self.functions[logical_id]))
+        handler = self.handler(logical_id)
+        outer = (
+            getattr(_RUNNING, "function", None),
+            getattr(_RUNNING, "invocation", 0),
+            getattr(_RUNNING, "calls", 0),
+        )
+        _RUNNING.function, _RUNNING.invocation, _RUNNING.calls = logical_id, next(_INVOCATIONS), 0
+        try:
+            return handler(event, LambdaContext(self.functions[logical_id]))
+        finally:
+            _RUNNING.function, _RUNNING.invocation, _RUNNING.calls = outer
 
     def _patch(self) -> None:
         from moto.awslambda_simple.models import LambdaSimpleBackend
@@ -362,10 +379,29 @@ class LocalStack:
             event = json.loads(body) if body else {}
             try:
                 result = stack.invoke(name, event)
+            except FunctionKilled as exc:  # a function that dies answers nothing: Lambda says so
+                response_headers["x-amz-function-error"] = "Unhandled"
+                return json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": str(exc)}).encode()
             except Exception as exc:  # reported as Lambda does, so Retry/Catch see the exception's name
                 response_headers["x-amz-function-error"] = "Unhandled"
                 return json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode()
             return json.dumps(result).encode()
+
+        from botocore.client import BaseClient
+
+        real_call = BaseClient._make_api_call
+
+        def call(self: Any, operation: str, params: Any) -> Any:
+            function = getattr(_RUNNING, "function", None)
+            if function is None:
+                return real_call(self, operation, params)
+            _RUNNING.calls += 1
+            if stack.before is not None:
+                stack.before(function, operation)
+            answer = real_call(self, operation, params)
+            if stack.after is not None:
+                stack.after(function, operation)
+            return answer
 
         from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
         from moto.stepfunctions.parser.asl.component.state.wait.wait_function.wait_function import (
@@ -402,6 +438,7 @@ class LocalStack:
             *atomic,
             mock.patch.object(clock, "now", lambda: time.time() + stack.offset),
             mock.patch.object(LambdaSimpleBackend, "invoke", invoke),
+            mock.patch.object(BaseClient, "_make_api_call", call),
             mock.patch.object(WaitFunction, "_wait_interval", wait),
             mock.patch.object(retrier_decl, "time", fake_time),
         ]
@@ -457,7 +494,7 @@ class LocalStack:
             try:
                 answer = self.invoke("BufferFunction", event)
                 failures = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
-            except Exception:  # a failed invocation returns the whole batch to the queue
+            except (Exception, FunctionKilled):  # a failed invocation returns the whole batch to the queue
                 failures = {m["MessageId"] for m in messages}
             for m in messages:
                 if m["MessageId"] in failures:
@@ -556,6 +593,14 @@ class LocalStack:
 
 
 _WRITES = threading.RLock()
+# Which function's handler this thread is running, if any: its AWS calls are the relay's own.
+_RUNNING = threading.local()
+_INVOCATIONS = itertools.count(1)
+
+
+def current_call() -> tuple[int, int]:
+    """(invocation serial, number of its AWS call) of the function this thread is running."""
+    return getattr(_RUNNING, "invocation", 0), getattr(_RUNNING, "calls", 0)
 
 
 def _serialised(method: Callable[..., Any]) -> Callable[..., Any]:

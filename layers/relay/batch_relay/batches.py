@@ -16,7 +16,8 @@ import anthropic
 from anthropic.types.messages import MessageBatch
 from aws_lambda_powertools.utilities import parameters
 
-from .errors import ApiAccessError, classify
+from . import clock
+from .errors import ApiAccessError, NotAcceptedError, OutcomeUnknownError, TransientError, classify
 from .observability import MetricUnit, logger, metrics
 
 try:  # the SDK moved to the httpx2 fork; older releases use httpx
@@ -26,13 +27,21 @@ except ImportError:  # pragma: no cover
 from .settings import settings
 
 SECRET_MAX_AGE = 300
+# A create refused with 429/529 and no retry-after is tried again after this long.
+CREATE_BACKOFF_SECONDS = 5.0
+# A call is not started with less time than this left.
+MIN_CALL_SECONDS = 5.0
+# Longest single try of a retrieve or a results download, and the SDK's longest honoured wait.
+CALL_SECONDS = 120.0
+RETRY_ALLOWANCE_SECONDS = 60.0
+LIST_PAGE = 100
 
 
 @cache
 def _client_for(api_key: str | None) -> anthropic.Anthropic:
-    # The SDK retries 429/5xx/connection errors itself, honouring retry-after; a few tries keep a
-    # create or retrieve from failing on one blip without stalling the function for long.
-    return anthropic.Anthropic(api_key=api_key, max_retries=3, timeout=httpx.Timeout(600.0, connect=10.0))
+    # Each call sets its own retries and timeout (see `create_from` and `_bounded`); these apply
+    # only to the operator's calls.
+    return anthropic.Anthropic(api_key=api_key, max_retries=2, timeout=httpx.Timeout(600.0, connect=10.0))
 
 
 def reset() -> None:
@@ -75,35 +84,93 @@ def _sorted(exc: BaseException) -> BaseException:
     return kind
 
 
-def create_from(body: Iterable[bytes], length: int) -> Any:
+def create_from(body: Iterable[bytes], length: int, deadline: float) -> Any:
     """Create a batch from a request body already in the API's JSON shape, sent as it is read.
 
-    A 256 MB batch never exists in memory as request objects or as one string. `body` must be
-    iterable more than once: the SDK sends it again when it retries.
+    A 256 MB batch never exists in memory as request objects or as one string. The SDK never
+    retries a create: the API has no idempotency key, so a create sent again after a lost answer
+    makes a second batch and bills every request twice. Only answers that prove nothing was made
+    (429, 529) are tried again here, after the wait the API asks for, while `deadline` allows.
+    Any other failure without an answer raises `OutcomeUnknownError`: the caller reconciles.
     """
-    return _call(
-        client().post,
-        "/v1/messages/batches",
-        cast_to=MessageBatch,
-        content=body,
-        options={"headers": {"Content-Type": "application/json", "Content-Length": str(length)}},
+    while True:
+        left = deadline - clock.now()
+        if left < MIN_CALL_SECONDS:
+            raise NotAcceptedError("no time left to send the create")  # nothing was sent
+        try:
+            return _call(
+                client().post,
+                "/v1/messages/batches",
+                cast_to=MessageBatch,
+                content=body,
+                options={
+                    "headers": {"Content-Type": "application/json", "Content-Length": str(length)},
+                    "max_retries": 0,
+                    "timeout": httpx.Timeout(left, connect=min(10.0, left)),
+                },
+            )
+        except NotAcceptedError as exc:
+            wait = _retry_after(exc.__cause__) or CREATE_BACKOFF_SECONDS
+            if clock.now() + wait + MIN_CALL_SECONDS > deadline:
+                raise
+            logger.warning("batch create not accepted; trying again", extra={"wait_seconds": wait})
+            clock.sleep(wait)
+        except TransientError as exc:
+            raise OutcomeUnknownError(f"create unanswered: {exc}") from exc
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    """The wait an error answer asks for (retry-after-ms, then retry-after in seconds)."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return max(0.0, float(headers[name]) * scale)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
+def _bounded(deadline: float | None) -> anthropic.Anthropic:
+    """The client for one call that must end by `deadline`: one SDK retry at most, and no call
+    (with its waits) running past the invocation's own time; Step Functions does the waiting."""
+    if deadline is None:
+        return client()
+    left = max(1.0, deadline - clock.now())
+    # One retry only while two attempts and the SDK's own wait still fit.
+    retries = 1 if left > 2 * CALL_SECONDS + RETRY_ALLOWANCE_SECONDS else 0
+    per_try = min(CALL_SECONDS, left if retries == 0 else (left - RETRY_ALLOWANCE_SECONDS) / 2)
+    return client().with_options(
+        max_retries=retries, timeout=httpx.Timeout(per_try, connect=min(10.0, per_try))
     )
 
 
-def retrieve(batch_id: str) -> Any:
-    return _call(client().messages.batches.retrieve, batch_id)
+def retrieve(batch_id: str, deadline: float | None = None) -> Any:
+    return _call(_bounded(deadline).messages.batches.retrieve, batch_id)
 
 
-def recent(limit: int = 100) -> Iterator[Any]:
-    """Batches newest first, for adopting one whose create answer was lost."""
-    page = _call(client().messages.batches.list, limit=limit)
-    yield from page.data
+def created_between(start: float, end: float) -> Iterator[Any]:
+    """Batches the API created in [start, end], newest first, read page by page."""
+    try:
+        for batch in client().messages.batches.list(limit=LIST_PAGE):
+            created = batch.created_at.timestamp()
+            if created < start:
+                return
+            if created <= end:
+                yield batch
+    except (anthropic.APIError, httpx.HTTPError) as exc:
+        raise _sorted(exc) from exc
 
 
-def results(batch_id: str, skip: int = 0) -> Iterator[dict[str, Any]]:
+def custom_ids(batch_id: str) -> Iterator[str]:
+    """The custom_ids in an ended batch's results, to tell whose batch it is."""
+    for line in results(batch_id):
+        yield str(line.get("custom_id"))
+
+
+def results(batch_id: str, skip: int = 0, deadline: float | None = None) -> Iterator[dict[str, Any]]:
     """The result lines of an ended batch as plain dicts, streamed, the first `skip` passed over."""
     try:
-        stream = client().messages.batches.results(batch_id)
+        stream = _bounded(deadline).messages.batches.results(batch_id)
         for n, line in enumerate(stream):
             if n >= skip:
                 yield line.to_dict()

@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 
 now = time.time
+sleep = time.sleep
 
 
 def iso(ts: float | None = None) -> str:

@@ -38,48 +38,63 @@ def entry_size(body: str, attrs: dict[str, dict[str, str]]) -> int:
     return len(body.encode()) + sum(len(k) + len(v["StringValue"]) + len("String") for k, v in attrs.items())
 
 
+def entry(completion: Completion) -> dict[str, Any]:
+    """One completion as it is published: the same bytes each time it is sent."""
+    return {"id": completion.request_id, "body": encode(completion), "attributes": attributes(completion)}
+
+
+def groups(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Entries cut into PublishBatch calls (ten, and at most 256 KiB, a call), always the same way."""
+    out: list[list[dict[str, Any]]] = []
+    size = 0
+    for e in entries:
+        this = entry_size(e["body"], e["attributes"])
+        if not out or len(out[-1]) == BATCH_ENTRIES or size + this > SNS_MAX_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(e)
+        size += this
+    return out
+
+
 class Topic:
     def __init__(self, topic_arn: str):
         self.arn = topic_arn
         self.sns = aws.client("sns")
 
     def publish(self, completions: Iterable[Completion]) -> int:
-        """Publish with PublishBatch, ten (and at most 256 KiB) a call; raises if any entry failed."""
-        batch: list[dict[str, Any]] = []
-        size = 0
+        """Publish every completion; raises TransientError if any could not be."""
         sent = 0
-        for completion in completions:
-            body = encode(completion)
-            attrs = attributes(completion)
-            this = entry_size(body, attrs)
-            if batch and (len(batch) == BATCH_ENTRIES or size + this > SNS_MAX_BYTES):
-                sent += self._send(batch)
-                batch, size = [], 0
-            batch.append(
-                {
-                    "Id": str(len(batch)),
-                    "Message": body,
-                    "MessageAttributes": attrs,
-                    "_rid": completion.request_id,
-                }
-            )
-            size += this
-        if batch:
-            sent += self._send(batch)
+        for group in groups([entry(c) for c in completions]):
+            done = self.send(group)
+            sent += len(done)
+            if len(done) < len(group):
+                raise TransientError(f"{len(group) - len(done)} of {len(group)} completions not published")
         return sent
 
-    def _send(self, batch: list[dict[str, Any]]) -> int:
-        ids = {e["Id"]: e.pop("_rid") for e in batch}
-        answer = self.sns.publish_batch(TopicArn=self.arn, PublishBatchRequestEntries=batch)
-        failed = answer.get("Failed") or []
-        if failed:
+    def send(self, group: list[dict[str, Any]], tries: int = 3) -> list[str]:
+        """One PublishBatch call, its failed entries sent again alone (a call can half-succeed);
+        returns the request ids that went out."""
+        sent: list[str] = []
+        left = group
+        for _ in range(tries):
+            answer = self.sns.publish_batch(
+                TopicArn=self.arn,
+                PublishBatchRequestEntries=[
+                    {"Id": str(n), "Message": e["body"], "MessageAttributes": e["attributes"]}
+                    for n, e in enumerate(left)
+                ],
+            )
+            failed = {int(f["Id"]) for f in answer.get("Failed") or []}
+            sent += [e["id"] for n, e in enumerate(left) if n not in failed]
+            if not failed:
+                return sent
             logger.warning(
                 "completions not published",
                 extra={
-                    "request_ids": [ids[f["Id"]] for f in failed],
-                    "codes": [f.get("Code") for f in failed],
+                    "request_ids": [left[n]["id"] for n in sorted(failed)],
+                    "codes": [f.get("Code") for f in answer.get("Failed") or []],
                 },
             )
-            # The caller has not recorded these as notified, so a retry publishes them again.
-            raise TransientError(f"{len(failed)} of {len(batch)} completions not published")
-        return len(batch)
+            left = [left[n] for n in sorted(failed)]
+        return sent

@@ -6,6 +6,10 @@ buffer lets SQS redeliver only what may succeed on a later try.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import anthropic
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -41,6 +45,24 @@ class BatchTooLargeError(RelayError):
     """The API refused a batch as too large (413): split it and try again."""
 
 
+class BatchRefusedError(RelayError):
+    """The API refused a batch outright (a definitive 4xx): nothing was created. Splitting it finds
+    the request(s) at fault; a lone refused request is answered with the API's message."""
+
+
+class NotAcceptedError(TransientError):
+    """The API said it did not process the call (429 or 529): nothing was created; try later."""
+
+
+class OutcomeUnknownError(TransientError):
+    """A create whose answer was lost (timeout, reset, any 5xx): the batch may exist. Never sent
+    again blindly; reconciling with the API's list of batches finds it or proves it absent."""
+
+
+class FunctionKilled(BaseException):
+    """Raised by fault tests to model a function dying mid-call; no `except Exception` stops it."""
+
+
 class RejectedRequest(RelayError):
     """A request message that can never be processed; the caller gets a `rejected` completion."""
 
@@ -58,10 +80,14 @@ def classify(exc: BaseException) -> BaseException:
         return ApiAccessError(f"Anthropic refused the API key: {exc.status_code}")
     if isinstance(exc, anthropic.APIStatusError) and exc.status_code == 413:
         return BatchTooLargeError(str(exc))
-    if isinstance(exc, anthropic.RateLimitError | anthropic.InternalServerError):
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code in (429, 529):
+        return NotAcceptedError(f"Anthropic answered {exc.status_code}")
+    if isinstance(exc, anthropic.APIStatusError) and (
+        exc.status_code >= 500 or exc.status_code in (408, 409)
+    ):
         return TransientError(f"Anthropic answered {exc.status_code}")
-    if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 500:
-        return TransientError(f"Anthropic answered {exc.status_code}")
+    if isinstance(exc, anthropic.APIStatusError) and 400 <= exc.status_code < 500:
+        return BatchRefusedError(f"Anthropic answered {exc.status_code}: {_api_message(exc)}")
     if isinstance(exc, anthropic.APIConnectionError):
         return TransientError(f"Anthropic unreachable: {type(exc).__name__}")
     if isinstance(exc, ClientError):
@@ -78,3 +104,26 @@ def classify(exc: BaseException) -> BaseException:
 
 def is_transient(exc: BaseException) -> bool:
     return isinstance(classify(exc), TransientError)
+
+
+@contextmanager
+def surfacing() -> Iterator[None]:
+    """Around a handler's body: every transient fault, AWS's or Anthropic's, leaves the function as
+    `TransientError`, the one name the state machine retries; anything else leaves as it is."""
+    try:
+        yield
+    except Exception as exc:
+        kind = classify(exc)
+        if isinstance(kind, TransientError) and type(kind) is not TransientError:
+            # Step Functions matches the error's class name exactly, never a parent's.
+            raise TransientError(str(kind)) from exc
+        if kind is exc:
+            raise
+        raise kind from exc
+
+
+def _api_message(exc: anthropic.APIStatusError) -> str:
+    body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error")
+    found = inner.get("message") if isinstance(inner, dict) else body.get("message")
+    return str(found or exc.message)[:500]

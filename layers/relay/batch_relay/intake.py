@@ -225,23 +225,6 @@ class Intake:
             return "rejected"
         logger.info("request rejected", extra={"request_id": rid, "reason": reason})
         key = request_key(rid)
-        item = {
-            "pk": key,
-            "kind": "request",
-            "request_id": rid,
-            "status": "rejected",
-            "error": {"type": "invalid_request", "message": reason},
-            "received_at": received_at,
-            "notified": False,
-            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
-        }
-        if not self.store.add(item):
-            existing = self.store.get(key) or {}
-            if existing.get("status") != "rejected" or existing.get("notified"):
-                # The id belongs to a request already accepted or already answered.
-                logger.info("rejected duplicate ignored", extra={"request_id": rid})
-                return "duplicate"
-            item = existing
         metadata = raw.get("metadata") if isinstance(raw, dict) else None
         completion = Completion(
             request_id=rid,
@@ -249,11 +232,33 @@ class Intake:
             tier=raw.get("tier") if isinstance(raw, dict) and isinstance(raw.get("tier"), str) else None,
             error=ErrorInfo(type="invalid_request", message=reason),
             metadata=_safe_metadata(metadata),
-            received_at=item["received_at"],
+            received_at=received_at,
             completed_at=clock.iso(),
         )
+        # The completion is kept on the item before it is published: a retry after a crash in
+        # between publishes the very same message, never a second version of it.
+        item = {
+            "pk": key,
+            "kind": "request",
+            "request_id": rid,
+            "status": "rejected",
+            "error": {"type": "invalid_request", "message": reason},
+            "received_at": received_at,
+            "completed_at": completion.completed_at,
+            "completion": completion.model_dump(mode="json", exclude_none=True),
+            "notified": False,
+            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
+        }
+        if not self.store.add(item):
+            existing = self.store.get(key) or {}
+            unsent = existing.get("status") == "rejected" and not existing.get("notified")
+            if not unsent or "completion" not in existing:
+                # The id belongs to a request already accepted or already answered.
+                logger.info("rejected duplicate ignored", extra={"request_id": rid})
+                return "duplicate"
+            completion = Completion.model_validate(existing["completion"])
         self.topic.publish([completion])
-        self.store.update(key, notified=True, completed_at=completion.completed_at)
+        self.store.update(key, notified=True)
         return "rejected"
 
 

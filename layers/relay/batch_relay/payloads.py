@@ -3,12 +3,14 @@
 Layout: `bodies/` the request lines the buffer accepted (one object per buffer invocation, a
 request's item points at its bytes), `claims/` the ids each batch claimed, page by page, written
 before the claim, `input/` the JSONL each batch was created from, `results/` the raw results of each
-batch, `messages/` completions too large for SNS.
+batch, `messages/` completions too large for SNS, `outbox/` completions written before they are
+published, with a marker for each PublishBatch call that went out (see `results`).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -53,6 +55,48 @@ class Payloads:
             obj["Body"].close()
             raise ValueError(f"object is {obj['ContentLength']} bytes; the limit is {limit}")
         return obj["Body"].read()
+
+    # the outbox
+
+    def outbox(self, ref: str, box: str, groups: list[list[dict[str, Any]]]) -> str:
+        """Write a chunk's completions, cut into their publish calls; returns the box's key."""
+        key = f"outbox/{ref}/{box}.{len(groups)}.json"
+        self.put_json(key, groups)
+        return key
+
+    def sent(self, key: str, group: int, ids: list[str], whole: bool) -> None:
+        """Mark publish call <group> of a box as gone out (or, not `whole`, these ids of it)."""
+        name = f"{key}.sent.{group}" if whole else f"{key}.part.{group}.{uuid.uuid4().hex[:8]}"
+        self.s3.put_object(Bucket=self.bucket, Key=name, Body=json.dumps(ids).encode())
+
+    def unsent(self, ref: str) -> Iterator[tuple[str, int, list[dict[str, Any]]]]:
+        """(box key, call number, entries not yet published) for every call of batch <ref>'s
+        boxes that has no marker: what a crash between writing and publishing left behind."""
+        boxes: dict[str, int] = {}
+        done: set[tuple[str, int]] = set()
+        parts: dict[tuple[str, int], list[str]] = {}
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"outbox/{ref}/")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                name = obj["Key"]
+                if name.endswith(".json"):
+                    boxes[name] = int(name.rsplit(".", 2)[1])
+                elif ".json.sent." in name:
+                    box, _, n = name.rpartition(".sent.")
+                    done.add((box, int(n)))
+                elif ".json.part." in name:
+                    box, _, rest = name.rpartition(".part.")
+                    parts.setdefault((box, int(rest.split(".")[0])), []).append(name)
+        for key, count in boxes.items():
+            missing = [g for g in range(count) if (key, g) not in done]
+            if not missing:
+                continue
+            groups = json.loads(self.read(self.bucket, key))
+            for g in missing:
+                gone = {
+                    i for name in parts.get((key, g), []) for i in json.loads(self.read(self.bucket, name))
+                }
+                yield key, g, [e for e in groups[g] if e["id"] not in gone]
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         span = f"bytes={offset}-{offset + length - 1}"

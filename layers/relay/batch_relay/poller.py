@@ -14,11 +14,14 @@ from typing import Any
 from . import batches, clock
 from .completions import Topic
 from .errors import TransientError
-from .observability import logger
+from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .results import CHUNK, Settler
 from .settings import Settings
-from .store import Store, batch_key
+from .store import Store, batch_key, held_by, released, request_key
+
+# Every way a settled request is counted on its batch's record (see `Settler.settle`).
+OUTCOME_TALLIES = ("succeeded", "errored", "expired", "canceled", "retried", "held")
 
 
 def next_wait(created_at: float, settings: Settings) -> int:
@@ -34,6 +37,7 @@ class Poller:
     payloads: Payloads
     topic: Topic
     settler: Settler = field(init=False)
+    _journals: dict[str, frozenset[str]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.settler = Settler(self.settings, self.store, self.payloads, self.topic)
@@ -44,8 +48,8 @@ class Poller:
             settings, Store(settings.table_name), Payloads(settings.bucket_name), Topic(settings.topic_arn)
         )
 
-    def check(self, event: dict[str, Any]) -> dict[str, Any]:
-        batch = batches.retrieve(event["batch_id"])
+    def check(self, event: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
+        batch = batches.retrieve(event["batch_id"], deadline=deadline)
         ended = batch.processing_status == "ended"
         out = {
             "batch_id": batch.id,
@@ -55,17 +59,19 @@ class Poller:
             "cursor": int(event.get("cursor", 0)),
             "wait_seconds": next_wait(batch.created_at.timestamp(), self.settings),
         }
+        # Every check is progress: the submitter looks at a batch's execution only once its
+        # record has not changed for longer than a poll.
+        fields: dict[str, Any] = {"updated_at": clock.iso(), "checked_at": clock.iso()}
         if ended:
             counts = batch.request_counts
-            self.store.update(
-                batch_key(event["ref"]),
+            fields.update(
                 status="collecting",
                 ended_at=clock.iso(batch.ended_at.timestamp()) if batch.ended_at else clock.iso(),
                 api_counts={
                     k: int(getattr(counts, k)) for k in ("succeeded", "errored", "canceled", "expired")
                 },
-                updated_at=clock.iso(),
             )
+        self.store.update(batch_key(event["ref"]), **fields)
         return out
 
     def collect(self, event: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -74,14 +80,23 @@ class Poller:
         record = self.store.get(batch_key(ref))
         if record is None:
             raise ValueError(f"no batch record for ref {ref}")
+        out = {**event, "done": False}
+        if record["status"] in ("collected", "foreign"):
+            return out | {"done": True}  # a duplicate or late poller: nothing left to do
+        # What an earlier try wrote but did not publish goes out first.
+        self.settler.flush(ref)
         cursor = int(event.get("cursor", 0))
-        out = {**event, "cursor": cursor, "done": False}
-        lines = batches.results(batch_id, skip=cursor)
+        out["cursor"] = cursor
+        ours = self._journal(ref)
+        lines = batches.results(batch_id, skip=cursor, deadline=deadline)
         try:
             while clock.now() < deadline:
                 chunk = list(islice(lines, CHUNK))
                 if not chunk:
                     break
+                strangers = [r["custom_id"] for r in chunk if r.get("custom_id") not in ours]
+                if strangers:
+                    return self._foreign(record, out, strangers)
                 self.settler.settle(record, chunk, results_key=f"results/{batch_id}/{cursor:09d}.jsonl")
                 cursor += len(chunk)
                 out["cursor"] = cursor
@@ -95,9 +110,20 @@ class Poller:
                 extra={"batch_id": batch_id, "cursor": cursor, "error": str(exc)},
             )
             return out
-        # The API returns one line per request; requests that got none are answered, never dropped.
-        if cursor < int(record.get("request_count", 0)):
+        self._finish(ref, cursor)
+        logger.info("batch collected", extra={"batch_id": batch_id, "results": cursor})
+        out["done"] = True
+        return out
+
+    def _finish(self, ref: str, cursor: int) -> None:
+        """Mark the batch collected once every journaled request has been answered: the tallies say
+        so, or else the journal is swept and those the API returned no line for are answered."""
+        record = self.store.get(batch_key(ref)) or {}
+        answered = sum(int(record.get(f"n_{k}", 0)) for k in OUTCOME_TALLIES)
+        if answered < int(record.get("request_count", 0)):
             self.settler.unresolved(record, "api_error", "no result returned for this request")
+        if int(record.get("n_succeeded", 0)) and not int(record.get("n_held", 0)):
+            self.store.unhold(record["tier"])  # the account works again: the tier's pauses end
         self.store.update(
             batch_key(ref),
             status="collected",
@@ -106,6 +132,30 @@ class Poller:
             cursor=cursor,
             remove=("pending_tier", "pending_since"),
         )
-        logger.info("batch collected", extra={"batch_id": batch_id, "results": cursor})
-        out["done"] = True
-        return out
+
+    def _journal(self, ref: str) -> frozenset[str]:
+        if ref not in self._journals:
+            self._journals = {ref: frozenset(self.payloads.journaled(ref))}  # one batch at a time
+        return self._journals[ref]
+
+    def _foreign(self, record: dict[str, Any], out: dict[str, Any], strangers: list[str]) -> dict[str, Any]:
+        """Result lines for requests this batch never held: the batch is not ours (a wrong
+        adoption). Its lines are not used; our requests go back to their tier for a new batch."""
+        ref = record["ref"]
+        items = self.store.get_many(request_key(rid) for rid in self.payloads.journaled(ref))
+        back = [released(item) for item in items.values() if held_by(item, ref)]
+        self.store.put_many(back)
+        self.store.update(
+            batch_key(ref), status="foreign", updated_at=clock.iso(), remove=("pending_tier", "pending_since")
+        )
+        logger.error(
+            "results hold requests this batch never claimed; its requests are released",
+            extra={
+                "batch_id": record.get("batch_id"),
+                "ref": ref,
+                "strangers": len(strangers),
+                "released": len(back),
+            },
+        )
+        metrics.add_metric(name="WrongAdoptions", unit=MetricUnit.Count, value=1)
+        return out | {"done": True}

@@ -1,30 +1,44 @@
 """Settling results: what each result line means for its request, and the completions it yields.
 
-A chunk of results is settled in a fixed order: its completions are published, then its requests'
-items are written. A crash between the two makes a retry publish those completions once more (at
-most once more per crash), never lose them. A request whose item no longer says it is claimed by
-this batch is skipped, which keeps retries and duplicate pollers from answering twice.
+A chunk of results is settled as an outbox, in this order:
+1. the chunk's completions are written to S3 (`outbox/<ref>/...`), cut into their publish calls;
+2. each request's item is written with its outcome (answered, the outbox named on it);
+3. each publish call goes out, and a marker beside the outbox says it did.
+A crash before 2 leaves the requests claimed: a retry settles them afresh. A crash after 2 leaves
+calls without a marker: `flush` publishes exactly those, from the outbox, byte for byte as the
+first try would have. Only a crash between a call and its marker repeats a completion (at most the
+ten of one call). A request whose item no longer says it is claimed by this batch is skipped, which
+keeps retries and duplicate pollers from answering twice.
+
+An account problem (billing, a key refused inside results, "credit balance is too low") is not the
+request's fault: its request goes back to its tier without spending an attempt and the tier is held
+with growing pauses, until `max_hold_seconds` have passed since it was first held.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from . import clock
-from .completions import INLINE_BUDGET, Topic, encode
+from .completions import INLINE_BUDGET, Topic, encode, entry, groups
+from .errors import TransientError
 from .models import Completion, ErrorInfo
-from .observability import MetricUnit, metrics
+from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .pricing import cost_of
 from .settings import Settings
 from .store import Store, batch_key, dynamo, held_by, request_key
 
 # Transient per-request errors are tried again in a later batch; anything else is final.
-RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error"})
+RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error", "results_unavailable"})
+ACCOUNT_ERRORS = frozenset({"billing_error", "authentication_error", "permission_error"})
+_NO_CREDIT = re.compile(r"credit balance|billing", re.IGNORECASE)
 CHUNK = 100
 TOKEN_METRICS = {
     "input_tokens": "InputTokens",
@@ -32,6 +46,8 @@ TOKEN_METRICS = {
     "cache_creation_input_tokens": "CacheWriteTokens",
     "cache_read_input_tokens": "CacheReadTokens",
 }
+HOLD_BASE_SECONDS = 300
+HOLD_CAP_SECONDS = 3600
 COST_METRICS = {"batch_usd": "BatchCostUSD", "list_usd": "ListCostUSD", "saved_usd": "SavedUSD"}
 
 
@@ -44,6 +60,15 @@ def errored(custom_id: str, error_type: str, message: str) -> dict[str, Any]:
             "error": {"type": "error", "error": {"type": error_type, "message": message}},
         },
     }
+
+
+def account_level(error: ErrorInfo | None) -> bool:
+    """An error that says the account, not the request, is at fault."""
+    if error is None:
+        return False
+    return error.type in ACCOUNT_ERRORS or (
+        error.type == "invalid_request_error" and bool(_NO_CREDIT.search(error.message))
+    )
 
 
 @dataclass
@@ -66,32 +91,63 @@ class Settler:
                 results_key, [json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in chunk]
             )
         items = self.store.get_many(request_key(r["custom_id"]) for r in chunk)
-        done: list[Completion] = []
-        writes: list[dict[str, Any]] = []
-        tally: Counter[str] = Counter()
+        outcomes = [
+            self._outcome(record, item, result["result"], results_key)
+            for result in chunk
+            if held_by(item := items.get(request_key(result["custom_id"])), record["ref"])
+            and item is not None
+        ]
+        if not outcomes:
+            return  # answered already, by an earlier try of this chunk or another poller
+        done = [c for c, _, _ in outcomes if c is not None]
+        calls = groups([entry(c) for c in done])
+        box = self.payloads.outbox(record["ref"], uuid.uuid4().hex, calls) if calls else None
+        self.store.put_many(item | {"outbox": box} if c is not None else item for c, item, _ in outcomes)
+        tally = Counter(kind for _, _, kind in outcomes)
         tokens: Counter[str] = Counter()
         totals = {"batch_usd": 0.0, "list_usd": 0.0, "saved_usd": 0.0}
-        for result in chunk:
-            item = items.get(request_key(result["custom_id"]))
-            if item is None or not held_by(item, record["ref"]):
-                continue  # answered already, by an earlier try of this chunk or another poller
-            completion, item = self._outcome(record, item, result["result"], results_key)
-            writes.append(item)
-            tally[completion.status if completion else "retried"] += 1
-            if completion is not None:
-                done.append(completion)
-                for k in TOKEN_METRICS:
-                    tokens[k] += (completion.usage or {}).get(k) or 0
-                if completion.cost:
-                    for k in totals:
-                        totals[k] += getattr(completion.cost, k)
-        self.topic.publish(done)
-        self.store.put_many(writes)
-        if tally:
-            self.store.update(
-                batch_key(record["ref"]), add={**{f"n_{k}": v for k, v in tally.items()}, **totals}
-            )
+        for c in done:
+            for k in TOKEN_METRICS:
+                tokens[k] += (c.usage or {}).get(k) or 0
+            if c.cost:
+                for k in totals:
+                    totals[k] += getattr(c.cost, k)
+        self.store.update(batch_key(record["ref"]), add={**{f"n_{k}": v for k, v in tally.items()}, **totals})
+        if tally["held"]:
+            self.hold(record["tier"])
+        if box:
+            for n, call in enumerate(calls):
+                self._send(box, n, call)
         self._metrics(done, tally, tokens, totals)
+
+    def flush(self, ref: str) -> int:
+        """Publish what an earlier try wrote to batch <ref>'s outbox but did not send: only the
+        completions whose items were written naming that outbox (a try that died before writing
+        an item left it claimed, and the item is settled afresh, with another outbox)."""
+        sent = 0
+        for box, n, call in self.payloads.unsent(ref):
+            items = self.store.get_many(request_key(e["id"]) for e in call)
+            kept = [e for e in call if (items.get(request_key(e["id"])) or {}).get("outbox") == box]
+            sent += self._send(box, n, kept)
+        if sent:
+            logger.warning("published completions a crashed try left unsent", extra={"ref": ref, "n": sent})
+        return sent
+
+    def _send(self, box: str, n: int, call: list[dict[str, Any]]) -> int:
+        sent = self.topic.send(call) if call else []
+        self.payloads.sent(box, n, sent, whole=len(sent) == len(call))
+        if len(sent) < len(call):
+            raise TransientError(f"{len(call) - len(sent)} of {len(call)} completions not published")
+        return len(sent)
+
+    def hold(self, tier: str) -> None:
+        """Pause a tier after an account problem, each time longer (5 minutes doubling to an hour)."""
+        level = self.store.hold(tier, clock.now(), base=HOLD_BASE_SECONDS, cap=HOLD_CAP_SECONDS)
+        logger.error(
+            "the API refused requests for an account problem; the tier is held",
+            extra={"tier": tier, "level": level},
+        )
+        metrics.add_metric(name="AccountHolds", unit=MetricUnit.Count, value=1)
 
     @staticmethod
     def _metrics(
@@ -112,8 +168,8 @@ class Settler:
 
     def _outcome(
         self, record: dict[str, Any], item: dict[str, Any], result: dict[str, Any], results_key: str | None
-    ) -> tuple[Completion | None, dict[str, Any]]:
-        """What one result means for its request: a completion, or another attempt."""
+    ) -> tuple[Completion | None, dict[str, Any], str]:
+        """What one result means for its request: a completion, another attempt, or a hold."""
         kind = result.get("type")
         attempts = int(item.get("attempts", 1))
         error: ErrorInfo | None = None
@@ -130,15 +186,24 @@ class Settler:
             error = ErrorInfo(
                 type="canceled", message="the batch was canceled before this request was processed"
             )
+        now = clock.now()
+        base = {k: v for k, v in item.items() if k not in ("pending_tier", "pending_since", "batch_ref")}
+        base["last_batch_id"] = record.get("batch_id")
+        again = {"status": "pending", "pending_tier": item["tier"], "pending_since": item["received_at"]}
+        if account_level(error):
+            since = float(item.get("held_since") or now)
+            if now - since < self.settings.max_hold_seconds:
+                # Not this request's fault: back to its tier, the attempt given back.
+                base.update(again, attempts=attempts - 1, held_since=since)
+                base["last_error"] = error.model_dump() if error else None
+                return None, _dynamo_ready(base), "held"
         retry = kind == "expired" or (
             kind == "errored" and error is not None and error.type in RETRYABLE_ERRORS
         )
-        base = {k: v for k, v in item.items() if k not in ("pending_tier", "pending_since", "batch_ref")}
-        base["last_batch_id"] = record.get("batch_id")
         if retry and attempts < self.settings.max_attempts:
-            base.update(status="pending", pending_tier=item["tier"], pending_since=item["received_at"])
+            base.update(again)
             base["last_error"] = error.model_dump() if error else None
-            return None, _dynamo_ready(base)
+            return None, _dynamo_ready(base), "retried"
         usage = message.get("usage") if message else None
         cost = cost_of(item["model"], usage) if usage else None
         completion = Completion(
@@ -155,11 +220,12 @@ class Settler:
             metadata=item.get("metadata") or {},
             received_at=item.get("received_at"),
             submitted_at=item.get("submitted_at"),
-            completed_at=clock.iso(),
+            completed_at=clock.iso(now),
         )
         if message is not None and len(encode(completion).encode()) > INLINE_BUDGET:
             pointer = self.payloads.put_json(f"messages/{item['request_id']}/{attempts}.json", message)
             completion = completion.model_copy(update={"message": pointer})
+        base.pop("held_since", None)
         base.update(
             status=kind,
             batch_id=record.get("batch_id"),
@@ -170,7 +236,7 @@ class Settler:
             cost=cost.model_dump() if cost else None,
             results_key=results_key,
         )
-        return completion, _dynamo_ready(base)
+        return completion, _dynamo_ready(base), kind
 
 
 def _dynamo_ready(item: dict[str, Any]) -> dict[str, Any]:

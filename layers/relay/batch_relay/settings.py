@@ -62,6 +62,8 @@ class Settings(BaseModel):
     poll_min_seconds: int = Field(default=60, alias="POLL_MIN_SECONDS", ge=1)
     poll_max_seconds: int = Field(default=7200, alias="POLL_MAX_SECONDS", ge=1)
     collect_budget_seconds: int = Field(default=600, alias="COLLECT_BUDGET_SECONDS", ge=1)
+    max_hold_seconds: int = Field(default=86_400, alias="MAX_HOLD_SECONDS", ge=0)
+    stalled_batch_seconds: int = Field(default=6 * 3600, alias="STALLED_BATCH_SECONDS", ge=60)
     retention_days: int = Field(default=30, alias="RETENTION_DAYS", ge=1)
     api_key_secret_arn: str | None = Field(default=None, alias="API_KEY_SECRET_ARN")
 

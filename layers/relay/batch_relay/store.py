@@ -5,7 +5,10 @@ One table holds two kinds of item:
 - `batch#<ref>`: a batch the relay made (the API keeps no metadata of ours), from the moment its
   requests are claimed until its results are collected.
 
-- `lease#submitter`: which submitter run may claim requests, and until when.
+- `lease#submitter`: which submitter run may claim requests, and until when;
+- `batchid#<batch_id>`: which batch record owns an API batch, written before the record names it,
+  so no two records ever take one batch and no batch the stack made is adopted again;
+- `hold#<tier>`: a tier paused after an account problem, until when, and how many times in a row.
 
 The sparse `pending` index is the relay's work list. Its partition says what an item waits for:
 a tier name (a pending request) or `live` (a batch not yet collected). An item leaves the index
@@ -149,6 +152,48 @@ class Store:
             self.table.delete_item(Key={"pk": f"lease#{name}"}, ConditionExpression=Attr("holder").eq(holder))
 
     # batches
+
+    def own(self, batch_id: str, ref: str, ttl: int) -> bool:
+        """Record that API batch <batch_id> is batch <ref>'s; False when another record has it."""
+        try:
+            self.table.put_item(
+                Item={"pk": f"batchid#{batch_id}", "kind": "batchid", "ref": ref, "ttl": ttl},
+                ConditionExpression=Attr("pk").not_exists() | Attr("ref").eq(ref),
+            )
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def owners(self, batch_ids: Iterable[str]) -> dict[str, str]:
+        """The record ref that owns each of these API batches, for those the stack has recorded."""
+        found = self.get_many(f"batchid#{b}" for b in batch_ids)
+        return {k.removeprefix("batchid#"): v["ref"] for k, v in found.items()}
+
+    def hold(self, tier: str, now: float, base: float, cap: float) -> int:
+        """Hold a tier for base * 2^level seconds (at most cap), one level more each time."""
+        answer = self.table.update_item(
+            Key={"pk": f"hold#{tier}"},
+            UpdateExpression="SET kind = :k, since = if_not_exists(since, :now) ADD #level :one",
+            ExpressionAttributeNames={"#level": "level"},
+            ExpressionAttributeValues={":k": "hold", ":now": dynamo(now), ":one": 1},
+            ReturnValues="ALL_NEW",
+        )
+        level = int(answer["Attributes"]["level"])
+        until = now + min(cap, base * 2 ** (level - 1))
+        self.table.update_item(
+            Key={"pk": f"hold#{tier}"},
+            UpdateExpression="SET #until = :until",
+            ExpressionAttributeNames={"#until": "until"},
+            ExpressionAttributeValues={":until": dynamo(until)},
+        )
+        return level
+
+    def held_until(self, tier: str) -> float | None:
+        item = self.get(f"hold#{tier}")
+        return float(item["until"]) if item and "until" in item else None
+
+    def unhold(self, tier: str) -> None:
+        self.table.delete_item(Key={"pk": f"hold#{tier}"})
 
     def update(
         self, key: str, remove: tuple[str, ...] = (), add: dict[str, Any] | None = None, **fields: Any

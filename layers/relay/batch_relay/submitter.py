@@ -1,30 +1,52 @@
-"""The submitter: flush pending requests of each tier into message batches.
+"""The submitter: flush pending requests of each tier into message batches, and see every batch
+through to the end whatever crashed on the way.
 
-A batch goes through states recorded on its `batch#<ref>` item, each written before the step
-that depends on it, so a run that crashes anywhere leaves enough behind for the next run to
-finish the job (`reconcile`):
+A batch's life is recorded on its `batch#<ref>` item, each state written before the step that
+depends on it, so whatever dies anywhere leaves enough behind for the next run (`reconcile`):
 
-  claiming ─▶ uploaded ─▶ created ─▶ polling ─▶ (collector) collected
-     │            │           │
-     │            │           └─ crash: start the poller again (its name is the batch id)
-     │            └─ crash: adopt the batch the API has for it, or create it
-     └─ crash: release the claimed requests to their tier
+| state      | waits for                        | recovery (next run; lease held, so its run is dead) |
+|------------|----------------------------------|-----------------------------------------------------|
+| claiming   | its claim to finish              | release the journaled requests to their tier        |
+| uploaded   | the create call                  | create it (no create was sent)                      |
+| creating   | the create's answer              | after the window: adopt the one batch the API made  |
+|            |                                  | in it, or create again once none can be ours        |
+| created    | its poller to start              | start it                                            |
+| polling    | the batch to end (check)         | if its execution is not running: restart            |
+| collecting | its results (collect)            | if its execution is not running: restart            |
+| failed     | a restart (poller gave up)       | restart with growing delays; once results expire,   |
+|            |                                  | answer what is left and stop                        |
+| closing    | its requests' answers to go out  | answer them again (skips the answered) and publish  |
+
+Leaving the work list: collected, empty, split, refused, released, abandoned, foreign, expired.
+
+A create is never sent twice blindly: the API has no idempotency key. Before the call the record
+says `creating` with the window the call may take; a lost answer leaves it so. Only a batch created
+inside that window, with the same request count, owned by no record of this stack, and the only
+one that fits, is adopted; the `batchid#` item makes the claim on it atomic.
 
 A run holds the `submitter` lease for as long as its invocation can last, so claims never race:
 a page of pending requests is read again consistently, its ids journaled in S3, then claimed with
 batched writes (25 a call, not one conditional write each). The journal is how a batch's requests
 are found again (to release them, or answer those the API never did) without an index entry each.
+Claiming stops at a time budget, leaving the create its share of the invocation.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import batches, clock, executions
 from .completions import Topic
-from .errors import ApiAccessError, BatchTooLargeError, TransientError
+from .errors import (
+    ApiAccessError,
+    BatchRefusedError,
+    BatchTooLargeError,
+    NotAcceptedError,
+    OutcomeUnknownError,
+)
 from .observability import MetricUnit, logger, metrics
 from .payloads import Bodies, Payloads, RequestsBody
 from .results import Settler
@@ -33,11 +55,24 @@ from .store import LIVE, Store, batch_key, claimed, held_by, released, request_k
 
 # A batch left in one state longer than a submitter run may take was left by a crashed run.
 STALE_SECONDS = 15 * 60
-# Clocks of two invocations may disagree by this much; a lease outlives its run by as long.
+# Clocks of two invocations (and the API's) may disagree by this much; a lease outlives its run
+# by as long, and a create's window is widened by it on both sides.
 LEASE_MARGIN_SECONDS = 30
+CLOCK_SKEW_SECONDS = 60
 # Room for the `{"requests":[...]}` envelope around the request lines.
 ENVELOPE_BYTES = 1024
-MAX_RESTARTS = 3
+# Of a run's time, what claiming leaves for the create (and the writes after it).
+CREATE_RESERVE_SECONDS = 120
+CREATE_RESERVE_SHARE = 0.25
+# A poller that failed is restarted after 1 minute, doubling up to 6 hours between tries.
+RESTART_BASE_SECONDS = 60
+RESTART_CAP_SECONDS = 6 * 3600
+# The API keeps results this long after a batch is created; until then a batch is never given up.
+RESULTS_KEPT_SECONDS = 29 * 86400
+# A batch ends within 24 hours of its creation (its unprocessed requests expire).
+BATCH_LIFETIME_SECONDS = 24 * 3600
+IN_FLIGHT = frozenset({"claiming", "uploaded", "creating", "created", "polling", "failed"})
+FINISHED = frozenset({"collected", "empty", "split", "refused", "released", "abandoned", "foreign"})
 
 
 @dataclass
@@ -48,6 +83,9 @@ class Submitter:
     settler: Settler
     report: dict[str, Any] = field(default_factory=lambda: {"batches": [], "requests": 0, "reconciled": 0})
     bodies: Bodies = field(init=False)
+    # When this run must have finished claiming, and sending creates.
+    claim_until: float = field(default=float("inf"), init=False)
+    create_until: float = field(default=float("inf"), init=False)
 
     def __post_init__(self) -> None:
         self.bodies = Bodies(self.payloads)
@@ -68,6 +106,9 @@ class Submitter:
             metrics.add_metric(name="SubmitterOverlap", unit=MetricUnit.Count, value=1)
             self.report["skipped"] = True
             return self.report
+        reserve = max(CREATE_RESERVE_SECONDS, seconds_left * CREATE_RESERVE_SHARE)
+        self.claim_until = now + max(0.0, seconds_left - reserve)
+        self.create_until = now + max(0.0, seconds_left - LEASE_MARGIN_SECONDS)
         try:
             self.reconcile()
             for name, tier in self.settings.tiers.items():
@@ -90,7 +131,15 @@ class Submitter:
     # flushing
 
     def in_flight(self) -> int:
-        return sum(int(b.get("request_count", 0)) for b in self.store.live_batches())
+        """Requests the API may still be processing: a batch counts until it is known to have ended
+        (or must have: 24 hours after its creation), whatever its poller is doing."""
+        total = 0
+        for b in self.store.live_batches():
+            since = clock.parse(b.get("submitted_at") or b["claimed_at"])
+            ended = bool(b.get("ended_at")) or clock.now() - since >= BATCH_LIFETIME_SECONDS
+            if b["status"] in IN_FLIGHT and not ended:
+                total += int(b.get("request_count", 0))
+        return total
 
     def due(self, name: str, tier: Tier) -> bool:
         oldest = next(self.store.waiting(name, limit=1), None)
@@ -103,43 +152,42 @@ class Submitter:
 
     def flush(self, name: str, tier: Tier) -> None:
         cap = self.settings.max_batch_requests
+        held = self.store.held_until(name)
+        if held is not None and clock.now() < held:
+            logger.warning("tier held after an account problem", extra={"tier": name, "until": held})
+            metrics.add_metric(name="TierHeld", unit=MetricUnit.Count, value=1)
+            return
         while self.due(name, tier):
+            if clock.now() >= self.claim_until:
+                logger.warning("run out of time to claim; the next run goes on", extra={"tier": name})
+                return
             room = self.settings.max_in_flight - self.in_flight()
             if room <= 0:
                 logger.warning("in-flight cap reached; tier waits", extra={"tier": name})
                 metrics.add_metric(name="InFlightCapReached", unit=MetricUnit.Count, value=1)
                 return
-            record = self.claim(name, min(room, cap))
+            record, refused = self.claim(name, min(room, cap))
             if record is None:
+                if refused:
+                    continue  # only requests no batch can take were found, and answered
                 return
             try:
                 self.submit(record)
-            except BatchTooLargeError:
-                # The API measures size its own way: halve the batch until it fits.
+            except (BatchTooLargeError, BatchRefusedError):
+                # Halve the batch until it fits, or until the request the API refuses stands alone.
                 cap = max(1, int(record["request_count"]) // 2)
                 metrics.add_metric(name="BatchSplit", unit=MetricUnit.Count, value=1)
+            except (NotAcceptedError, OutcomeUnknownError):
+                return  # the API is busy or unreachable: the tier waits for the next run
 
-    def claim(self, tier: str, cap: int) -> dict[str, Any] | None:
-        """Claim the oldest pending requests of a tier into a new batch and write its JSONL to S3."""
-        ref = uuid.uuid4().hex
-        now = clock.iso()
-        record: dict[str, Any] = {
-            "pk": batch_key(ref),
-            "kind": "batch",
-            "ref": ref,
-            "tier": tier,
-            "status": "claiming",
-            "pending_tier": LIVE,
-            "pending_since": now,
-            "claimed_at": now,
-            "updated_at": now,
-            "input_key": f"input/{ref}.jsonl",
-            "request_count": 0,
-            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
-        }
-        self.store.add(record)
+    def claim(self, tier: str, cap: int) -> tuple[dict[str, Any] | None, int]:
+        """Claim the oldest pending requests of a tier into a new batch and write its JSONL to S3;
+        also answers those too large for any batch. Returns the record (None if it is empty) and
+        how many were answered so."""
+        record = self._new_record(tier)
         limit = self.settings.max_batch_bytes - ENVELOPE_BYTES
         writer = self.payloads.writer(record["input_key"])
+        giants: list[dict[str, Any]] = []
         try:
             for number, page in enumerate(self.store.pages(tier, size=min(cap, 1000))):
                 # The index lags the table: only what a consistent read says is pending is taken.
@@ -153,6 +201,9 @@ class Submitter:
                     if item is None or item.get("status") != "pending" or item.get("pending_tier") != tier:
                         continue
                     line = self.bodies.line(item["body_key"], int(item["body_at"]), int(item["body_len"]))
+                    if len(line) + 1 > limit:
+                        giants.append(item)  # no batch of this deployment can ever hold it
+                        continue
                     if writer.count + len(taken) >= cap or size + len(line) + 1 > limit:
                         full = True
                         break
@@ -160,60 +211,129 @@ class Submitter:
                     lines.append(line)
                     size += len(line) + 1
                 if taken:
-                    self.payloads.journal(ref, number, (item["request_id"] for item in taken))
-                    self.store.put_many(claimed(item, ref, now) for item in taken)
+                    self.payloads.journal(record["ref"], number, (item["request_id"] for item in taken))
+                    self.store.put_many(claimed(item, record["ref"], record["claimed_at"]) for item in taken)
                     for line in lines:
                         writer.write(line)
-                if full or writer.count >= cap:
+                if full or writer.count >= cap or clock.now() >= self.claim_until:
                     break
             writer.close()
         except BaseException:
             writer.abort()
             raise
+        for item in giants:
+            self.refuse_alone(tier, item)
         if writer.count == 0:
-            self.store.update(batch_key(ref), status="empty", remove=("pending_tier", "pending_since"))
-            return None
+            self.store.update(
+                batch_key(record["ref"]), status="empty", remove=("pending_tier", "pending_since")
+            )
+            return None, len(giants)
         record.update(request_count=writer.count, bytes=writer.bytes, status="uploaded")
         self.store.update(
-            batch_key(ref),
+            batch_key(record["ref"]),
             status="uploaded",
             request_count=writer.count,
             bytes=writer.bytes,
             updated_at=clock.iso(),
         )
+        return record, len(giants)
+
+    def _new_record(self, tier: str, status: str = "claiming", **extra: Any) -> dict[str, Any]:
+        ref = uuid.uuid4().hex
+        now = clock.iso()
+        record: dict[str, Any] = {
+            "pk": batch_key(ref),
+            "kind": "batch",
+            "ref": ref,
+            "tier": tier,
+            "status": status,
+            "pending_tier": LIVE,
+            "pending_since": now,
+            "claimed_at": now,
+            "updated_at": now,
+            "input_key": f"input/{ref}.jsonl",
+            "request_count": 0,
+            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
+            **extra,
+        }
+        self.store.add(record)
         return record
+
+    def refuse_alone(self, tier: str, item: dict[str, Any]) -> None:
+        """Answer one request larger than any batch may be, through a record of its own."""
+        record = self._new_record(
+            tier,
+            status="closing",
+            close_error="request_too_large",
+            close_message="the request alone exceeds the batch size limit",
+            close_status="refused",
+        )
+        self.payloads.journal(record["ref"], 0, [item["request_id"]])
+        self.store.put_many([claimed(item, record["ref"], record["claimed_at"])])
+        self.close(record)
+
+    def close(self, record: dict[str, Any]) -> None:
+        """Answer whatever a record still holds with its recorded error, publish, and end it."""
+        self.settler.flush(record["ref"])
+        self.settler.unresolved(record, record["close_error"], record["close_message"])
+        self.store.update(
+            batch_key(record["ref"]),
+            status=record["close_status"],
+            updated_at=clock.iso(),
+            remove=("pending_tier", "pending_since"),
+        )
 
     def submit(self, record: dict[str, Any]) -> None:
         """Create the batch from the uploaded JSONL and start its poller."""
         ref = record["ref"]
+        started = clock.now()
+        self.store.update(
+            batch_key(ref),
+            status="creating",
+            create_started=clock.iso(started),
+            create_until=clock.iso(self.create_until),
+            updated_at=clock.iso(started),
+        )
+        record.update(
+            status="creating", create_started=clock.iso(started), create_until=clock.iso(self.create_until)
+        )
         try:
             body = RequestsBody(self.payloads, record["input_key"], self.payloads.size(record["input_key"]))
-            batch = batches.create_from(body, len(body))
-        except BatchTooLargeError:
+            batch = batches.create_from(body, len(body), deadline=self.create_until)
+        except (BatchTooLargeError, BatchRefusedError) as exc:
             if int(record["request_count"]) == 1:
                 # One request the API will never take: answer it rather than retry it forever.
-                self.settler.unresolved(
-                    record, "request_too_large", "the request alone exceeds the batch size limit"
+                error = (
+                    "request_too_large" if isinstance(exc, BatchTooLargeError) else "invalid_request_error"
                 )
-                self.store.update(batch_key(ref), status="refused", remove=("pending_tier", "pending_since"))
+                self._close_with(record, error, str(exc), "refused")
                 return
-            logger.warning("batch too large for the API; splitting", extra={"ref": ref})
+            logger.warning("batch refused by the API; splitting", extra={"ref": ref, "error": str(exc)})
             self.release(record, status="split")
             raise
-        except ApiAccessError as exc:
+        except (ApiAccessError, NotAcceptedError) as exc:
             # The API answered no: nothing was created, so the requests go back to their tier.
             logger.error("batch refused; requests released", extra={"ref": ref, "error": str(exc)})
             metrics.add_metric(name="BatchCreateRefused", unit=MetricUnit.Count, value=1)
             self.release(record, status="refused")
             raise
-        except TransientError:
-            # The batch may or may not exist now: the next run adopts it or creates it.
-            logger.warning("batch create unanswered; left for the next run", extra={"ref": ref})
+        except OutcomeUnknownError:
+            # The batch may or may not exist now: a later run adopts it or proves it absent.
+            logger.warning("batch create unanswered; left for reconciling", extra={"ref": ref})
+            metrics.add_metric(name="BatchCreateUnanswered", unit=MetricUnit.Count, value=1)
             raise
         self.created(record, batch)
 
+    def _close_with(self, record: dict[str, Any], error: str, message: str, status: str) -> None:
+        fields: dict[str, Any] = {"close_error": error, "close_message": message[:1000]}
+        fields["close_status"] = status
+        self.store.update(batch_key(record["ref"]), status="closing", **fields)
+        self.close(record | fields)
+
     def created(self, record: dict[str, Any], batch: Any) -> None:
         ref = record["ref"]
+        if not self.store.own(batch.id, ref, int(record["ttl"])):
+            raise _Taken(batch.id)
         now = clock.iso()
         self.store.update(
             batch_key(ref),
@@ -222,8 +342,9 @@ class Submitter:
             submitted_at=now,
             updated_at=now,
             expires_at=_stamp(batch.expires_at),
+            created_at=_stamp(batch.created_at),
         )
-        record.update(status="created", batch_id=batch.id)
+        record.update(status="created", batch_id=batch.id, submitted_at=now)
         metrics.add_metric(name="BatchesCreated", unit=MetricUnit.Count, value=1)
         logger.info(
             "batch created",
@@ -236,25 +357,37 @@ class Submitter:
         )
         self.start(record)
 
-    def start(self, record: dict[str, Any], name: str | None = None) -> None:
+    def start(self, record: dict[str, Any], restarts: int = 0) -> None:
+        """Start (or restart) the batch's poller; its execution name is the batch id (-r<n>)."""
         assert self.settings.state_machine_arn, "STATE_MACHINE_ARN is required by the submitter"
-        executions.start(
-            self.settings.state_machine_arn,
-            name or record["batch_id"],
-            {
-                "batch_id": record["batch_id"],
-                "ref": record["ref"],
-                "wait_seconds": self.settings.poll_min_seconds,
-            },
+        name = record["batch_id"] if restarts == 0 else f"{record['batch_id']}-r{restarts}"
+        payload = {
+            "batch_id": record["batch_id"],
+            "ref": record["ref"],
+            "wait_seconds": self.settings.poll_min_seconds,
+        }
+        if not executions.start(self.settings.state_machine_arn, name, payload):
+            # The name is taken: fine if by this batch's own earlier try, a wrong adoption if not.
+            owner = executions.input_of(self.settings.state_machine_arn, name).get("ref")
+            if owner != record["ref"]:
+                self.disown(record, f"execution {name} belongs to batch record {owner}")
+                return
+        self.store.update(
+            batch_key(record["ref"]),
+            status="polling",
+            execution=name,
+            restarts=restarts,
+            updated_at=clock.iso(),
+            remove=("restart_after",),
         )
-        self.store.update(batch_key(record["ref"]), status="polling", updated_at=clock.iso())
         self.report["batches"].append(record["batch_id"])
         self.report["requests"] += int(record["request_count"])
 
     # recovery
 
     def release(self, record: dict[str, Any], status: str) -> int:
-        """Put the requests batch <ref> still holds back in their tier (the batch was never created)."""
+        """Put the requests batch <ref> still holds back in their tier (the batch was never
+        created, or is not ours), the attempt given back."""
         ref = record["ref"]
         items = self.store.get_many(request_key(rid) for rid in self.payloads.journaled(ref))
         back = [released(item) for item in items.values() if held_by(item, ref)]
@@ -264,49 +397,165 @@ class Submitter:
         )
         return len(back)
 
-    def reconcile(self) -> None:
-        """Finish batches a crashed run left half-made."""
-        for record in list(self.store.live_batches()):
-            stale = clock.now() - clock.parse(record["updated_at"]) >= STALE_SECONDS
-            status = record["status"]
-            if status == "claiming" and stale:
-                n = self.release(record, status="abandoned")
-                logger.warning("released an abandoned claim", extra={"ref": record["ref"], "n": n})
-            elif status == "uploaded" and stale:
-                adopted = self._find_created(record)
-                if adopted is not None:
-                    logger.warning(
-                        "adopted a batch whose create answer was lost", extra={"batch_id": adopted.id}
-                    )
-                    self.created(record, adopted)
-                else:
-                    self.submit(record)
-            elif status == "created" and stale:
-                self.start(record)
-            elif status == "failed" and int(record.get("restarts", 0)) < MAX_RESTARTS:
-                # The poller gave up (its failure is recorded and alarmed); its requests are still
-                # claimed, so a fresh poller finishes them. Names stay unique per restart.
-                restarts = int(record.get("restarts", 0)) + 1
-                self.store.update(batch_key(record["ref"]), restarts=restarts)
-                self.start(record, name=f"{record['batch_id']}-r{restarts}")
-            else:
-                continue
-            self.report["reconciled"] += 1
+    def disown(self, record: dict[str, Any], why: str) -> None:
+        """A batch taken for ours that is not: our requests go back to their tier for a new batch."""
+        n = self.release(record, status="foreign")
+        logger.error(
+            "a batch was wrongly adopted; requests released", extra={"ref": record["ref"], "why": why, "n": n}
+        )
+        metrics.add_metric(name="WrongAdoptions", unit=MetricUnit.Count, value=1)
 
-    def _find_created(self, record: dict[str, Any]) -> Any:
-        """The API's batch made from this record, if its create went through: the API keeps no
-        metadata of ours, so match on creation time and request count, skipping batches we know."""
-        known = {b.get("batch_id") for b in self.store.live_batches()}
-        since = clock.parse(record["claimed_at"])
-        for batch in batches.recent():
-            created = batch.created_at.timestamp()
-            if created < since:
-                break
-            counts = batch.request_counts
-            total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
-            if batch.id not in known and total == int(record["request_count"]):
-                return batch
-        return None
+    def reconcile(self) -> None:
+        """See every live batch through: each record on its own, so one that fails stops no other."""
+        stalled = 0
+        for record in list(self.store.live_batches()):
+            idle = clock.now() - clock.parse(record["updated_at"])
+            stalled += idle >= self.settings.stalled_batch_seconds
+            step = self._recovery(record["status"])
+            if step is None:
+                continue
+            try:
+                if step(record, idle):
+                    self.report["reconciled"] += 1
+            except _Taken:
+                logger.warning("batch already owned by another record", extra={"ref": record["ref"]})
+            except (BatchTooLargeError, BatchRefusedError, NotAcceptedError, OutcomeUnknownError):
+                pass  # `submit` has dealt with it (released, or left for the next run) and logged it
+            except Exception as exc:
+                logger.exception(
+                    "could not recover a batch; going on with the others",
+                    extra={"ref": record["ref"], "status": record["status"], "error": type(exc).__name__},
+                )
+                metrics.add_metric(name="ReconcileFailures", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="StalledBatches", unit=MetricUnit.Count, value=stalled)
+
+    def _recovery(self, status: str) -> Callable[[dict[str, Any], float], bool] | None:
+        steps: dict[str, Callable[[dict[str, Any], float], bool]] = {
+            "claiming": self._recover_claiming,
+            "uploaded": self._recover_uploaded,
+            "creating": self._recover_creating,
+            "created": self._recover_created,
+            "polling": self._recover_polling,
+            "collecting": self._recover_polling,
+            "failed": self._recover_failed,
+            "closing": self._recover_closing,
+        }
+        return steps.get(status)
+
+    def _recover_claiming(self, record: dict[str, Any], idle: float) -> bool:
+        if idle < STALE_SECONDS:
+            return False
+        n = self.release(record, status="released")
+        logger.warning("released an abandoned claim", extra={"ref": record["ref"], "n": n})
+        return True
+
+    def _recover_uploaded(self, record: dict[str, Any], idle: float) -> bool:
+        if idle < STALE_SECONDS:
+            return False
+        self.submit(record)
+        return True
+
+    def _recover_creating(self, record: dict[str, Any], idle: float) -> bool:
+        start = clock.parse(record["create_started"]) - CLOCK_SKEW_SECONDS
+        end = clock.parse(record["create_until"]) + CLOCK_SKEW_SECONDS
+        if clock.now() < end:
+            return False  # the create may still be under way
+        found = self._find_created(record, start, end)
+        if found is _WAIT:
+            return False
+        if found is None:
+            # No batch of the window can be this one: nothing was created, so create it now.
+            self.store.update(batch_key(record["ref"]), status="uploaded", updated_at=clock.iso())
+            self.submit(record | {"status": "uploaded"})
+            return True
+        logger.warning("adopted a batch whose create answer was lost", extra={"batch_id": found.id})
+        metrics.add_metric(name="BatchesAdopted", unit=MetricUnit.Count, value=1)
+        self.created(record, found)
+        return True
+
+    def _find_created(self, record: dict[str, Any], start: float, end: float) -> Any:
+        """The API's batch made by this record's create, None when there is none, or `_WAIT`.
+
+        The API keeps no metadata of ours: a candidate was created inside the window, holds as
+        many requests, and belongs to no other record of this stack. One candidate is adopted;
+        of several (another deployment on the same key), only the one whose results carry
+        exactly this batch's journaled ids, once they have all ended."""
+        count = int(record["request_count"])
+        fits = [b for b in batches.created_between(start, end) if _total(b) == count]
+        owners = self.store.owners(b.id for b in fits)
+        for b in fits:
+            if owners.get(b.id) == record["ref"]:
+                return b  # the record's own, claimed before a crash
+        candidates = [b for b in fits if b.id not in owners]
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        metrics.add_metric(name="AmbiguousAdoptions", unit=MetricUnit.Count, value=1)
+        if any(b.processing_status != "ended" for b in candidates):
+            logger.warning(
+                "several batches could be this one; waiting for them to end", extra={"ref": record["ref"]}
+            )
+            return _WAIT
+        ours = set(self.payloads.journaled(record["ref"]))
+        matching = [b for b in candidates if set(batches.custom_ids(b.id)) == ours]
+        return matching[0] if len(matching) == 1 else None
+
+    def _recover_created(self, record: dict[str, Any], idle: float) -> bool:
+        if idle < STALE_SECONDS:
+            return False
+        self.start(record, int(record.get("restarts", 0)))
+        return True
+
+    def _recover_polling(self, record: dict[str, Any], idle: float) -> bool:
+        """An execution can end without recording it (stopped, a runtime error, the record's own
+        write failing): a batch unchanged for longer than a poll gets its execution looked at."""
+        if idle < self.settings.poll_max_seconds + STALE_SECONDS:
+            return False
+        assert self.settings.state_machine_arn, "STATE_MACHINE_ARN is required by the submitter"
+        name = record.get("execution") or record["batch_id"]
+        status = executions.status(self.settings.state_machine_arn, name)
+        if status == "RUNNING":
+            return False
+        logger.warning(
+            "a poller ended without finishing its batch", extra={"ref": record["ref"], "execution": status}
+        )
+        return self._recover_failed(record | {"restart_after": None}, idle)
+
+    def _recover_failed(self, record: dict[str, Any], idle: float) -> bool:
+        created = clock.parse(record.get("created_at") or record.get("submitted_at") or record["claimed_at"])
+        if clock.now() - created >= RESULTS_KEPT_SECONDS:
+            # The API no longer has its results: answer what is left (tried again if attempts remain).
+            self._close_with(
+                record, "results_unavailable", "the batch's results are no longer available", "abandoned"
+            )
+            metrics.add_metric(name="BatchesAbandoned", unit=MetricUnit.Count, value=1)
+            return True
+        after = record.get("restart_after")
+        if after and clock.now() < clock.parse(after):
+            return False
+        restarts = int(record.get("restarts", 0)) + 1
+        delay = min(RESTART_CAP_SECONDS, RESTART_BASE_SECONDS * 2 ** (restarts - 1))
+        self.store.update(
+            batch_key(record["ref"]), restart_after=clock.iso(clock.now() + delay), restarts=restarts
+        )
+        self.start(record, restarts)
+        metrics.add_metric(name="PollerRestarts", unit=MetricUnit.Count, value=1)
+        return True
+
+    def _recover_closing(self, record: dict[str, Any], idle: float) -> bool:
+        self.close(record)
+        return True
+
+
+class _Taken(Exception):
+    """The batch is already owned by another record (an adoption raced, or a wrong one)."""
+
+
+_WAIT = object()
+
+
+def _total(batch: Any) -> int:
+    c = batch.request_counts
+    return int(c.processing + c.succeeded + c.errored + c.canceled + c.expired)
 
 
 def _stamp(value: Any) -> str | None:

@@ -1,0 +1,471 @@
+"""Each promise against the fault that broke it: lost create answers, wrong adoptions, pollers that
+stop, refusals, giants, slow checks, AWS throttling, repeated completions, time-boxed claims and
+account problems. Every test drives the real SDK against the emulator and the template's stack."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import anthropic
+import boto3
+import pytest
+from batch_relay import errors
+from botocore.exceptions import ClientError
+
+from tests.conftest import load_event
+from tests.helpers import by_id, request
+from tests.integration.test_faults import STALE, assert_once, fail_once, ids_in_batches
+
+pytestmark = pytest.mark.integration
+
+# Past a create's window: the submitter's invocation (900 s) plus the clock-skew allowance.
+PAST_WINDOW = 900 + 120
+
+
+def records(stack):
+    table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
+    return [i for i in table.scan()["Items"] if i["pk"].startswith("batch#")]
+
+
+def throttled(operation):
+    return ClientError(
+        {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, operation
+    )
+
+
+@pytest.fixture
+def loaded(stack):
+    inbox = stack.subscribe()
+    ids = [f"q{i}" for i in range(12)]
+    stack.send([request(i) for i in ids])
+    stack.deliver()
+    return stack, inbox, ids
+
+
+# 1. A lost create answer bills nothing twice.
+
+
+@pytest.mark.parametrize("how", ["503", "reset"])
+def test_a_lost_create_answer_makes_one_batch_and_it_is_adopted(loaded, emulator, how):
+    stack, inbox, ids = loaded
+    emulator.lose_create_answers(1, how=how)
+    stack.tick()
+    assert len(emulator.batch_ids()) == 1, "the create was sent again after its answer was lost"
+    assert [r["status"] for r in records(stack)] == ["creating"]
+    stack.advance(PAST_WINDOW)
+    stack.pump()
+    assert len(emulator.batch_ids()) == 1
+    per_id = assert_once(stack, inbox, ids, emulator)
+    assert {c[0]["batch_id"] for c in per_id.values()} == set(emulator.batch_ids())
+
+
+def test_a_create_refused_with_529_is_sent_again_and_bills_once(loaded, emulator):
+    stack, inbox, ids = loaded
+    emulator.inject("POST", "/v1/messages/batches", 529, count=2, retry_after=0.001)
+    stack.pump()
+    assert len(emulator.batch_ids()) == 1
+    assert emulator.calls[("POST", "create")] == 3
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_a_create_that_never_went_through_is_created_once_its_window_has_passed(loaded, emulator):
+    stack, inbox, ids = loaded
+    emulator.inject("POST", "/v1/messages/batches", 500, count=1)  # refused before acting
+    stack.tick()
+    assert emulator.batch_ids() == []
+    stack.advance(60)
+    stack.tick()
+    assert emulator.batch_ids() == [], "created again while the first create could still be under way"
+    stack.advance(PAST_WINDOW)
+    stack.pump()
+    assert len(emulator.batch_ids()) == 1
+    assert_once(stack, inbox, ids, emulator)
+
+
+# 2. Adoption takes only our own batch.
+
+
+def test_a_stale_record_never_adopts_a_batch_the_stack_already_collected(stack, emulator):
+    inbox = stack.subscribe()
+    stack.send([request("a")])
+    stack.deliver()
+    emulator.inject("POST", "/v1/messages/batches", 500, count=1)  # a's create fails outright
+    stack.tick()
+    stack.send([request("b")])
+    stack.advance(2)
+    stack.deliver()
+    stack.tick()  # b's one-request batch, created inside a's window
+    stack.settle()
+    assert [c["request_id"] for c in stack.drain(inbox)] == ["b"]
+    stack.advance(PAST_WINDOW)
+    stack.pump()
+    per_id = by_id(stack.drain(inbox))
+    assert set(per_id) == {"a"} and len(per_id["a"]) == 1
+    assert len(emulator.batch_ids()) == 2
+    assert max(ids_in_batches(emulator).values()) == 1
+
+
+def _foreign_batch(emulator, custom_id="not-ours"):
+    client = anthropic.Anthropic(base_url=emulator.url, api_key="another-deployment")
+    params = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    return client.messages.batches.create(requests=[{"custom_id": custom_id, "params": params}]).id
+
+
+def test_a_batch_of_another_deployment_taken_for_ours_is_refused_at_collect(stack, emulator):
+    inbox = stack.subscribe()
+    stack.send([request("a")])
+    stack.deliver()
+    emulator.inject("POST", "/v1/messages/batches", 500, count=1)  # nothing created for a
+    stack.tick()
+    foreign = _foreign_batch(emulator)  # the same key, inside a's window: the only candidate
+    stack.advance(PAST_WINDOW)
+    stack.pump()
+    per_id = by_id(stack.drain(inbox))
+    assert set(per_id) == {"a"}, "another deployment's results were published as ours"
+    assert len(per_id["a"]) == 1 and per_id["a"][0]["batch_id"] != foreign
+    assert per_id["a"][0]["status"] == "succeeded" and per_id["a"][0]["attempts"] == 1
+    assert "foreign" in {r["status"] for r in records(stack)}
+
+
+def test_of_several_candidates_only_the_one_holding_our_requests_is_adopted(stack, emulator):
+    inbox = stack.subscribe()
+    stack.send([request("a")])
+    stack.deliver()
+    emulator.lose_create_answers(1)
+    stack.tick()
+    ours = emulator.batch_ids()[0]
+    _foreign_batch(emulator)  # a second one-request batch in the window
+    stack.advance(PAST_WINDOW)
+    time.sleep(0.3)  # both end at the emulator
+    stack.pump()
+    per_id = assert_once(stack, inbox, ["a"])
+    assert per_id["a"][0]["batch_id"] == ours
+    assert len(emulator.batch_ids()) == 2, "a batch was created again although ours existed"
+
+
+def test_an_execution_name_taken_by_another_record_is_not_silently_skipped(loaded, emulator, monkeypatch):
+    from batch_relay import executions
+
+    stack, inbox, ids = loaded
+    real = executions.start
+    squats = []
+
+    def squatted(arn, name, payload):
+        if not squats:  # another record's poller already runs under this batch's name
+            squats.append(name)
+            real(arn, name, payload | {"ref": "someone-else"})
+        return real(arn, name, payload)
+
+    monkeypatch.setattr(executions, "start", squatted)
+    stack.tick()
+    monkeypatch.setattr(executions, "start", real)
+    assert "foreign" in {r["status"] for r in records(stack)}
+    stack.pump()
+    per_id = assert_once(stack, inbox, ids)
+    assert squats[0] not in {c[0]["batch_id"] for c in per_id.values()}
+
+
+# 3 and 4. Pollers never give up while results can be fetched.
+
+
+def test_a_poller_failing_through_a_key_rotation_is_restarted_until_it_succeeds(loaded, emulator):
+    stack, inbox, ids = loaded
+    emulator.inject("GET", "/v1/messages/batches/msgbatch_", 401, count=5, route="retrieve")
+    for _ in range(8):
+        stack.tick()
+        stack.settle()
+        stack.advance(6 * 3600)
+    assert sum(e["status"] == "FAILED" for e in stack.executions()) == 5
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_a_failed_batch_does_not_hold_the_in_flight_cap_once_it_has_ended(make_stack, emulator):
+    stack = make_stack(MaxInFlight="12")
+    inbox = stack.subscribe()
+    stack.send([request(f"x{i}") for i in range(12)])
+    stack.deliver()
+    emulator.inject("GET", "/v1/messages/batches/", 401, count=1, route="results")
+    stack.tick()
+    stack.settle()
+    assert [r["status"] for r in records(stack)] == ["failed"]
+    stack.send([request(f"y{i}") for i in range(3)])
+    stack.deliver()
+    stack.advance(2)
+    stack.tick()  # the failed batch ended at the API: three more may go while it is restarted
+    assert len(emulator.batch_ids()) == 2
+    stack.pump()
+    assert_once(stack, inbox, [f"x{i}" for i in range(12)] + [f"y{i}" for i in range(3)], emulator)
+
+
+def test_a_batch_whose_results_expired_is_answered_and_leaves_the_work_list(loaded, emulator):
+    stack, inbox, ids = loaded
+    emulator.inject("GET", "/v1/messages/batches/", 401, count=10**6, route="retrieve")
+    stack.tick()
+    stack.settle()
+    stack.advance(29 * 86400 + 60)
+    stack.tick()
+    per_id = by_id(stack.drain(inbox))
+    assert per_id == {}, "answered as final although attempts remain"
+    emulator.clear_faults()
+    stack.pump()
+    per_id = assert_once(stack, inbox, ids)
+    assert {c[0]["attempts"] for c in per_id.values()} == {2}
+
+
+def test_an_execution_stopped_without_recording_it_is_noticed_and_restarted(loaded, emulator):
+    stack, inbox, ids = loaded
+    emulator.latency_seconds = 3
+    stack.tick()
+    [run] = stack.executions()
+    sfn = boto3.client("stepfunctions")
+    sfn.stop_execution(executionArn=run["executionArn"], error="Operator", cause="stopped by hand")
+    stack.settle()
+    assert [r["status"] for r in records(stack)] in (["polling"], ["collecting"])
+    stack.advance(7200 + STALE + 1)
+    time.sleep(3)
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+    assert len(stack.executions()) == 2
+
+
+# 5. One bad batch never stops the relay.
+
+
+def test_a_request_the_api_refuses_is_answered_and_the_rest_of_its_batch_goes_on(loaded, emulator):
+    stack, inbox, ids = loaded
+    emulator.refused_ids = {"q5"}
+    stack.pump()
+    per_id = assert_once(stack, inbox, ids)
+    assert per_id["q5"][0]["status"] == "errored"
+    assert per_id["q5"][0]["error"]["type"] == "invalid_request_error"
+    assert "cannot be processed" in per_id["q5"][0]["error"]["message"]
+    assert {per_id[i][0]["status"] for i in ids if i != "q5"} == {"succeeded"}
+    assert max(ids_in_batches(emulator).values()) == 1
+
+
+def test_a_record_that_cannot_be_recovered_does_not_stop_the_others(
+    make_stack, emulator, monkeypatch, caplog
+):
+    from batch_relay import executions
+
+    stack = make_stack(MaxBatchRequests="6")
+    inbox = stack.subscribe()
+    ids = [f"r{i}" for i in range(12)]
+    stack.send([request(i) for i in ids])
+    stack.deliver()
+    real = executions.start
+    monkeypatch.setattr(executions, "start", lambda *a: (_ for _ in ()).throw(RuntimeError("crash")))
+    with pytest.raises(RuntimeError):
+        stack.tick()
+    with pytest.raises(RuntimeError):
+        stack.tick()
+    assert sorted(r["status"] for r in records(stack)) == ["created", "created"]
+    broken = {"n": 0}
+
+    def first_fails(arn, name, payload):
+        broken["n"] += 1
+        if broken["n"] == 1:
+            raise RuntimeError("this record's recovery fails")
+        return real(arn, name, payload)
+
+    monkeypatch.setattr(executions, "start", first_fails)
+    stack.advance(STALE)
+    stack.tick()
+    assert "could not recover a batch" in caplog.text
+    assert sorted(r["status"] for r in records(stack)) == ["created", "polling"]
+    monkeypatch.setattr(executions, "start", real)
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+
+
+# 6. A request larger than any batch is answered, never stuck.
+
+
+def test_a_request_larger_than_any_batch_is_answered_and_its_tier_moves_on(make_stack, emulator):
+    stack = make_stack(MaxBatchBytes="4096", MaxBatchRequests="1000")
+    inbox = stack.subscribe()
+    ids = [f"g{i}" for i in range(6)]
+    stack.send([request("giant", text="z" * 6000)] + [request(i) for i in ids])
+    stack.pump(rounds=5)
+    per_id = assert_once(stack, inbox, ["giant", *ids], emulator)
+    assert per_id["giant"][0]["status"] == "errored"
+    assert per_id["giant"][0]["error"]["type"] == "request_too_large"
+    assert "giant" not in ids_in_batches(emulator)
+
+
+# 7. The check function never outruns its timeout.
+
+
+def test_check_gives_up_inside_its_timeout_when_the_api_asks_for_long_waits(loaded, emulator):
+    stack, inbox, ids = loaded
+    emulator.latency_seconds = 60
+    stack.tick()
+    [batch_id] = emulator.batch_ids()
+    [record] = records(stack)
+    emulator.inject("GET", f"/v1/messages/batches/{batch_id}", 429, count=3, retry_after=25, route="retrieve")
+    event = load_event("check.json") | {"batch_id": batch_id, "ref": record["ref"]}
+    started = time.monotonic()
+    with pytest.raises(errors.TransientError):
+        stack.invoke("CheckBatchFunction", event)
+    assert time.monotonic() - started < stack.functions["CheckBatchFunction"].timeout
+
+
+# 8. AWS faults inside the poller are retried by the state machine.
+
+
+@pytest.mark.parametrize("function", ["CheckBatchFunction", "CollectResultsFunction"])
+def test_aws_throttling_inside_the_poller_is_retried_not_failed(loaded, emulator, function):
+    stack, inbox, ids = loaded
+    hits = Counter()
+
+    def throttle_once(fn, operation):
+        if fn == function and not hits[fn]:
+            hits[fn] += 1
+            raise throttled(operation)
+
+    stack.before = throttle_once
+    stack.pump()
+    assert hits[function] == 1
+    assert [e["status"] for e in stack.executions()] == ["SUCCEEDED"]
+    assert_once(stack, inbox, ids, emulator)
+
+
+def test_aws_throttling_in_the_submitter_leaves_as_a_transient_error(loaded, emulator):
+    stack, _, _ = loaded
+    stack.before = lambda fn, op: (_ for _ in ()).throw(throttled(op)) if op == "PutItem" else None
+    with pytest.raises(errors.TransientError):
+        stack.tick()
+
+
+# 9. Settling is an outbox: a crash repeats at most one publish call.
+
+
+def test_a_crash_after_the_items_are_written_still_publishes_every_completion_once(make_stack, emulator):
+    stack = make_stack(MaxBatchRequests="500")
+    inbox = stack.subscribe()
+    ids = [f"p{i}" for i in range(250)]
+    stack.send([request(i) for i in ids])
+    done = {"n": 0}
+
+    def die_after_second_write(fn, operation):
+        if fn == "CollectResultsFunction" and operation == "BatchWriteItem":
+            done["n"] += 1
+            if done["n"] == 2:
+                raise errors.FunctionKilled("killed after the items were written, before publishing")
+
+    stack.after = die_after_second_write
+    stack.pump()
+    counts = Counter(c["request_id"] for c in stack.drain(inbox))
+    assert set(counts) == set(ids)
+    assert set(counts.values()) == {1}
+
+
+def test_a_crash_between_a_publish_and_its_marker_repeats_only_that_call(make_stack, emulator):
+    stack = make_stack(MaxBatchRequests="500")
+    inbox = stack.subscribe()
+    ids = [f"m{i}" for i in range(250)]
+    stack.send([request(i) for i in ids])
+    done = {"n": 0}
+
+    def die_after_a_publish(fn, operation):
+        if fn == "CollectResultsFunction" and operation == "PublishBatch":
+            done["n"] += 1
+            if done["n"] == 13:
+                raise errors.FunctionKilled("killed after publishing, before the marker")
+
+    stack.after = die_after_a_publish
+    stack.pump()
+    completions = stack.drain(inbox)
+    counts = Counter(c["request_id"] for c in completions)
+    assert set(counts) == set(ids)
+    assert sorted(Counter(counts.values()).items()) == [(1, 240), (2, 10)]
+    for rid, n in counts.items():
+        if n == 2:
+            first, second = (c for c in completions if c["request_id"] == rid)
+            assert first == second, "a repeated completion differs from the first"
+
+
+def test_a_half_failed_publish_call_sends_only_its_failed_entry_again(loaded, emulator, monkeypatch):
+    from batch_relay.completions import Topic
+
+    stack, inbox, ids = loaded
+    real_init = Topic.__init__
+    refused = {"n": 0}
+
+    def init(self, arn):
+        real_init(self, arn)
+        real = self.sns.publish_batch
+
+        def publish_batch(TopicArn, PublishBatchRequestEntries):
+            entries = PublishBatchRequestEntries
+            if refused["n"] == 0 and len(entries) > 1:
+                refused["n"] += 1  # SNS takes all but the last entry of this call
+                answer = real(TopicArn=TopicArn, PublishBatchRequestEntries=entries[:-1])
+                answer["Failed"] = [{"Id": entries[-1]["Id"], "Code": "InternalError", "SenderFault": False}]
+                return answer
+            return real(TopicArn=TopicArn, PublishBatchRequestEntries=entries)
+
+        self.sns = type("Sns", (), {"publish_batch": staticmethod(publish_batch)})()
+
+    monkeypatch.setattr(Topic, "__init__", init)
+    stack.pump()
+    assert refused["n"] == 1
+    assert_once(stack, inbox, ids, emulator)
+
+
+# 10. A claim ends inside its run's time.
+
+
+def test_a_claim_stops_at_its_time_budget_and_submits_what_it_has(loaded, emulator, monkeypatch):
+    from batch_relay.payloads import Payloads
+    from batch_relay.store import Store
+
+    stack, inbox, ids = loaded
+    real_pages, real_journal = Store.pages, Payloads.journal
+    monkeypatch.setattr(Store, "pages", lambda self, part, size=1000: real_pages(self, part, 5))
+
+    def slow_page(self, ref, number, ids):
+        stack.advance(400)  # each page "takes" 400 s of a 900 s invocation
+        return real_journal(self, ref, number, ids)
+
+    monkeypatch.setattr(Payloads, "journal", slow_page)
+    stack.tick()
+    assert [len(emulator.custom_ids(b)) for b in emulator.batch_ids()] == [10]
+    monkeypatch.setattr(Payloads, "journal", real_journal)
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+
+
+# 11. An account problem holds requests; it does not answer them.
+
+
+def test_no_credit_holds_the_requests_and_the_tier_until_a_top_up(loaded, emulator):
+    stack, inbox, ids = loaded
+    emulator.credit = False
+    stack.tick()
+    stack.settle()
+    assert stack.drain(inbox) == [], "an account problem was answered as the requests' fault"
+    assert stack.open_work()["pending"] == len(ids)
+    stack.advance(60)
+    stack.tick()
+    assert len(emulator.batch_ids()) == 1, "a held tier was flushed before its pause ended"
+    emulator.credit = True
+    stack.advance(600)
+    stack.pump()
+    per_id = assert_once(stack, inbox, ids)
+    assert {c[0]["status"] for c in per_id.values()} == {"succeeded"}
+    assert {c[0]["attempts"] for c in per_id.values()} == {1}, "a held request spent an attempt"
+
+
+def test_a_hold_longer_than_its_maximum_answers_the_requests(make_stack, emulator):
+    stack = make_stack(MaxHoldSeconds="3600")
+    inbox = stack.subscribe()
+    ids = [f"h{i}" for i in range(3)]
+    stack.send([request(i) for i in ids])
+    emulator.credit = False
+    stack.pump(rounds=20)
+    per_id = assert_once(stack, inbox, ids)
+    assert {c[0]["error"]["type"] for c in per_id.values()} == {"invalid_request_error"}
+    assert all("credit balance" in c[0]["error"]["message"] for c in per_id.values())
