@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import load_event
 from tests.helpers import by_id, request
-from tests.integration.test_faults import STALE, assert_once, fail_once, ids_in_batches
+from tests.integration.test_faults import STALE, assert_once, ids_in_batches
 
 pytestmark = pytest.mark.integration
 
@@ -299,7 +299,7 @@ def test_a_request_larger_than_any_batch_is_answered_and_its_tier_moves_on(make_
 
 
 def test_check_gives_up_inside_its_timeout_when_the_api_asks_for_long_waits(loaded, emulator):
-    stack, inbox, ids = loaded
+    stack, _inbox, _ids = loaded
     emulator.latency_seconds = 60
     stack.tick()
     [batch_id] = emulator.batch_ids()
