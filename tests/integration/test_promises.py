@@ -4,6 +4,7 @@ account problems. Every test drives the real SDK against the emulator and the te
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -21,6 +22,19 @@ pytestmark = pytest.mark.integration
 
 # Past a create's window: the submitter's invocation (900 s) plus the clock-skew allowance.
 PAST_WINDOW = 900 + 120
+
+
+def emitted(capsys) -> Counter:
+    """The functions' EMF metrics printed so far, summed by name."""
+    out: Counter = Counter()
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith('{"_aws"'):
+            doc = json.loads(line)
+            for block in doc["_aws"]["CloudWatchMetrics"]:
+                for m in block["Metrics"]:
+                    value = doc[m["Name"]]
+                    out[m["Name"]] += sum(value) if isinstance(value, list) else value
+    return out
 
 
 def records(stack):
@@ -112,7 +126,7 @@ def _foreign_batch(emulator, custom_id="not-ours"):
     return client.messages.batches.create(requests=[{"custom_id": custom_id, "params": params}]).id
 
 
-def test_a_batch_of_another_deployment_taken_for_ours_is_refused_at_collect(stack, emulator):
+def test_a_batch_of_another_deployment_taken_for_ours_is_refused_at_collect(stack, emulator, capsys):
     inbox = stack.subscribe()
     stack.send([request("a")])
     stack.deliver()
@@ -126,6 +140,7 @@ def test_a_batch_of_another_deployment_taken_for_ours_is_refused_at_collect(stac
     assert len(per_id["a"]) == 1 and per_id["a"][0]["batch_id"] != foreign
     assert per_id["a"][0]["status"] == "succeeded" and per_id["a"][0]["attempts"] == 1
     assert "foreign" in {r["status"] for r in records(stack)}
+    assert emitted(capsys)["WrongAdoptions"] == 1
 
 
 def test_of_several_candidates_only_the_one_holding_our_requests_is_adopted(stack, emulator):
@@ -246,7 +261,7 @@ def test_a_request_the_api_refuses_is_answered_and_the_rest_of_its_batch_goes_on
 
 
 def test_a_record_that_cannot_be_recovered_does_not_stop_the_others(
-    make_stack, emulator, monkeypatch, caplog
+    make_stack, emulator, monkeypatch, caplog, capsys
 ):
     from batch_relay import executions
 
@@ -274,6 +289,7 @@ def test_a_record_that_cannot_be_recovered_does_not_stop_the_others(
     stack.advance(STALE)
     stack.tick()
     assert "could not recover a batch" in caplog.text
+    assert emitted(capsys)["ReconcileFailures"] == 1
     assert sorted(r["status"] for r in records(stack)) == ["created", "polling"]
     monkeypatch.setattr(executions, "start", real)
     stack.pump()
@@ -441,16 +457,18 @@ def test_a_claim_stops_at_its_time_budget_and_submits_what_it_has(loaded, emulat
 # 11. An account problem holds requests; it does not answer them.
 
 
-def test_no_credit_holds_the_requests_and_the_tier_until_a_top_up(loaded, emulator):
+def test_no_credit_holds_the_requests_and_the_tier_until_a_top_up(loaded, emulator, capsys):
     stack, inbox, ids = loaded
     emulator.credit = False
     stack.tick()
     stack.settle()
     assert stack.drain(inbox) == [], "an account problem was answered as the requests' fault"
     assert stack.open_work()["pending"] == len(ids)
+    assert emitted(capsys)["AccountHolds"] >= 1
     stack.advance(60)
     stack.tick()
     assert len(emulator.batch_ids()) == 1, "a held tier was flushed before its pause ended"
+    assert emitted(capsys)["TierHeld"] == 1
     emulator.credit = True
     stack.advance(600)
     stack.pump()
