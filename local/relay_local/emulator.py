@@ -290,6 +290,21 @@ class Emulator:
         with self._lock:
             self._break_after = lines
 
+    def preload(self, batch_id: str, requests: list[dict[str, Any]], ended: bool = True) -> None:
+        """Hold a batch under a given id, as if created `latency_seconds` ago (so ended) or just now:
+        for a sample event that names its batch."""
+        kept = [_digest(r["custom_id"], r["params"])[0] for r in requests]
+        with self._lock:
+            self._batches[batch_id] = _Batch(
+                id=batch_id,
+                created=self.clock() - (self.latency_seconds if ended else 0.0),
+                requests=kept,
+                latency=self.latency_seconds,
+                errored_share=self.errored_share,
+                expired_share=self.expired_share,
+                seed=self.seed,
+            )
+
     def batch_ids(self) -> list[str]:
         with self._lock:
             return list(self._batches)
