@@ -58,7 +58,6 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
     },
     "SubmitterFunctionRole": {
         ("dynamodb:PutItem", "{table}", ""),
-        ("dynamodb:GetItem", "{table}", ""),
         ("dynamodb:UpdateItem", "{table}", ""),
         ("dynamodb:DeleteItem", "{table}", ""),
         ("dynamodb:BatchGetItem", "{table}", ""),
@@ -69,7 +68,6 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
         ("s3:GetObject", "{data}/input/*", ""),
         ("s3:PutObject", "{data}/claims/*", ""),
         ("s3:PutObject", "{data}/input/*", ""),
-        ("s3:AbortMultipartUpload", "{data}/claims/*", ""),
         ("s3:AbortMultipartUpload", "{data}/input/*", ""),
         ("s3:ListBucket", "{data}", "prefix claims/*"),
         ("states:StartExecution", "{state_machine}", ""),
