@@ -1,7 +1,5 @@
-"""Print the requirements of one optional-dependencies extra of pyproject.toml, one a line.
-
-    python scripts/extra.py scan
-"""
+"""Print the requirements of one optional-dependencies extra of pyproject.toml, one a line:
+`python scripts/extra.py scan` (the Makefile installs checkov's venv from it)."""
 
 import sys
 import tomllib
