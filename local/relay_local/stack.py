@@ -1,7 +1,7 @@
 """The relay's stack on one machine: AWS emulated by moto, built from template.yaml itself.
 
 `LocalStack` creates every resource the template declares that the relay touches (table, queues,
-bucket, topic, secret, state machine), gives each function the environment the template gives it,
+buckets, topic, secret, state machine), gives each function the environment the template gives it,
 and runs the functions the way AWS would: SQS batches delivered to the buffer in Lambda's event
 shape with partial-batch failures honoured, the submitter fired like the schedule, and the poller
 state machine definition from the repository executed by moto's Step Functions engine, whose Lambda
