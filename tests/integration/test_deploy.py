@@ -150,29 +150,38 @@ def translate(parameters: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any
     return template, transform(template, parameters, _NoManagedPolicies())
 
 
+def deploy(parameters: dict[str, str], name: str = "batch-relay") -> dict[str, Any]:
+    """Translate with these parameters and create the stack; its description and resources."""
+    _, translated = translate(parameters)
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=json.dumps(translated),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+    )
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    pages = cfn.get_paginator("list_stack_resources").paginate(StackName=name)
+    physical = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId", "")
+        for page in pages
+        for r in page["StackResourceSummaries"]
+    }
+    return {"stack": stack, "physical": physical, "translated": translated}
+
+
+def _secret(name: str = "batch-relay/anthropic-api-key") -> str:
+    answer = boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name=name, SecretString="sk-ant-test"
+    )
+    return str(answer["ARN"])
+
+
 @pytest.fixture(scope="module")
 def deployed() -> Iterator[dict[str, Any]]:
     with mock.patch.dict(os.environ, ENV), mock_aws(config={"lambda": {"use_docker": False}}):
-        secret = boto3.client("secretsmanager", region_name=REGION).create_secret(
-            Name="batch-relay/anthropic-api-key", SecretString="sk-ant-test"
-        )["ARN"]
-        parameters = {"ApiKeySecretArn": secret, "ApiKeyKmsKeyArn": KEY_ARN}
-        _, translated = translate(parameters)
-        cfn = boto3.client("cloudformation", region_name=REGION)
-        cfn.create_stack(
-            StackName="batch-relay",
-            TemplateBody=json.dumps(translated),
-            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
-            Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
-        )
-        stack = cfn.describe_stacks(StackName="batch-relay")["Stacks"][0]
-        pages = cfn.get_paginator("list_stack_resources").paginate(StackName="batch-relay")
-        physical = {
-            r["LogicalResourceId"]: r.get("PhysicalResourceId", "")
-            for page in pages
-            for r in page["StackResourceSummaries"]
-        }
-        yield {"stack": stack, "physical": physical, "translated": translated, "secret": secret}
+        secret = _secret()
+        yield deploy({"ApiKeySecretArn": secret, "ApiKeyKmsKeyArn": KEY_ARN}) | {"secret": secret}
 
 
 def _names(deployed: dict[str, Any]) -> dict[str, str]:
@@ -357,16 +366,18 @@ def test_each_role_grants_exactly_its_table(deployed: dict[str, Any]) -> None:
 
 
 def test_kms_decrypt_is_granted_only_with_a_customer_key() -> None:
-    with mock.patch.dict(os.environ, ENV), mock_aws():
-        secret = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:k-AbCdEf"
-        _, with_key = translate({"ApiKeySecretArn": secret, "ApiKeyKmsKeyArn": KEY_ARN})
-        _, without = translate({"ApiKeySecretArn": secret})
-    assert with_key["Resources"]["ApiKeyDecryptPolicy"]["Condition"] == "HasApiKeyKmsKey"
-    statement = with_key["Resources"]["ApiKeyDecryptPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    assert [s["Action"] for s in statement] == ["kms:Decrypt"]
-    conditions = without["Conditions"]["HasApiKeyKmsKey"]
-    assert conditions == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ApiKeyKmsKeyArn"}, ""]}]}
-    assert without["Parameters"]["ApiKeyKmsKeyArn"]["Default"] == ""
+    with mock.patch.dict(os.environ, ENV), mock_aws(config={"lambda": {"use_docker": False}}):
+        without = deploy({"ApiKeySecretArn": _secret("no-customer-key")}, name="no-customer-key")
+        iam = boto3.client("iam", region_name=REGION)
+        for role in ROLES:
+            name = without["physical"][role]
+            for policy_name in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+                document = iam.get_role_policy(RoleName=name, PolicyName=policy_name)["PolicyDocument"]
+                assert "kms:" not in str(document), role
+    assert "ApiKeyDecryptPolicy" not in without["physical"]
+    resource = without["translated"]["Resources"]["ApiKeyDecryptPolicy"]
+    assert resource["Condition"] == "HasApiKeyKmsKey"
+    assert without["translated"]["Parameters"]["ApiKeyKmsKeyArn"]["Default"] == ""
 
 
 def test_topic_buckets_and_logs_as_cloudformation_receives_them(deployed: dict[str, Any]) -> None:
