@@ -106,7 +106,12 @@ def submitter(n: int, prompt_bytes: int) -> dict[str, Any]:
         _stage(s3, n, prompt_bytes, pointers)
         got = _child(env, "submit", pointers.name)
         [batch_id] = emulator.batch_ids()
-        counts = emulator.handle("GET", f"/v1/messages/batches/{batch_id}", {"x-api-key": "k"}, b"")
+        counts = emulator.handle(
+            "GET",
+            f"/v1/messages/batches/{batch_id}",
+            {"x-api-key": "k", "anthropic-version": "2023-06-01"},
+            b"",
+        )
     processing = json.loads(counts[2])["request_counts"]
     total = sum(processing.values())
     if total != n:

@@ -22,25 +22,36 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def anthropic_side(latency: float = 1.0, **options: Any) -> Iterator[dict[str, str]]:
-    """The environment that points the SDK at the emulator, or at the real API when a key is set."""
+def emulated(latency: float = 1.0, **options: Any) -> Iterator[tuple[dict[str, str], Any]]:
+    """The environment that points the SDK at the emulator, and the emulator; or, when a key is set,
+    no change (the real API) and None."""
     if os.environ.get("ANTHROPIC_API_KEY"):
-        yield {}
+        yield {}, None
         return
     from relay_local.emulator import Emulator, EmulatorServer
 
     with EmulatorServer(Emulator(latency_seconds=latency, **options)) as server:
-        yield {"ANTHROPIC_BASE_URL": server.url}
+        yield {"ANTHROPIC_BASE_URL": server.url}, server.emulator
+
+
+@contextlib.contextmanager
+def anthropic_side(latency: float = 1.0, **options: Any) -> Iterator[dict[str, str]]:
+    """The environment that points the SDK at the emulator, or at the real API when a key is set."""
+    with emulated(latency, **options) as (env, _):
+        yield env
 
 
 def invoke(function: str, event_path: str) -> int:
     from relay_local.stack import LocalStack
 
     event = json.loads(Path(event_path).read_text())
-    with anthropic_side() as env, LocalStack(env=env) as stack:
+    with emulated() as (env, emulator), LocalStack(env=env) as stack:
         if function not in stack.functions:
             print(f"error: no function {function!r} in template.yaml; there are {sorted(stack.functions)}")
             return 2
+        if isinstance(event, dict) and {"batch_id", "ref"} <= event.keys():
+            # A poller step's event names a batch: make it exist, as the submitter would have.
+            stack.seed_batch(event["batch_id"], event["ref"], emulator)
         try:
             result = stack.invoke(function, event)
         except Exception as exc:  # shown as Lambda reports an unhandled error

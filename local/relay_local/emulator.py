@@ -7,12 +7,16 @@
 or from a shell: `python -m relay_local.emulator --port 8765 --latency 5` and ANTHROPIC_BASE_URL.
 
 It behaves like the service where the relay depends on it: batches are `in_progress` for
-`latency_seconds`, then `ended` with `request_counts` and a relative `results_url`; results are
+`latency_seconds`, then `ended` with `request_counts` and an absolute `results_url` (on the server's
+own address, as the API gives its own, so the SDK follows it as it is); results are
 LF-only JSONL streamed (chunked, generated line by line) in an order unrelated to the request order,
 with the errored shape nested as the API sends it (`result.error.error.type`). Bad params (model,
 max_tokens, messages) come back as errored `invalid_request_error` results, since the API validates
 them asynchronously, while malformed batches (custom_id, duplicates, `stream`) are refused at once
-with 400, oversize ones with 413, and calls without a key with 401. A batch not finished within
+with 400, oversize ones with 413 (before the key is even looked at, as the API's edge answers it),
+calls without a key with 401, and calls without an `anthropic-version` header with 400. Errors
+have the API's shape, `{"type": "error", "error": {"type", "message"}, "request_id"}`, with a
+`request-id` header. A batch not finished within
 24 hours expires its unprocessed requests; a canceled batch cancels those not processed by the time
 of the cancel (elapsed / latency of them, chosen deterministically).
 
@@ -75,6 +79,10 @@ BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _BASE62_BYTES = bytes(ord(BASE62[b % 62]) for b in range(256))
 OUTCOMES = ("processing", "succeeded", "errored", "canceled", "expired")
 TRANSIENT = ("api_error", "overloaded_error")
+# The API's own words for a body past its size limit.
+TOO_LARGE = "Request exceeds the maximum allowed number of bytes."
+# What a batch's `results_url` is built on when no server serves the emulator (direct `handle` calls).
+DEFAULT_BASE = "https://api.anthropic.com"
 ERROR_MESSAGES = {
     "api_error": "Internal server error",
     "overloaded_error": "Overloaded",
@@ -318,6 +326,21 @@ class Emulator:
         with self._lock:
             self._break_after = lines
 
+    def preload(self, batch_id: str, requests: list[dict[str, Any]], ended: bool = True) -> None:
+        """Hold a batch under a given id, as if created `latency_seconds` ago (so ended) or just now:
+        for a sample event that names its batch."""
+        kept = [_digest(r["custom_id"], r["params"])[0] for r in requests]
+        with self._lock:
+            self._batches[batch_id] = _Batch(
+                id=batch_id,
+                created=self.clock() - (self.latency_seconds if ended else 0.0),
+                requests=kept,
+                latency=self.latency_seconds,
+                errored_share=self.errored_share,
+                expired_share=self.expired_share,
+                seed=self.seed,
+            )
+
     def batch_ids(self) -> list[str]:
         with self._lock:
             return list(self._batches)
@@ -344,11 +367,15 @@ class Emulator:
         try:
             self._check_fault(method, path, route)
             self._random_refusal()
+            size = max(len(body), _int(headers.get("content-length")))
+            if route == "create" and size > self.max_bytes:
+                raise ApiError(413, TOO_LARGE)
             self._authenticate(headers)
+            if not headers.get("anthropic-version"):
+                raise ApiError(400, "anthropic-version: header is required")
             if found is None or route == "unknown":
                 raise ApiError(404, f"Not found: {method} {path}")
             self._throttle()
-            size = max(len(body), _int(headers.get("content-length")))
             payload = self._dispatch(route, found.group("id"), query, body, size)
             if route == "create":
                 self._lose_answer()
@@ -443,7 +470,7 @@ class Emulator:
 
     def _create(self, body: bytes, size: int) -> dict[str, Any]:
         if size > self.max_bytes:
-            raise ApiError(413, f"Request exceeds the maximum allowed size of {self.max_bytes} bytes")
+            raise ApiError(413, TOO_LARGE)
         try:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -572,7 +599,9 @@ class Emulator:
             "ended_at": _stamp(end.at if end else None),
             "cancel_initiated_at": _stamp(batch.cancel_at),
             "archived_at": None,
-            "results_url": f"/v1/messages/batches/{batch.id}/results" if end else None,
+            "results_url": f"{self.url or DEFAULT_BASE}/v1/messages/batches/{batch.id}/results"
+            if end
+            else None,
         }
 
     def _results(self, batch: _Batch, cut: int | None) -> Iterator[bytes]:

@@ -7,6 +7,7 @@
     batch-relay --stack batch-relay cancel msgbatch_...
     batch-relay --stack batch-relay redrive
     batch-relay tail --queue-url https://sqs...   # a queue subscribed to the completion topic
+    batch-relay --stack batch-relay smoke --count 5  # after sam deploy: end to end, then clean up
 
 The stack's resources come from its CloudFormation outputs (`--stack`), or each one can be named
 (`--queue-url`, `--table`, ...), which is also how the local stack is reached. A user mistake ends
@@ -31,6 +32,8 @@ from batch_relay.models import RequestMessage
 from batch_relay.store import Store, batch_key, request_key
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
+
+from relay_local import smoke
 
 OUTPUTS = {
     "queue_url": "RequestQueueUrl",
@@ -301,6 +304,7 @@ COMMANDS = {
     "cancel": cancel,
     "redrive": redrive,
     "tail": tail,
+    "smoke": smoke.command,
 }
 
 
@@ -331,6 +335,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tail", help="follow completions from a queue subscribed to the topic")
     p.add_argument("--from", dest="queue_url_tail", required=True, help="the subscribed queue's URL")
     p.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    p = sub.add_parser("smoke", help="after sam deploy: N urgent requests end to end, then clean up")
+    smoke.arguments(p)
     return top
 
 

@@ -1,7 +1,7 @@
 """The relay's stack on one machine: AWS emulated by moto, built from template.yaml itself.
 
 `LocalStack` creates every resource the template declares that the relay touches (table, queues,
-bucket, topic, secret, state machine), gives each function the environment the template gives it,
+buckets, topic, secret, state machine), gives each function the environment the template gives it,
 and runs the functions the way AWS would: SQS batches delivered to the buffer in Lambda's event
 shape with partial-batch failures honoured, the submitter fired like the schedule, and the poller
 state machine definition from the repository executed by moto's Step Functions engine, whose Lambda
@@ -561,6 +561,64 @@ class LocalStack:
                 return n
             self.advance(longest)
         raise TimeoutError(f"work left after {rounds} rounds: {self.open_work()}")
+
+    def seed_batch(self, batch_id: str, ref: str, emulator: Any = None, count: int = 3) -> list[str]:
+        """Make batch <batch_id> (the relay's <ref>) exist as the submitter leaves it once its poller
+        runs: `count` requests claimed by it in the table, its claim journal in S3, and, when an
+        emulator is given, the batch at the API, ended. Returns the requests' ids."""
+        from batch_relay import clock
+        from batch_relay.payloads import Payloads
+        from batch_relay.settings import settings
+        from batch_relay.store import LIVE, Store, batch_key, request_key
+
+        config = settings()
+        store, payloads = Store(config.table_name), Payloads(config.bucket_name)
+        now, ttl = clock.iso(), int(clock.now()) + config.retention_days * 86400
+        ids = [f"seed-{ref[:12]}-{i}" for i in range(count)]
+        params = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "Classify the post as ok, spam or abuse."}],
+        }
+        payloads.journal(ref, 0, ids)
+        store.put_many(
+            {
+                "pk": request_key(rid),
+                "kind": "request",
+                "request_id": rid,
+                "tier": config.default_tier,
+                "model": params["model"],
+                "status": "claimed",
+                "batch_ref": ref,
+                "attempts": 1,
+                "metadata": {"seeded": "true"},
+                "received_at": now,
+                "submitted_at": now,
+                "ttl": ttl,
+            }
+            for rid in ids
+        )
+        store.add(
+            {
+                "pk": batch_key(ref),
+                "kind": "batch",
+                "ref": ref,
+                "tier": config.default_tier,
+                "status": "polling",
+                "batch_id": batch_id,
+                "pending_tier": LIVE,
+                "pending_since": now,
+                "claimed_at": now,
+                "submitted_at": now,
+                "updated_at": now,
+                "input_key": f"input/{ref}.jsonl",
+                "request_count": count,
+                "ttl": ttl,
+            }
+        )
+        if emulator is not None:
+            emulator.preload(batch_id, [{"custom_id": rid, "params": params} for rid in ids])
+        return ids
 
     def subscribe(self, filter_policy: dict[str, Any] | None = None, scope: str = "MessageAttributes") -> str:
         """A queue subscribed to the completion topic with raw delivery (and a filter policy if given)."""

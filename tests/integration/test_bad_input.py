@@ -103,7 +103,7 @@ def test_the_corpus_is_rejected_case_by_case_and_valid_neighbours_go_through(aws
 
 
 def test_oversize_body_behind_a_pointer_is_rejected_without_being_read(aws_stack):
-    bucket = aws_stack.physical["PayloadBucket"]
+    bucket = aws_stack.physical["InboxBucket"]
     boto3.client("s3").put_object(Bucket=bucket, Key="huge.json", Body=b" " * (32 * 1024 * 1024 + 1))
     pointer = [
         "software.amazon.payloadoffloading.PayloadS3Pointer",

@@ -68,7 +68,8 @@ def test_lifecycle_counts_and_results(client, emu, clock):
     clock.advance(61)
     done = client.messages.batches.retrieve(batch.id)
     assert done.processing_status == "ended" and done.ended_at is not None
-    assert done.results_url == f"/v1/messages/batches/{batch.id}/results"
+    # Absolute, as the API gives it: the SDK follows it as it is rather than joining it to base_url.
+    assert done.results_url == f"{emu.url}/v1/messages/batches/{batch.id}/results"
     counts = done.request_counts
     assert (counts.processing, counts.succeeded, counts.errored, counts.expired) == (0, 20, 2, 1)
     results = list(client.messages.batches.results(batch.id))
@@ -194,9 +195,13 @@ def test_env_base_url_is_honoured(emu, monkeypatch):
         assert emu.calls[("GET", "list")] == 1
 
 
-def raw(url, method="GET", headers=None, body=None):
+VERSION = {"anthropic-version": "2023-06-01"}
+
+
+def raw(url, method="GET", headers=None, body=None, version=True):
     """One call below the SDK, to see status, headers and bytes as the API sends them."""
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    headers = (VERSION if version else {}) | (headers or {})
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request) as response:
             return response.status, response.headers, response.read()
@@ -307,6 +312,36 @@ def test_authentication(emu):
         assert raw(server.url + "/v1/messages/batches", headers={"Authorization": "Bearer right"})[0] == 200
 
 
+def test_the_anthropic_version_header_is_required(emu):
+    with EmulatorServer(emu) as server:
+        key = {"x-api-key": "k"}
+        status, headers, body = raw(server.url + "/v1/messages/batches", headers=key, version=False)
+        error = json.loads(body)
+        assert status == 400 and error["error"] == {
+            "type": "invalid_request_error",
+            "message": "anthropic-version: header is required",
+        }
+        assert error["type"] == "error" and headers["request-id"] == error["request_id"]
+        assert raw(server.url + "/v1/messages/batches", headers=key)[0] == 200
+
+
+def test_an_oversize_body_gets_the_apis_own_413(emu):
+    emu.max_bytes = 1000
+    with EmulatorServer(emu) as server:
+        # Answered at the edge, before the key is looked at: no key here, still a 413.
+        status, headers, body = raw(server.url + "/v1/messages/batches", "POST", body=b"x" * 5000)
+    error = json.loads(body)
+    assert status == 413 and headers["content-type"] == "application/json"
+    assert error == {
+        "type": "error",
+        "error": {
+            "type": "request_too_large",
+            "message": "Request exceeds the maximum allowed number of bytes.",
+        },
+        "request_id": headers["request-id"],
+    }
+
+
 def test_other_injected_statuses_map_to_the_sdk_exceptions(client, emu):
     for status, exc in [
         (401, anthropic.AuthenticationError),
@@ -392,7 +427,7 @@ def test_stored_requests_are_small_whatever_the_prompt_size():
     gc.collect()
     tracemalloc.start()
     try:
-        status, _, _ = emu.handle("POST", "/v1/messages/batches", {"x-api-key": "k"}, body)
+        status, _, _ = emu.handle("POST", "/v1/messages/batches", {"x-api-key": "k"} | VERSION, body)
         gc.collect()
         kept, _ = tracemalloc.get_traced_memory()
     finally:

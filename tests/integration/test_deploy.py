@@ -1,0 +1,465 @@
+"""The `sam deploy` path: template.yaml through the SAM translator, as `sam deploy` sends it, then
+created by moto's CloudFormation.
+
+`package` does what `sam package` does before that: the code goes to S3 and each CodeUri and
+ContentUri becomes an S3 location. The state machine's definition is inlined instead of uploaded,
+because moto leaves a state machine defined by `DefinitionS3Location` empty.
+
+What moto's CloudFormation does not model, so those parts are checked on the translated template
+(what CloudFormation receives) instead of on the created resources:
+- AWS::SNS::TopicPolicy, AWS::S3::BucketPolicy and AWS::SQS::QueuePolicy are not applied;
+- AWS::CloudWatch::Alarm and AWS::Lambda::EventInvokeConfig are skipped;
+- a function's LoggingConfig and Architectures are ignored, and a role's ManagedPolicyArns are not
+  attached (inline role policies come back as Python reprs, read with `ast.literal_eval`);
+- a bucket's lifecycle, encryption and public access block are not applied;
+- a state machine's DefinitionSubstitutions are not substituted;
+- template Rules are not evaluated (`test_batch_window_rule` evaluates ours);
+- a condition's AWS::NoValue inside a list is kept as null, which is why conditional grants live
+  in resources of their own (ApiKeyDecryptPolicy).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import boto3
+import pytest
+from moto import mock_aws
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+FUNCTIONS = ["BufferFunction", "SubmitterFunction", "CheckBatchFunction", "CollectResultsFunction"]
+# The translator fills AWS::Region and friends from the session, as `sam deploy` does.
+ENV = {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0b9d3c1e-5a4f-4c8e-9d3a-1f2e3d4c5b6a"
+
+# Each role's grants as (action, resource) with the stack's names in braces, and the condition that
+# narrows it. Anything added to or missing from a role fails this table.
+ROLES: dict[str, set[tuple[str, str, str]]] = {
+    "BufferFunctionRole": {
+        ("dynamodb:PutItem", "{table}", "LeadingKeys req#*"),
+        ("dynamodb:GetItem", "{table}", "LeadingKeys req#*"),
+        ("dynamodb:UpdateItem", "{table}", "LeadingKeys req#*"),
+        ("s3:GetObject", "{inbox}/*", ""),
+        ("s3:ListBucket", "{inbox}", ""),
+        ("s3:PutObject", "{data}/bodies/*", ""),
+        ("sns:Publish", "{topic}", ""),
+    },
+    "SubmitterFunctionRole": {
+        ("dynamodb:PutItem", "{table}", ""),
+        ("dynamodb:UpdateItem", "{table}", ""),
+        ("dynamodb:DeleteItem", "{table}", ""),
+        ("dynamodb:BatchGetItem", "{table}", ""),
+        ("dynamodb:BatchWriteItem", "{table}", ""),
+        ("dynamodb:Query", "{table}/index/pending", ""),
+        ("s3:GetObject", "{data}/bodies/*", ""),
+        ("s3:GetObject", "{data}/claims/*", ""),
+        ("s3:GetObject", "{data}/input/*", ""),
+        ("s3:PutObject", "{data}/claims/*", ""),
+        ("s3:PutObject", "{data}/input/*", ""),
+        ("s3:AbortMultipartUpload", "{data}/input/*", ""),
+        ("s3:ListBucket", "{data}", "prefix claims/*"),
+        ("states:StartExecution", "{state_machine}", ""),
+        ("sns:Publish", "{topic}", ""),
+        ("secretsmanager:GetSecretValue", "{secret}", ""),
+    },
+    "CheckBatchFunctionRole": {
+        ("dynamodb:UpdateItem", "{table}", "LeadingKeys batch#*"),
+        ("secretsmanager:GetSecretValue", "{secret}", ""),
+    },
+    "CollectResultsFunctionRole": {
+        ("dynamodb:GetItem", "{table}", ""),
+        ("dynamodb:UpdateItem", "{table}", ""),
+        ("dynamodb:BatchGetItem", "{table}", ""),
+        ("dynamodb:BatchWriteItem", "{table}", ""),
+        ("s3:GetObject", "{data}/claims/*", ""),
+        ("s3:ListBucket", "{data}", "prefix claims/*"),
+        ("s3:PutObject", "{data}/results/*", ""),
+        ("s3:PutObject", "{data}/messages/*", ""),
+        ("sns:Publish", "{topic}", ""),
+        ("secretsmanager:GetSecretValue", "{secret}", ""),
+    },
+    "PollerStateMachineRole": {
+        ("lambda:InvokeFunction", "{CheckBatchFunction}", ""),
+        ("lambda:InvokeFunction", "{CollectResultsFunction}", ""),
+        ("dynamodb:UpdateItem", "{table}", "LeadingKeys batch#*"),
+        *{
+            (f"logs:{a}", "*", "")
+            for a in (
+                "CreateLogDelivery",
+                "GetLogDelivery",
+                "UpdateLogDelivery",
+                "DeleteLogDelivery",
+                "ListLogDeliveries",
+                "PutResourcePolicy",
+                "DescribeResourcePolicies",
+                "DescribeLogGroups",
+            )
+        },
+    },
+}
+# Granted only when the secret is encrypted with a customer-managed key (ApiKeyKmsKeyArn).
+DECRYPT = ("kms:Decrypt", KEY_ARN, "ViaService secretsmanager")
+DECRYPTING_ROLES = {"SubmitterFunctionRole", "CheckBatchFunctionRole", "CollectResultsFunctionRole"}
+
+
+class _NoManagedPolicies:
+    """The translator asks for the account's managed policies only for names it cannot place."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+def _zip(folder: Path) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for path in sorted(folder.rglob("*.py")):
+            archive.write(path, path.relative_to(folder))
+    return out.getvalue()
+
+
+def package(s3: Any, bucket: str) -> dict[str, Any]:
+    """template.yaml as `sam package` leaves it: code in S3, the definition inline."""
+    template = yaml_parse((ROOT / "template.yaml").read_text())
+    for name, resource in template["Resources"].items():
+        props = resource.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if key in props:
+                s3.put_object(Bucket=bucket, Key=f"{name}.zip", Body=_zip(ROOT / props[key]))
+                props[key] = f"s3://{bucket}/{name}.zip"
+        if "DefinitionUri" in props:
+            props["Definition"] = json.loads((ROOT / props.pop("DefinitionUri")).read_text())
+    return template
+
+
+def translate(parameters: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="relay-artifacts")
+    template = package(s3, "relay-artifacts")
+    return template, transform(template, parameters, _NoManagedPolicies())
+
+
+def deploy(parameters: dict[str, str], name: str = "batch-relay") -> dict[str, Any]:
+    """Translate with these parameters and create the stack; its description and resources."""
+    _, translated = translate(parameters)
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=json.dumps(translated),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+    )
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    pages = cfn.get_paginator("list_stack_resources").paginate(StackName=name)
+    physical = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId", "")
+        for page in pages
+        for r in page["StackResourceSummaries"]
+    }
+    return {"stack": stack, "physical": physical, "translated": translated}
+
+
+def _secret(name: str = "batch-relay/anthropic-api-key") -> str:
+    answer = boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name=name, SecretString="sk-ant-test"
+    )
+    return str(answer["ARN"])
+
+
+@pytest.fixture(scope="module")
+def deployed() -> Iterator[dict[str, Any]]:
+    with mock.patch.dict(os.environ, ENV), mock_aws(config={"lambda": {"use_docker": False}}):
+        secret = _secret()
+        yield deploy({"ApiKeySecretArn": secret, "ApiKeyKmsKeyArn": KEY_ARN}) | {"secret": secret}
+
+
+def _names(deployed: dict[str, Any]) -> dict[str, str]:
+    p = deployed["physical"]
+    lam = boto3.client("lambda", region_name=REGION)
+    names = {
+        "table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{p['RequestTable']}",
+        "inbox": f"arn:aws:s3:::{p['InboxBucket']}",
+        "data": f"arn:aws:s3:::{p['PayloadBucket']}",
+        "topic": p["CompletionTopic"],
+        "state_machine": p["PollerStateMachine"],
+        "secret": deployed["secret"],
+    }
+    for fn in FUNCTIONS:
+        names[fn] = lam.get_function_configuration(FunctionName=p[fn])["FunctionArn"]
+    return names
+
+
+def test_stack_is_created_with_every_output(deployed: dict[str, Any]) -> None:
+    stack, p = deployed["stack"], deployed["physical"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE"
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue_arn = sqs.get_queue_attributes(QueueUrl=p["RequestQueue"], AttributeNames=["QueueArn"])
+    assert outputs == {
+        "RequestQueueUrl": p["RequestQueue"],
+        "RequestQueueArn": queue_arn["Attributes"]["QueueArn"],
+        "DeadLetterQueueUrl": p["RequestDeadLetterQueue"],
+        "CompletionTopicArn": p["CompletionTopic"],
+        "RequestTableName": p["RequestTable"],
+        "PayloadBucketName": p["PayloadBucket"],
+        "InboxBucketName": p["InboxBucket"],
+        "PollerStateMachineArn": p["PollerStateMachine"],
+        "DashboardName": p["RelayDashboard"],
+    }
+    assert p["InboxBucket"] != p["PayloadBucket"]
+
+
+def test_each_function_has_its_environment_role_and_event_source(deployed: dict[str, Any]) -> None:
+    p, names = deployed["physical"], _names(deployed)
+    lam = boto3.client("lambda", region_name=REGION)
+    shared = {
+        "TABLE_NAME": p["RequestTable"],
+        "BUCKET_NAME": p["PayloadBucket"],
+        "TOPIC_ARN": p["CompletionTopic"],
+        "API_KEY_SECRET_ARN": deployed["secret"],
+        "DEFAULT_TIER": "standard",
+        "POWERTOOLS_SERVICE_NAME": "batch-relay",
+    }
+    own = {
+        "BufferFunction": {"INBOX_BUCKET_NAME": p["InboxBucket"]},
+        "SubmitterFunction": {"STATE_MACHINE_ARN": p["PollerStateMachine"]},
+        "CheckBatchFunction": {},
+        "CollectResultsFunction": {"COLLECT_BUDGET_SECONDS": "600"},
+    }
+    roles = boto3.client("iam", region_name=REGION)
+    for fn in FUNCTIONS:
+        config = lam.get_function_configuration(FunctionName=p[fn])
+        env = {k: str(v) for k, v in config["Environment"]["Variables"].items()}
+        assert shared.items() <= env.items(), fn
+        assert own[fn].items() <= env.items(), fn
+        # Only the buffer reads the inbox; only the submitter starts pollers.
+        assert ("INBOX_BUCKET_NAME" in env) == (fn == "BufferFunction"), fn
+        assert ("STATE_MACHINE_ARN" in env) == (fn == "SubmitterFunction"), fn
+        assert config["Role"] == roles.get_role(RoleName=p[f"{fn}Role"])["Role"]["Arn"], fn
+        assert config["Runtime"] == "python3.13", fn
+        props = deployed["translated"]["Resources"][fn]["Properties"]
+        assert props["Architectures"] == ["arm64"], fn
+        assert props["Layers"] == [{"Ref": _layer(deployed)}], fn
+
+    sources = lam.list_event_source_mappings(FunctionName=p["BufferFunction"])["EventSourceMappings"]
+    queue = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=p["RequestQueue"], AttributeNames=["QueueArn", "VisibilityTimeout"]
+    )["Attributes"]
+    assert [
+        (s["EventSourceArn"], s["BatchSize"], s["MaximumBatchingWindowInSeconds"], s["FunctionResponseTypes"])
+        for s in sources
+    ] == [(queue["QueueArn"], 100, 5, ["ReportBatchItemFailures"])]
+    for fn in ("SubmitterFunction", "CheckBatchFunction", "CollectResultsFunction"):
+        assert lam.list_event_source_mappings(FunctionName=p[fn])["EventSourceMappings"] == [], fn
+
+    events = boto3.client("events", region_name=REGION)
+    rule = events.describe_rule(Name=p["SubmitterFunctionTick"])
+    targets = events.list_targets_by_rule(Rule=p["SubmitterFunctionTick"])["Targets"]
+    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    assert [(t["Arn"], t["RetryPolicy"]["MaximumRetryAttempts"]) for t in targets] == [
+        (names["SubmitterFunction"], 0)
+    ]
+
+    # The poller's steps are its Lambda tasks, by the functions' ARNs (CloudFormation substitutes
+    # them into the definition; moto keeps the placeholders).
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    machine = sfn.describe_state_machine(stateMachineArn=p["PollerStateMachine"])
+    states = json.loads(machine["definition"])["States"]
+    substitutions = deployed["translated"]["Resources"]["PollerStateMachine"]["Properties"][
+        "DefinitionSubstitutions"
+    ]
+    assert states["CheckBatch"]["Parameters"]["FunctionName"] == "${CheckFunctionArn}"
+    assert states["CollectResults"]["Parameters"]["FunctionName"] == "${CollectFunctionArn}"
+    assert states["RecordFailure"]["Parameters"]["TableName"] == "${TableName}"
+    assert substitutions == {
+        "CheckFunctionArn": {"Fn::GetAtt": ["CheckBatchFunction", "Arn"]},
+        "CollectFunctionArn": {"Fn::GetAtt": ["CollectResultsFunction", "Arn"]},
+        "TableName": {"Ref": "RequestTable"},
+    }
+    assert machine["roleArn"] == roles.get_role(RoleName=p["PollerStateMachineRole"])["Role"]["Arn"]
+
+
+def _layer(deployed: dict[str, Any]) -> str:
+    resources = deployed["translated"]["Resources"]
+    (layer,) = [k for k, r in resources.items() if r["Type"] == "AWS::Lambda::LayerVersion"]
+    return layer
+
+
+def test_timeouts_fit_the_queue_and_the_collect_budget(deployed: dict[str, Any]) -> None:
+    p = deployed["physical"]
+    lam = boto3.client("lambda", region_name=REGION)
+    buffer = lam.get_function_configuration(FunctionName=p["BufferFunction"])
+    visibility = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=p["RequestQueue"], AttributeNames=["VisibilityTimeout"]
+    )["Attributes"]["VisibilityTimeout"]
+    # Lambda's advice for SQS sources: six times the function's timeout, or messages come back twice.
+    assert int(visibility) >= 6 * buffer["Timeout"]
+    collect = lam.get_function_configuration(FunctionName=p["CollectResultsFunction"])
+    budget = int(collect["Environment"]["Variables"]["COLLECT_BUDGET_SECONDS"])
+    # collect stops SAFETY_MS (60 s) before its timeout to write its last chunk.
+    assert budget + 60 <= collect["Timeout"]
+
+
+def _grants(document: dict[str, Any]) -> set[tuple[str, str, str]]:
+    out: set[tuple[str, str, str]] = set()
+    for statement in document["Statement"]:
+        assert statement["Effect"] == "Allow"
+        condition = statement.get("Condition", {})
+        summary = ""
+        if condition:
+            ((operator, values),) = condition.items()
+            ((key, value),) = values.items()
+            # ForAllValues: every key the call touches must match (ForAnyValue would let one do).
+            short, want = {
+                "dynamodb:LeadingKeys": ("LeadingKeys", "ForAllValues:StringLike"),
+                "s3:prefix": ("prefix", "StringLike"),
+                "kms:ViaService": ("ViaService", "StringEquals"),
+            }[key]
+            assert operator == want, statement
+            shown = value[0] if isinstance(value, list) else value.split(".")[0]
+            summary = f"{short} {shown}"
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"]
+        resources = resources if isinstance(resources, list) else [resources]
+        out |= {(a, r, summary) for a in actions for r in resources}
+    return out
+
+
+def test_each_role_grants_exactly_its_table(deployed: dict[str, Any]) -> None:
+    p, names = deployed["physical"], _names(deployed)
+    iam = boto3.client("iam", region_name=REGION)
+    for role, expected in ROLES.items():
+        name = p[role]
+        granted: set[tuple[str, str, str]] = set()
+        for policy_name in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+            document = iam.get_role_policy(RoleName=name, PolicyName=policy_name)["PolicyDocument"]
+            granted |= _grants(ast.literal_eval(document) if isinstance(document, str) else document)
+        want = {(a, r.format(**names), c) for a, r, c in expected}
+        if role in DECRYPTING_ROLES:  # this stack names a customer-managed key
+            want.add(DECRYPT)
+        assert granted == want, role
+    # What SAM adds as managed policies: logs for each function, X-Ray for all, and the SQS event
+    # source's receive/delete (SAM grants it on every queue; the mapping only reads RequestQueue).
+    basic, xray = "service-role/AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"
+    managed = {
+        "BufferFunctionRole": {basic, xray, "service-role/AWSLambdaSQSQueueExecutionRole"},
+        "SubmitterFunctionRole": {basic, xray},
+        "CheckBatchFunctionRole": {basic, xray},
+        "CollectResultsFunctionRole": {basic, xray},
+        "PollerStateMachineRole": {xray},
+    }
+    resources = deployed["translated"]["Resources"]
+    for role, names_ in managed.items():
+        arns = resources[role]["Properties"].get("ManagedPolicyArns", [])
+        assert {a.removeprefix("arn:aws:iam::aws:policy/") for a in arns} == names_, role
+
+
+def test_kms_decrypt_is_granted_only_with_a_customer_key() -> None:
+    with mock.patch.dict(os.environ, ENV), mock_aws(config={"lambda": {"use_docker": False}}):
+        without = deploy({"ApiKeySecretArn": _secret("no-customer-key")}, name="no-customer-key")
+        iam = boto3.client("iam", region_name=REGION)
+        for role in ROLES:
+            name = without["physical"][role]
+            for policy_name in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+                document = iam.get_role_policy(RoleName=name, PolicyName=policy_name)["PolicyDocument"]
+                assert "kms:" not in str(document), role
+    assert "ApiKeyDecryptPolicy" not in without["physical"]
+    resource = without["translated"]["Resources"]["ApiKeyDecryptPolicy"]
+    assert resource["Condition"] == "HasApiKeyKmsKey"
+    assert without["translated"]["Parameters"]["ApiKeyKmsKeyArn"]["Default"] == ""
+
+
+def test_topic_buckets_and_logs_as_cloudformation_receives_them(deployed: dict[str, Any]) -> None:
+    resources = deployed["translated"]["Resources"]
+    topic = resources["CompletionTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    by_sid = {s["Sid"]: s for s in topic if isinstance(s, dict) and "Sid" in s}
+    expected = [
+        {"Fn::GetAtt": ["BufferFunctionRole", "Arn"]},
+        {"Fn::GetAtt": ["SubmitterFunctionRole", "Arn"]},
+        {"Fn::GetAtt": ["CollectResultsFunctionRole", "Arn"]},
+    ]
+    deny = by_sid["OnlyTheRelayPublishes"]
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "sns:Publish")
+    assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": expected}}
+    assert by_sid["RelayPublishes"]["Principal"] == {"AWS": expected}
+    tls = by_sid["DenyInsecureTransport"]
+    assert tls["Effect"] == "Deny" and tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+    p = deployed["physical"]
+    for bucket, policy in (("InboxBucket", "InboxBucketPolicy"), ("PayloadBucket", "PayloadBucketPolicy")):
+        props = resources[bucket]["Properties"]
+        (rule,) = props["LifecycleConfiguration"]["Rules"]
+        assert (
+            rule["Status"] == "Enabled" and rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+        )
+        assert set(props["PublicAccessBlockConfiguration"].values()) == {True}
+        assert len(props["PublicAccessBlockConfiguration"]) == 4
+        (encryption,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+        (statement,) = resources[policy]["Properties"]["PolicyDocument"]["Statement"]
+        assert (
+            statement["Effect"] == "Deny" and statement["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+        )
+        assert resources[policy]["Properties"]["Bucket"] == {"Ref": bucket}
+    # Offloaded bodies outlive the 14 days SQS keeps their messages.
+    inbox = resources["InboxBucket"]["Properties"]["LifecycleConfiguration"]["Rules"][0]
+    assert inbox["ExpirationInDays"] == {"Ref": "InboxExpiryDays"}
+    assert deployed["translated"]["Parameters"]["InboxExpiryDays"]["MinValue"] >= 15
+
+    logs = boto3.client("logs", region_name=REGION)
+    groups = {g["logGroupName"]: g for g in logs.describe_log_groups()["logGroups"]}
+    for fn in FUNCTIONS:
+        group = resources[fn]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert groups[p[group]]["retentionInDays"] == 30, fn
+    machine = resources["PollerStateMachine"]["Properties"]["LoggingConfiguration"]
+    arn = machine["Destinations"][0]["CloudWatchLogsLogGroup"]["LogGroupArn"]
+    assert groups[p[arn["Fn::GetAtt"][0]]]["retentionInDays"] == 30
+
+    invoke = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventInvokeConfig"]
+    assert [(r["Properties"]["FunctionName"], r["Properties"]["MaximumRetryAttempts"]) for r in invoke] == [
+        ({"Ref": "SubmitterFunction"}, 0)
+    ]
+
+
+def _rule_holds(rule: dict[str, Any], values: dict[str, str]) -> bool:
+    """Evaluate one template rule (the functions CloudFormation allows in rules that ours uses)."""
+
+    def ev(node: Any) -> Any:
+        if isinstance(node, dict):
+            ((fn, arg),) = node.items()
+            if fn == "Ref":
+                return values[arg]
+            if fn == "Fn::Not":
+                return not ev(arg[0])
+            if fn == "Fn::Equals":
+                return ev(arg[0]) == ev(arg[1])
+            if fn == "Fn::Contains":
+                return ev(arg[1]) in [ev(v) for v in arg[0]]
+            raise AssertionError(f"rule function {fn} not evaluated here")
+        return node
+
+    if "RuleCondition" in rule and not ev(rule["RuleCondition"]):
+        return True
+    return all(ev(a["Assert"]) for a in rule["Assertions"])
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "accepted"),
+    [("10", "0", True), ("11", "0", False), ("100", "0", False), ("100", "1", True), ("1", "0", True)],
+)
+def test_batch_window_rule(size: str, window: str, accepted: bool) -> None:
+    """Lambda refuses an SQS mapping with BatchSize over 10 and no window: the stack refuses first."""
+    rules = yaml_parse((ROOT / "template.yaml").read_text())["Rules"]
+    values = {"BufferBatchSize": size, "BufferBatchWindowSeconds": window}
+    assert all(_rule_holds(rule, values) for rule in rules.values()) is accepted

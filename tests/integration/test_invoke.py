@@ -1,0 +1,46 @@
+"""`make invoke` with each sample event: the poller steps' events name a batch, which the local
+stack seeds (its requests in the table, the batch at the emulated API) before the call."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from relay_local import cli
+
+from tests.conftest import EVENTS, load_event
+
+
+@pytest.mark.parametrize(
+    ("function", "event", "expected"),
+    [
+        ("CheckBatchFunction", "check.json", {"ended": True, "processing_status": "ended", "cursor": 0}),
+        ("CollectResultsFunction", "collect.json", {"done": True, "cursor": 3}),
+    ],
+)
+def test_invoke_runs_the_poller_steps_on_their_sample_events(
+    function: str, event: str, expected: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    status = cli.main(["invoke", function, str(EVENTS / event)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    result = json.loads(out[out.index("{\n") :])
+    sample = load_event(event)
+    assert (result["batch_id"], result["ref"]) == (sample["batch_id"], sample["ref"])
+    assert expected.items() <= result.items()
+
+
+def test_a_seeded_batch_is_collected_like_a_submitted_one(stack, emulator) -> None:
+    # Given the batch the collect event names, seeded in the table and at the API
+    event = load_event("collect.json")
+    queue = stack.subscribe()
+    ids = stack.seed_batch(event["batch_id"], event["ref"], emulator, count=4)
+    # When collect runs on the event
+    result = stack.invoke("CollectResultsFunction", event)
+    # Then each seeded request is answered once, from that batch
+    assert result["done"] is True and result["cursor"] == 4
+    completions = stack.drain(queue)
+    assert sorted(c["request_id"] for c in completions) == sorted(ids)
+    assert {(c["status"], c["batch_id"]) for c in completions} == {("succeeded", event["batch_id"])}
