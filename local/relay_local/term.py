@@ -1,0 +1,69 @@
+"""What the operator's commands show: Rich on a terminal, plain text when piped.
+
+On a terminal, tables get borders and colour and progress is drawn live. Anywhere else (a pipe,
+a file, CI) the same tables come out as aligned columns with no escape codes or box characters,
+and progress as plain lines, so the output stays easy to read back and to `grep`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+# Wide enough that plain tables never wrap: the reader's pager or editor decides.
+PLAIN_WIDTH = 10_000
+
+
+def console(stream: TextIO | None = None) -> Console:
+    """A console on `stream` (stdout by default): styled on a terminal, plain text otherwise."""
+    stream = stream or sys.stdout
+    if _is_terminal(stream):
+        return Console(file=stream)
+    return Console(file=stream, width=PLAIN_WIDTH, no_color=True, highlight=False, emoji=False)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def table(
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    plain: bool,
+    title: str | None = None,
+    numeric: Iterable[str] = (),
+) -> Table:
+    """Rows as a table; `numeric` columns are right-aligned."""
+    right = set(numeric)
+    out = Table(
+        title=None if plain else title,
+        box=None if plain else box.SIMPLE_HEAD,
+        pad_edge=not plain,
+        show_edge=not plain,
+        header_style="" if plain else "bold",
+        title_justify="left",
+    )
+    for c in columns:
+        out.add_column(c, justify="right" if c in right else "left", no_wrap=plain)
+    for r in rows:
+        out.add_row(*(_cell(r.get(c)) for c in columns))
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.6f}" if abs(value) < 1 else f"{value:.4f}" if abs(value) < 100 else f"{value:.2f}"
+    if isinstance(value, float):
+        return str(int(value))
+    return str(value)
