@@ -178,8 +178,9 @@ def _pipeline(
     completions: list[dict[str, Any]] = []
     rounds = 0
     for rounds in range(1, 2000):
-        stack.deliver()
-        view.update(stack, rounds)
+        # A few Lambda-sized batches at a time, so the view follows the buffer as it fills.
+        while sum(stack.deliver(rounds=5).values()):
+            view.update(stack, rounds)
         stack.advance(idle_ticks(stack) * SCHEDULE_SECONDS)
         stack.tick()
         view.update(stack, rounds)
@@ -206,23 +207,29 @@ def functions_output(path: Path) -> Iterator[TextIO]:
     """What the functions print (Powertools logs, EMF metrics, warnings) goes to `path`.
 
     In Lambda that output is CloudWatch's; here it would bury the view. stdout and stderr point at
-    the file while the stack runs, and so do the log handlers that write to a console stream
-    (Powertools binds its handler to the stdout of the moment it was made). The view keeps the
-    terminal: its console holds the streams from before.
+    the file while the stack runs, and so do the log handlers that write to a stream (Powertools
+    binds its handler to the stdout of the moment it was made). The view keeps the terminal: its
+    console holds the streams from before.
     """
     with path.open("w", encoding="utf-8") as log:
-        consoles = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
-        moved = [(h, h.setStream(log)) for h in _stream_handlers() if id(h.stream) in consoles]
+        moved = [(h, _point(h, log)) for h in _stream_handlers()]
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 yield log
         finally:
             for handler, stream in moved:
-                handler.setStream(stream)
+                _point(handler, stream)
             # Handlers made while the file was stdout must not write to it once it is closed.
             for handler in _stream_handlers():
                 if handler.stream is log:
-                    handler.setStream(sys.stdout)
+                    _point(handler, sys.__stdout__)
+
+
+def _point(handler: logging.StreamHandler[Any], stream: Any) -> Any:
+    """Swap a handler's stream; unlike setStream, never flushes the old one (it may be closed)."""
+    with handler.lock or contextlib.nullcontext():
+        old, handler.stream = handler.stream, stream
+    return old
 
 
 def _stream_handlers() -> list[logging.StreamHandler[Any]]:

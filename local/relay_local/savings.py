@@ -196,7 +196,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
             go.Bar(
                 name=name,
                 x=[w["tier"] for w in s.waits],
-                y=[round(w[key] / div, 3) for w in s.waits],
+                y=[round(w[key] / div, 6) for w in s.waits],
                 customdata=[w["requests"] for w in s.waits],
                 marker_color=colour,
                 hovertemplate="%{x}: %{y:.1f} "
@@ -215,7 +215,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
             go.Scatter(
                 name="tier's max wait",
                 x=[w["tier"] for w in s.waits if w["max_wait_seconds"]],
-                y=[round(w["max_wait_seconds"] / div, 3) for w in s.waits if w["max_wait_seconds"]],
+                y=[round(w["max_wait_seconds"] / div, 6) for w in s.waits if w["max_wait_seconds"]],
                 mode="markers",
                 marker={"symbol": "line-ew-open", "size": 14, "color": LIST, "line": {"width": 3}},
             )
@@ -235,6 +235,10 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
             )
     waits.update_layout(barmode="group", xaxis={"type": "category", "title": "tier"})
     waits.update_yaxes(title=f"{unit}, receipt to completion")
+    # Tiers may differ a hundredfold (minutes against hours): then a log scale keeps each one readable.
+    spread = [v for w in s.waits for v in (w["p50"], w["max"], w["max_wait_seconds"] or 0) if v > 0]
+    if spread and max(spread) / min(spread) > 30:
+        waits.update_yaxes(type="log")
 
     div, unit = _unit([b["seconds"] for b in s.turnaround])
     turnaround = go.Figure(
@@ -242,7 +246,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
             go.Scatter(
                 name=tier,
                 x=[b["submitted_at"] for b in s.turnaround if b["tier"] == tier],
-                y=[round(b["seconds"] / div, 3) for b in s.turnaround if b["tier"] == tier],
+                y=[round(b["seconds"] / div, 6) for b in s.turnaround if b["tier"] == tier],
                 customdata=[[b["batch_id"], b["requests"]] for b in s.turnaround if b["tier"] == tier],
                 hovertemplate="%{customdata[0]}<br>%{customdata[1]} requests, %{y:.1f} "
                 + unit

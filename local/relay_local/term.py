@@ -20,18 +20,14 @@ PLAIN_WIDTH = 10_000
 
 
 def console(stream: TextIO | None = None) -> Console:
-    """A console on `stream` (stdout by default): styled on a terminal, plain text otherwise."""
-    stream = stream or sys.stdout
-    if _is_terminal(stream):
-        return Console(file=stream)
-    return Console(file=stream, width=PLAIN_WIDTH, no_color=True, highlight=False, emoji=False)
+    """A console on `stream` (stdout by default): styled on a terminal, plain text otherwise.
 
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
+    Rich decides what a terminal is: a tty, or `TTY_COMPATIBLE=1` / `FORCE_COLOR` in the environment.
+    """
+    styled = Console(file=stream or sys.stdout)
+    if styled.is_terminal:
+        return styled
+    return Console(file=stream or sys.stdout, width=PLAIN_WIDTH, no_color=True, highlight=False, emoji=False)
 
 
 def table(
