@@ -316,7 +316,8 @@ def tail(stack: Stack, args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(body), flush=True)
             else:
-                out.print(line(body), soft_wrap=True, highlight=False)
+                # On a terminal the answer's words stop at its edge; piped, lines are whole.
+                out.print(line(body), no_wrap=True, overflow="ellipsis", crop=True, highlight=False)
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
         if args.once and not got:
             return 0

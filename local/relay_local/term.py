@@ -51,15 +51,15 @@ def table(
     for c in columns:
         out.add_column(c, justify="right" if c in right else "left", no_wrap=plain)
     for r in rows:
-        out.add_row(*(_cell(r.get(c)) for c in columns))
+        out.add_row(*(_cell(c, r.get(c)) for c in columns))
     return out
 
 
-def _cell(value: Any) -> str:
+def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:.6f}" if abs(value) < 1 else f"{value:.4f}" if abs(value) < 100 else f"{value:.2f}"
+    if isinstance(value, float) and column.endswith("_usd"):
+        return f"{value:.6f}"
     if isinstance(value, float):
-        return str(int(value))
+        return str(int(value)) if value.is_integer() else f"{value:g}"
     return str(value)
