@@ -48,7 +48,7 @@ def keys(item: Mapping[str, Any]) -> dict[str, str]:
 
 def group(requests: Iterable[Mapping[str, Any]], by: list[str]) -> list[dict[str, Any]]:
     """Requests, tokens and cost of completed requests, one row per value of the `by` keys."""
-    sums: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)
+    sums: dict[tuple[str, ...], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for item in requests:
         values = keys(item)
         row = sums[tuple(values[b] for b in by)]
@@ -60,8 +60,8 @@ def group(requests: Iterable[Mapping[str, Any]], by: list[str]) -> list[dict[str
             row[k] += float(cost.get(k) or 0.0)
     return [
         dict(zip(by, key, strict=True))
-        | {"requests": row["requests"]}
-        | {k: row[k] for k in TOKENS}
+        | {"requests": int(row["requests"])}
+        | {k: int(row[k]) for k in TOKENS}
         | {k: round(row[k], 6) for k in USD}
         for key, row in sorted(sums.items())
     ]
@@ -151,7 +151,7 @@ def gather(items: Iterable[Mapping[str, Any]], max_wait: Mapping[str, float] | N
         | {
             "retried": retried,
             "rejected": rejected,
-            "batches": len({b["batch_id"] for b in turnaround}),
+            "batches": len({i["batch_id"] for i in items if i.get("kind") == "batch" and i.get("batch_id")}),
             "p50_seconds": round(percentile(all_waits, 0.5), 3) if all_waits else None,
             "p95_seconds": round(percentile(all_waits, 0.95), 3) if all_waits else None,
         },
@@ -357,8 +357,8 @@ def _latency(t: Mapping[str, Any]) -> str:
 
 
 def _script_json(text: str) -> str:
-    """JSON safe inside a <script> element: `</` cannot close it early."""
-    return text.replace("</", "<\\/")
+    """JSON safe inside a <script> element: no `<`, `>` or `&` can end it or start markup."""
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 _PAGE = """<!doctype html>
