@@ -78,6 +78,13 @@ def test_status_batches_and_report_after_a_run(stack, emulator, capsys, tmp_path
     assert out.splitlines()[0].startswith("day,requests,input_tokens")
     code, out, _ = run(capsys, [*flags(stack), "report"])
     assert "saved_usd" in out.splitlines()[0]
+    # Piped, tables are plain columns: a header line, then one line per row, no box drawing
+    code, out, _ = run(capsys, [*flags(stack), "batches"])
+    lines = out.splitlines()
+    assert lines[0].split() == ["batch_id", "tier", "status", "requests", "succeeded", "errored", "retried",
+                                "age_min", "batch_usd", "saved_usd"]  # fmt: skip
+    assert {line.split()[0] for line in lines[1:]} == set(emulator.batch_ids())
+    assert "\x1b[" not in out and "─" not in out
 
 
 def test_cancel_reaches_the_api(stack, emulator, capsys, monkeypatch):
@@ -252,6 +259,7 @@ def test_report_html_is_one_page_whose_charts_add_up_to_the_totals(stack, emulat
     for key in cost:
         assert data["totals"][key] == pytest.approx(cost[key], abs=1e-5)
     assert data["totals"]["requests"] == len(completions)
+    assert data["totals"]["batches"] == len(emulator.batch_ids())
     for chart, field in (
         ("chart-spend-by-day", "completed_at"),
         ("chart-spend-by-tier", "tier"),
