@@ -295,7 +295,7 @@ class LiveView:
             text = (
                 f"{_clock_text(s)}  completed {s['all']['completed']}/{self.total}  "
                 f"buffered {s['all']['buffered']}  submitted {s['all']['submitted']}  "
-                f"polling {s['all']['polling']} batches  polls {s['polls']}"
+                f"batches polling {s['all']['polling']}  polls {s['polls']}"
             )
             body = text.split("  ", 1)[1]
             if body != self._last:
@@ -500,7 +500,6 @@ def summary_view(summary: dict[str, Any], plain: bool) -> list[RenderableType]:
             style="bold green",
         )
     out: list[RenderableType] = [
-        "",
         _titled("Sample completions", plain),
         term.table(samples, ["request_id", "status", "tier", "detail"], plain=plain),
         _titled("Outcomes", plain),
@@ -591,5 +590,5 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
     else:
         out = term.console()
-        out.print(*summary_view(summary, plain=not out.is_terminal), sep="\n")
+        term.show(out, *summary_view(summary, plain=not out.is_terminal))
     return 1 if summary["lost"] or summary["duplicated"] else 0

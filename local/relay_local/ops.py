@@ -86,7 +86,7 @@ class Stack:
 
 def show(rows: list[dict[str, Any]], columns: list[str], title: str, numeric: list[str]) -> None:
     out = term.console()
-    out.print(term.table(rows, columns, plain=not out.is_terminal, title=title, numeric=numeric))
+    term.show(out, term.table(rows, columns, plain=not out.is_terminal, title=title, numeric=numeric))
 
 
 # commands

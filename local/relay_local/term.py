@@ -30,6 +30,17 @@ def console(stream: TextIO | None = None) -> Console:
     return Console(file=stream or sys.stdout, width=PLAIN_WIDTH, no_color=True, highlight=False, emoji=False)
 
 
+def show(out: Console, *renderables: Any) -> None:
+    """Print on `out`; plain output loses the padding Rich leaves at the end of table lines."""
+    if out.is_terminal:
+        out.print(*renderables, sep="\n")
+        return
+    with out.capture() as captured:
+        out.print(*renderables, sep="\n")
+    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    out.file.flush()
+
+
 def table(
     rows: Iterable[Mapping[str, Any]],
     columns: Sequence[str],
