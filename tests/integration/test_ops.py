@@ -163,13 +163,18 @@ def test_tail_line_shows_the_route_and_what_it_paid():
 
 
 def test_stack_outputs_are_resolved_with_cloudformation(stack, capsys, tmp_path):
+    policy = '{"urgent": {"max_wait_seconds": 300}}'
     template = {
+        "Parameters": {"TierPolicy": {"Type": "String", "Default": policy}},
         "Resources": {"Q": {"Type": "AWS::SQS::Queue"}},
         "Outputs": {"RequestQueueUrl": {"Value": {"Ref": "Q"}}},
     }
     cfn = boto3.client("cloudformation")
     cfn.create_stack(StackName="relay-prod", TemplateBody=json.dumps(template))
     url = cfn.describe_stacks(StackName="relay-prod")["Stacks"][0]["Outputs"][0]["OutputValue"]
+    # The savings page reads each tier's max wait from the stack's TierPolicy parameter
+    resolved = ops.Stack.resolve(ops.parser().parse_args(["--stack", "relay-prod", "report"]))
+    assert ops.max_waits(resolved.tier_policy) == {"urgent": 300.0}
     code, out, _ = run(
         capsys, ["--stack", "relay-prod", "send", "--quiet", jsonl(tmp_path, [request("s-1")])]
     )
