@@ -4,14 +4,16 @@
     batch-relay --stack batch-relay status ticket-4711
     batch-relay --stack batch-relay batches
     batch-relay --stack batch-relay report --by day,tier,model --format table|csv|json
+    batch-relay --stack batch-relay report --html report.html   # the savings page, with charts
     batch-relay --stack batch-relay cancel msgbatch_...
     batch-relay --stack batch-relay redrive
-    batch-relay tail --queue-url https://sqs...   # a queue subscribed to the completion topic
+    batch-relay tail --from https://sqs...   # a queue subscribed to the completion topic
     batch-relay --stack batch-relay smoke --count 5  # after sam deploy: end to end, then clean up
 
 The stack's resources come from its CloudFormation outputs (`--stack`), or each one can be named
 (`--queue-url`, `--table`, ...), which is also how the local stack is reached. A user mistake ends
-in one line on stderr and a non-zero exit, never a traceback.
+in one line on stderr and a non-zero exit, never a traceback. Tables and progress are drawn with
+Rich on a terminal and come out as plain columns when piped; `--format csv|json` is for scripts.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import io
 import json
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -32,8 +34,10 @@ from batch_relay.models import RequestMessage
 from batch_relay.store import Store, batch_key, request_key
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.text import Text
 
-from relay_local import smoke
+from relay_local import savings, smoke, term
 
 OUTPUTS = {
     "queue_url": "RequestQueueUrl",
@@ -53,6 +57,8 @@ class Stack:
     dlq_url: str | None = None
     table: str | None = None
     topic_arn: str | None = None
+    # The deployment's TierPolicy parameter (JSON), when read from the stack.
+    tier_policy: str | None = None
 
     @classmethod
     def resolve(cls, args: argparse.Namespace) -> Stack:
@@ -65,6 +71,10 @@ class Stack:
             outputs = {o["OutputKey"]: o["OutputValue"] for o in answer["Stacks"][0].get("Outputs", [])}
             for key, output in OUTPUTS.items():
                 given[key] = given[key] or outputs.get(output)
+            parameters = {
+                p["ParameterKey"]: p.get("ParameterValue") for p in answer["Stacks"][0].get("Parameters", [])
+            }
+            given["tier_policy"] = parameters.get("TierPolicy")
         return cls(**given)
 
     def need(self, name: str) -> str:
@@ -75,11 +85,9 @@ class Stack:
         return str(value)
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
+def show(rows: list[dict[str, Any]], columns: list[str], title: str, numeric: list[str]) -> None:
+    out = term.console()
+    term.show(out, term.table(rows, columns, plain=not out.is_terminal, title=title, numeric=numeric))
 
 
 # commands
@@ -107,21 +115,28 @@ def send(stack: Stack, args: argparse.Namespace) -> int:
     url = stack.need("queue_url")
     sqs = boto3.client("sqs")
     sent = 0
-    for start in range(0, len(valid), 10):
-        chunk = valid[start : start + 10]
-        answer = sqs.send_message_batch(
-            QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)]
-        )
-        sent += len(answer.get("Successful", []))
-        for failed in answer.get("Failed", []):
-            rejected.append((start + int(failed["Id"]) + 1, f"SQS: {failed.get('Message', failed['Code'])}"))
-        if not args.quiet:
-            done = start + len(chunk)
-            print(
-                f"\rsent {sent}/{len(valid)} {'#' * (30 * done // len(valid)):<30}", end="", file=sys.stderr
+    err = term.console(sys.stderr)
+    # A live bar on a terminal only: piped, the summary line below says it all.
+    with Progress(
+        TextColumn("sending"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        disable=args.quiet or not err.is_terminal,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("send", total=len(valid))
+        for start in range(0, len(valid), 10):
+            chunk = valid[start : start + 10]
+            answer = sqs.send_message_batch(
+                QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)]
             )
-    if valid and not args.quiet:
-        print(file=sys.stderr)
+            sent += len(answer.get("Successful", []))
+            for failed in answer.get("Failed", []):
+                rejected.append(
+                    (start + int(failed["Id"]) + 1, f"SQS: {failed.get('Message', failed['Code'])}")
+                )
+            bar.advance(task, len(chunk))
     for n, reason in rejected:
         print(f"line {n}: {reason}", file=sys.stderr)
     print(json.dumps({"sent": sent, "rejected": len(rejected)}))
@@ -189,37 +204,24 @@ def list_batches(stack: Stack, args: argparse.Namespace) -> int:
         "batch_usd",
         "saved_usd",
     ]
-    print(json.dumps(rows, indent=2) if args.format == "json" else _table(rows, columns))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        numeric = [c for c in columns if c not in ("batch_id", "tier", "status")]
+        show(rows, columns, "Batches, newest first", numeric)
     return 0
 
 
 def report(stack: Stack, args: argparse.Namespace) -> int:
-    """Tokens, cost and savings of completed requests, grouped as asked."""
+    """Tokens, cost and savings of completed requests, grouped as asked; or the savings page."""
     by = [b.strip() for b in args.by.split(",") if b.strip()]
-    unknown = set(by) - {"day", "tier", "model", "status"}
+    unknown = set(by) - set(savings.GROUPS)
     if unknown:
-        raise UserError(f"--by accepts day, tier, model, status; not {', '.join(sorted(unknown))}")
-    groups: dict[tuple[str, ...], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for item in Store(stack.need("table")).scan("request"):
-        if not item.get("completed_at") or item.get("status") == "rejected":
-            continue
-        values = {
-            "day": item["completed_at"][:10],
-            "tier": item.get("tier", "-"),
-            "model": item.get("model", "-"),
-            "status": item["status"],
-        }
-        key = tuple(values[b] for b in by)
-        row = groups[key]
-        row["requests"] += 1
-        for k in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-            row[k] += (item.get("usage") or {}).get(k) or 0
-        for k in ("batch_usd", "list_usd", "saved_usd"):
-            row[k] += (item.get("cost") or {}).get(k) or 0.0
-    rows = [
-        dict(zip(by, key, strict=True)) | {k: round(v, 6) for k, v in vals.items()}
-        for key, vals in sorted(groups.items())
-    ]
+        raise UserError(f"--by accepts {', '.join(savings.GROUPS)}; not {', '.join(sorted(unknown))}")
+    items = list(Store(stack.need("table")).scan())
+    if args.html:
+        return write_page(items, args.html, max_waits(args.tier_policy or stack.tier_policy))
+    rows = savings.group(savings.completed(items), by)
     columns = [*by, "requests", "input_tokens", "output_tokens", "batch_usd", "list_usd", "saved_usd"]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
@@ -230,7 +232,28 @@ def report(stack: Stack, args: argparse.Namespace) -> int:
         writer.writerows(rows)
         print(buffer.getvalue(), end="")
     else:
-        print(_table(rows, columns))
+        show(rows, columns, f"Completed requests by {', '.join(by)}", columns[len(by) :])
+    return 0
+
+
+def max_waits(policy: str | None) -> dict[str, float]:
+    """Each tier's max_wait_seconds from a TierPolicy JSON (the stack's parameter, or --tier-policy)."""
+    if not policy:
+        return {}
+    try:
+        tiers = json.loads(policy)
+        return {name: float(tier["max_wait_seconds"]) for name, tier in tiers.items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise UserError('--tier-policy: expected JSON like {"urgent": {"max_wait_seconds": 300}}') from None
+
+
+def write_page(items: list[dict[str, Any]], path: str, waits: dict[str, float]) -> int:
+    target = Path(path)
+    try:
+        target.write_text(savings.page(savings.gather(items, waits)), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    print(json.dumps({"report": str(target.resolve())}))
     return 0
 
 
@@ -279,9 +302,10 @@ def redrive(stack: Stack, args: argparse.Namespace) -> int:
 
 
 def tail(stack: Stack, args: argparse.Namespace) -> int:
-    """Print completions from a queue subscribed to the topic, one JSON line each."""
+    """Follow completions from a queue subscribed to the topic: one line each, or the raw JSON."""
     sqs = boto3.client("sqs")
     url = args.queue_url_tail
+    out = term.console()
     while True:
         got = sqs.receive_message(
             QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0 if args.once else 20
@@ -290,10 +314,57 @@ def tail(stack: Stack, args: argparse.Namespace) -> int:
             body = json.loads(m["Body"])
             if "Type" in body and "Message" in body:  # not raw delivery: unwrap the SNS envelope
                 body = json.loads(body["Message"])
-            print(json.dumps(body), flush=True)
+            if args.json:
+                print(json.dumps(body), flush=True)
+            else:
+                # On a terminal the answer's words stop at its edge; piped, lines are whole.
+                out.print(line(body), no_wrap=True, overflow="ellipsis", crop=True, highlight=False)
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
         if args.once and not got:
             return 0
+
+
+STATUS_STYLE = {"succeeded": "green", "errored": "red", "expired": "yellow", "canceled": "yellow"}
+
+
+def line(c: dict[str, Any], words: int = 12) -> Text:
+    """One completion as a line: time, id, status, tier, route, cost and the answer's first words."""
+    route = c.get("route") or "batch"
+    cost = c.get("cost") or {}
+    # A realtime answer is paid at list price; a batch one at the batch price.
+    paid = cost.get("list_usd" if route == "realtime" else "batch_usd")
+    status = str(c.get("status", "?"))
+    return Text.assemble(
+        (str(c.get("completed_at") or "-")[:19].replace("T", " "), "dim"),
+        "  ",
+        f"{c.get('request_id', '?'):<24}",
+        "  ",
+        (f"{status:<9}", STATUS_STYLE.get(status, "magenta")),
+        "  ",
+        f"{c.get('tier') or '-':<9}",
+        "  ",
+        f"{route:<8}",
+        "  ",
+        f"{'$' + format(paid, '.6f') if paid is not None else '-':>10}",
+        "  ",
+        _gist(c, words),
+    )
+
+
+def _gist(c: dict[str, Any], words: int) -> str:
+    message = c.get("message")
+    if c.get("status") == "succeeded" and isinstance(message, dict):
+        if message.get("type") == "s3_pointer":
+            return f"(answer in s3://{message.get('bucket')}/{message.get('key')})"
+        text = " ".join(
+            b.get("text", "")
+            for b in message.get("content") or []
+            if isinstance(b, dict) and b.get("type") == "text"
+        )
+        first = text.split()
+        return " ".join(first[:words]) + (" ..." if len(first) > words else "")
+    error = c.get("error") or {}
+    return f"{error.get('type', '')}: {error.get('message', '')}".strip(": ")
 
 
 COMMANDS = {
@@ -326,15 +397,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p = sub.add_parser("report", help="tokens, cost and savings of completed requests")
     p.add_argument(
-        "--by", default="day,tier,model", help="grouping: day, tier, model, status (comma-separated)"
+        "--by", default="day,tier,model", help="grouping: day, tier, model, status, route (comma-separated)"
     )
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--html", metavar="PATH", help="write the savings page (charts, one self-contained file)")
+    p.add_argument(
+        "--tier-policy",
+        dest="tier_policy",
+        help="the TierPolicy JSON, for each tier's max wait on the page (read from --stack otherwise)",
+    )
     p = sub.add_parser("cancel", help="cancel a message batch at the API (its requests end canceled)")
     p.add_argument("batch_id")
     sub.add_parser("redrive", help="move the dead-letter queue's messages back to the request queue")
     p = sub.add_parser("tail", help="follow completions from a queue subscribed to the topic")
     p.add_argument("--from", dest="queue_url_tail", required=True, help="the subscribed queue's URL")
     p.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    p.add_argument(
+        "--json", action="store_true", help="print each completion message as it came, one JSON a line"
+    )
     p = sub.add_parser("smoke", help="after sam deploy: N urgent requests end to end, then clean up")
     smoke.arguments(p)
     return top

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import boto3
@@ -13,7 +14,7 @@ from tests.conftest import EVENTS
 pytestmark = pytest.mark.integration
 
 
-def test_demo_summary_matches_the_table_and_the_completions(monkeypatch):
+def test_demo_summary_matches_the_table_and_the_completions(monkeypatch, tmp_path):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     seen = {}
 
@@ -23,6 +24,7 @@ def test_demo_summary_matches_the_table_and_the_completions(monkeypatch):
         seen["summary"] = summary
 
     opts = demo.Options(size=45, duplicates=3, invalid=6, errored_share=0.1, expired_share=0.1, quiet=True)
+    opts.out = tmp_path
     summary = demo.run(opts, inspect=inspect)
 
     requests = [i for i in seen["items"] if i["kind"] == "request"]
@@ -43,10 +45,11 @@ def test_demo_summary_matches_the_table_and_the_completions(monkeypatch):
     assert "Every request accounted for: 49 in, 49 completions out." in text
 
 
-def test_demo_with_a_tier_policy_of_its_own(monkeypatch):
+def test_demo_with_a_tier_policy_of_its_own(monkeypatch, tmp_path):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     opts = demo.Options(size=12, duplicates=1, invalid=0, errored_share=0, expired_share=0, quiet=True)
     opts.tiers = {"now": {"max_wait_seconds": 60, "min_requests": 1}}
+    opts.out = tmp_path
     summary = demo.run(opts)
     assert summary["statuses"] == {"succeeded": 12} and summary["lost"] == []
     assert {c["tier"] for c in summary["samples"]} == {"now"}
@@ -60,3 +63,35 @@ def test_invoke_runs_a_function_of_the_template_with_a_sample_event(capsys, monk
     assert cli.main(["invoke", "BufferFunction", event]) == 0
     assert '"batchItemFailures": []' in capsys.readouterr().out
     assert cli.main(["invoke", "NoSuchFunction", event]) == 2
+
+
+def test_demo_shows_only_its_view_and_summary_and_names_its_log_and_report(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    argv = ["--size", "9", "--duplicates", "1", "--invalid", "2", "--latency", "0.2", "--out", str(tmp_path)]
+    code = demo.main(argv)
+    out, err = capsys.readouterr()
+    log, page = tmp_path / "functions.log", tmp_path / "report.html"
+
+    # The functions' logs and metrics went to the log file, none of it to the terminal
+    assert code == 0
+    shown = out + err
+    assert '"_aws"' not in shown and '"level"' not in shown and "Traceback" not in shown
+    written = log.read_text()
+    assert '"_aws"' in written and '"level":"INFO"' in written
+    # Piped (as here), the view is plain lines: no escape codes, no redrawing
+    assert "\x1b[" not in shown and "\r" not in shown
+    assert "completed 11/11" in err
+    # The summary names both files, and the page has its charts and the run's figures
+    assert "Every request accounted for: 11 in, 11 completions out." in out
+    assert f"Savings report: {page}" in out and f"Functions' log and metrics: {log}" in out
+    text = page.read_text()
+    assert text.count('class="figure"') == 6 and "Plotly.newPlot" in text
+
+
+def test_demo_json_summary_is_the_only_thing_on_stdout(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    argv = ["--size", "6", "--duplicates", "0", "--invalid", "0", "--latency", "0.2", "--json"]
+    assert demo.main([*argv, "--out", str(tmp_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["completions"] == 6 and summary["report"] == str(tmp_path / "report.html")
+    assert [w["requests"] for w in summary["waits"]] == [2, 2, 2]

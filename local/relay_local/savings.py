@@ -1,0 +1,398 @@
+"""The savings report: what batching cost and saved, how long requests took, how often they failed.
+
+Everything is read from the request table's items (`Store.scan`), so the report says what the relay
+recorded, whichever machine runs it. `group` gives the rows of `batch-relay report`; `gather` and
+`page` give one self-contained HTML page of Plotly charts. The page carries plotly.js inline and
+each chart's figure as JSON beside it, so it opens from a file with no network, and what a chart
+draws can be read back from the page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from batch_relay.clock import parse
+
+FINAL = ("succeeded", "errored", "expired", "canceled")
+FAILED = ("errored", "expired", "canceled")
+USD = ("batch_usd", "list_usd", "saved_usd")
+TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+GROUPS = ("day", "tier", "model", "status", "route")
+# Chart colours: what was paid, what was saved, what list price would have cost.
+PAID, SAVED, LIST = "#4c78a8", "#54a24b", "#e45756"
+
+
+def completed(items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Requests with a final outcome (rejected messages never reached a batch: no cost, no wait)."""
+    return [
+        i for i in items if i.get("kind") == "request" and i.get("status") in FINAL and i.get("completed_at")
+    ]
+
+
+def keys(item: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        "day": str(item["completed_at"])[:10],
+        "tier": item.get("tier") or "-",
+        "model": item.get("model") or "-",
+        "status": item["status"],
+        "route": item.get("route") or "batch",
+    }
+
+
+def group(requests: Iterable[Mapping[str, Any]], by: list[str]) -> list[dict[str, Any]]:
+    """Requests, tokens and cost of completed requests, one row per value of the `by` keys."""
+    sums: dict[tuple[str, ...], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for item in requests:
+        values = keys(item)
+        row = sums[tuple(values[b] for b in by)]
+        row["requests"] += 1
+        usage, cost = item.get("usage") or {}, item.get("cost") or {}
+        for k in TOKENS:
+            row[k] += int(usage.get(k) or 0)
+        for k in USD:
+            row[k] += float(cost.get(k) or 0.0)
+    return [
+        dict(zip(by, key, strict=True))
+        | {"requests": int(row["requests"])}
+        | {k: int(row[k]) for k in TOKENS}
+        | {k: round(row[k], 6) for k in USD}
+        for key, row in sorted(sums.items())
+    ]
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """Nearest-rank percentile of sorted values: the smallest value with p of them at or below it."""
+    return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+
+@dataclass
+class Savings:
+    totals: dict[str, Any]
+    by_day: list[dict[str, Any]]
+    by_tier: list[dict[str, Any]]
+    by_model: list[dict[str, Any]]
+    # Per tier: receipt-to-completion seconds (p50, p95, max) against its max wait.
+    waits: list[dict[str, Any]]
+    # Per batch the API ended: created to ended, in seconds.
+    turnaround: list[dict[str, Any]]
+    # Per tier, and "all": how many requests ended errored, expired or canceled, and how many retried.
+    shares: list[dict[str, Any]]
+    generated_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def gather(items: Iterable[Mapping[str, Any]], max_wait: Mapping[str, float] | None = None) -> Savings:
+    """The report from the table's items; `max_wait` is each tier's max_wait_seconds, when known."""
+    items = list(items)
+    done = completed(items)
+    [totals] = group(done, []) or [{"requests": 0, **dict.fromkeys(TOKENS, 0), **dict.fromkeys(USD, 0.0)}]
+    statuses = Counter(i["status"] for i in done)
+    retried = sum(1 for i in done if int(i.get("attempts") or 1) > 1)
+    rejected = sum(1 for i in items if i.get("kind") == "request" and i.get("status") == "rejected")
+
+    waits = []
+    by_tier: dict[str, list[float]] = defaultdict(list)
+    for i in done:
+        if i.get("received_at"):
+            by_tier[keys(i)["tier"]].append(parse(i["completed_at"]) - parse(i["received_at"]))
+    for tier in sorted(by_tier, key=lambda t: ((max_wait or {}).get(t, math.inf), t)):
+        ordered = sorted(by_tier[tier])
+        waits.append(
+            {
+                "tier": tier,
+                "requests": len(ordered),
+                "p50": round(percentile(ordered, 0.5), 3),
+                "p95": round(percentile(ordered, 0.95), 3),
+                "max": round(ordered[-1], 3),
+                "max_wait_seconds": (max_wait or {}).get(tier),
+            }
+        )
+
+    turnaround = sorted(
+        (
+            {
+                "batch_id": b["batch_id"],
+                "tier": b.get("tier") or "-",
+                "requests": int(b.get("request_count") or 0),
+                "submitted_at": b["submitted_at"],
+                "seconds": round(parse(b["ended_at"]) - parse(b["submitted_at"]), 3),
+            }
+            for b in items
+            if b.get("kind") == "batch" and b.get("batch_id") and b.get("submitted_at") and b.get("ended_at")
+        ),
+        key=lambda b: b["submitted_at"],
+    )
+
+    shares = []
+    order = {w["tier"]: n for n, w in enumerate(waits)}
+    tiers = sorted({keys(i)["tier"] for i in done}, key=lambda t: (order.get(t, len(order)), t))
+    for tier in [*tiers, "all"]:
+        chosen = [i for i in done if tier == "all" or keys(i)["tier"] == tier]
+        counts = Counter(i["status"] for i in chosen)
+        shares.append(
+            {
+                "tier": tier,
+                "requests": len(chosen),
+                **{s: counts[s] for s in FAILED},
+                "retried": sum(1 for i in chosen if int(i.get("attempts") or 1) > 1),
+            }
+        )
+
+    all_waits = sorted(w for ws in by_tier.values() for w in ws)
+    return Savings(
+        totals=totals
+        | {s: statuses[s] for s in FINAL}
+        | {
+            "retried": retried,
+            "rejected": rejected,
+            "batches": len({i["batch_id"] for i in items if i.get("kind") == "batch" and i.get("batch_id")}),
+            "p50_seconds": round(percentile(all_waits, 0.5), 3) if all_waits else None,
+            "p95_seconds": round(percentile(all_waits, 0.95), 3) if all_waits else None,
+        },
+        by_day=group(done, ["day"]),
+        by_tier=sorted(group(done, ["tier"]), key=lambda r: order.get(r["tier"], len(order))),
+        by_model=group(done, ["model"]),
+        waits=waits,
+        turnaround=turnaround,
+        shares=shares,
+    )
+
+
+# charts
+
+
+def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
+    """(id, title, what it shows, Plotly figure) for each chart of the page."""
+    import plotly.graph_objects as go
+
+    def spend(rows: list[dict[str, Any]], key: str, label: str) -> Any:
+        x = [r[key] for r in rows]
+        fig = go.Figure(
+            [
+                go.Bar(name="paid (batch price)", x=x, y=[r["batch_usd"] for r in rows], marker_color=PAID),
+                go.Bar(name="saved", x=x, y=[r["saved_usd"] for r in rows], marker_color=SAVED),
+                go.Scatter(
+                    name="list price",
+                    x=x,
+                    y=[r["list_usd"] for r in rows],
+                    mode="markers",
+                    marker={"symbol": "line-ew-open", "size": 36, "color": LIST, "line": {"width": 3}},
+                ),
+            ]
+        )
+        fig.update_layout(barmode="stack", xaxis={"type": "category", "title": label})
+        fig.update_yaxes(title="USD", tickformat="$.4~f")
+        return fig
+
+    div, unit = _unit([w["max"] for w in s.waits])
+    waits = go.Figure(
+        [
+            go.Bar(
+                name=name,
+                x=[w["tier"] for w in s.waits],
+                y=[round(w[key] / div, 6) for w in s.waits],
+                customdata=[w["requests"] for w in s.waits],
+                marker_color=colour,
+                hovertemplate="%{x}: %{y:.1f} "
+                + unit
+                + " (%{customdata} requests)<extra>"
+                + name
+                + "</extra>",
+            )
+            for key, name, colour in (
+                ("p50", "median", "#9ecae9"),
+                ("p95", "95th percentile", PAID),
+                ("max", "slowest", "#1d3f6e"),
+            )
+        ]
+        + [
+            go.Scatter(
+                name="tier's max wait",
+                x=[w["tier"] for w in s.waits if w["max_wait_seconds"]],
+                y=[round(w["max_wait_seconds"] / div, 6) for w in s.waits if w["max_wait_seconds"]],
+                mode="markers",
+                marker={"symbol": "line-ew-open", "size": 14, "color": LIST, "line": {"width": 3}},
+            )
+        ]
+    )
+    # The max wait as a dashed line across each tier's group of bars (category i sits at x = i).
+    for n, w in enumerate(s.waits):
+        if w["max_wait_seconds"]:
+            y = w["max_wait_seconds"] / div
+            waits.add_shape(
+                type="line",
+                x0=n - 0.45,
+                x1=n + 0.45,
+                y0=y,
+                y1=y,
+                line={"color": LIST, "width": 2, "dash": "dash"},
+            )
+    waits.update_layout(barmode="group", xaxis={"type": "category", "title": "tier"})
+    waits.update_yaxes(title=f"{unit}, receipt to completion")
+    # Tiers may differ a hundredfold (minutes against hours): then a log scale keeps each one readable.
+    spread = [v for w in s.waits for v in (w["p50"], w["max"], w["max_wait_seconds"] or 0) if v > 0]
+    if spread and max(spread) / min(spread) > 30:
+        waits.update_yaxes(type="log")
+
+    div, unit = _unit([b["seconds"] for b in s.turnaround])
+    turnaround = go.Figure(
+        [
+            go.Scatter(
+                name=tier,
+                x=[b["submitted_at"] for b in s.turnaround if b["tier"] == tier],
+                y=[round(b["seconds"] / div, 6) for b in s.turnaround if b["tier"] == tier],
+                customdata=[[b["batch_id"], b["requests"]] for b in s.turnaround if b["tier"] == tier],
+                hovertemplate="%{customdata[0]}<br>%{customdata[1]} requests, %{y:.1f} "
+                + unit
+                + "<extra></extra>",
+                mode="markers",
+                marker={"size": 9},
+            )
+            for tier in sorted({b["tier"] for b in s.turnaround})
+        ]
+    )
+    turnaround.update_xaxes(title="created")
+    turnaround.update_yaxes(title=f"{unit}, created to ended", rangemode="tozero")
+
+    outcomes = go.Figure(
+        [
+            go.Bar(
+                name=status,
+                x=[r["tier"] for r in s.shares],
+                y=[_share(r[status], r["requests"]) for r in s.shares],
+                customdata=[r[status] for r in s.shares],
+                marker_color=colour,
+                hovertemplate="%{x}: %{y:.1f}% (%{customdata})<extra>" + status + "</extra>",
+            )
+            for status, colour in zip((*FAILED, "retried"), (LIST, "#f58518", "#9d9da1", PAID), strict=True)
+        ]
+    )
+    outcomes.update_layout(barmode="group", xaxis={"type": "category", "title": "tier"})
+    outcomes.update_yaxes(title="% of completed requests", rangemode="tozero")
+
+    return [
+        ("spend-by-day", "Spend per day", "Paid at batch price, and saved against list price.", spend(
+            s.by_day, "day", "day (UTC)"
+        )),
+        ("spend-by-tier", "Spend by tier", "The same, for each latency tier.", spend(
+            s.by_tier, "tier", "tier"
+        )),
+        ("spend-by-model", "Spend by model", "The same, for each model.", spend(
+            s.by_model, "model", "model"
+        )),
+        ("waits", "Receipt to completion", "Per tier: median, 95th percentile and slowest request, "
+         "against the tier's max wait (how long a request may wait before its tier is flushed).", waits),
+        ("turnaround", "Batch turnaround", "Each batch the API ended: from its creation to its end.",
+         turnaround),
+        ("outcomes", "Errored and retried", "Share of completed requests that ended errored, expired or "
+         "canceled, and that needed more than one batch (transient errors and expiries are retried).",
+         outcomes),
+    ]  # fmt: skip
+
+
+def _unit(seconds: list[float]) -> tuple[float, str]:
+    """Seconds, minutes or hours, whichever reads best for the largest of the values."""
+    top = max(seconds, default=0.0)
+    return (1.0, "seconds") if top < 120 else (60.0, "minutes") if top < 3 * 3600 else (3600.0, "hours")
+
+
+def _share(n: int, of: int) -> float:
+    return round(100 * n / of, 3) if of else 0.0
+
+
+def page(s: Savings, title: str = "Batch relay: savings report") -> str:
+    """One HTML page, plotly.js inline: it opens from a file, with no network."""
+    from plotly.offline import get_plotlyjs
+
+    t = s.totals
+    saved_pct = _share(t["saved_usd"], t["list_usd"]) if t["list_usd"] else 0.0
+    cards = [
+        ("requests completed", f"{t['requests']:,}", f"{t['rejected']:,} rejected at intake"),
+        ("paid (batch price)", f"${t['batch_usd']:,.4f}", f"list price ${t['list_usd']:,.4f}"),
+        ("saved", f"${t['saved_usd']:,.4f}", f"{saved_pct:.0f}% of list price"),
+        ("errored", f"{_share(t['errored'], t['requests']):.1f}%", f"{t['errored']:,} requests"),
+        ("retried", f"{_share(t['retried'], t['requests']):.1f}%", f"{t['retried']:,} needed another batch"),
+        ("batches", f"{t['batches']:,}", _latency(t)),
+    ]
+    sections = []
+    for chart_id, heading, text, fig in charts(s):
+        fig.update_layout(
+            template="plotly_white",
+            height=380,
+            margin={"l": 70, "r": 20, "t": 20, "b": 60},
+            legend={"orientation": "h", "y": 1.12},
+        )
+        sections.append(
+            f"<section><h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>"
+            f'<div class="chart" id="chart-{chart_id}"></div>'
+            f'<script type="application/json" class="figure" data-chart="chart-{chart_id}">'
+            f"{_script_json(fig.to_json())}</script></section>"
+        )
+    return _PAGE.format(
+        title=html.escape(title),
+        generated=html.escape(s.generated_at),
+        cards="".join(
+            f'<div class="card"><div class="label">{html.escape(a)}</div><div class="value">{html.escape(b)}'
+            f'</div><div class="note">{html.escape(c)}</div></div>'
+            for a, b, c in cards
+        ),
+        sections="\n".join(sections),
+        totals=_script_json(json.dumps(asdict(s) | {"generated_at": s.generated_at}, sort_keys=True)),
+        plotly=get_plotlyjs(),
+    )
+
+
+def _latency(t: Mapping[str, Any]) -> str:
+    if t.get("p50_seconds") is None:
+        return "no completed requests"
+    return (
+        f"receipt to completion: median {t['p50_seconds'] / 60:.1f} min, p95 {t['p95_seconds'] / 60:.1f} min"
+    )
+
+
+def _script_json(text: str) -> str:
+    """JSON safe inside a <script> element: no `<`, `>` or `&` can end it or start markup."""
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2933; margin: 0;
+  background: #f5f7fa; }}
+main {{ max-width: 1100px; margin: 0 auto; padding: 24px; }}
+h1 {{ font-size: 24px; margin: 0 0 4px; }} h2 {{ font-size: 18px; margin: 0 0 2px; }}
+.sub {{ color: #52606d; margin: 0 0 20px; }}
+.cards {{ display: grid; grid-template-columns: repeat(3, 1fr); gap: 12px;
+  margin-bottom: 20px; }}
+.card, section {{ background: #fff; border: 1px solid #e4e7eb; border-radius: 8px; padding: 14px 16px; }}
+.card .label {{ color: #52606d; font-size: 13px; }} .card .value {{ font-size: 24px; font-weight: 600; }}
+.card .note {{ color: #7b8794; font-size: 12px; }}
+section {{ margin-bottom: 16px; }} section p {{ color: #52606d; margin: 0 0 6px; }}
+</style>
+<script>{plotly}</script>
+</head><body><main>
+<h1>{title}</h1>
+<p class="sub">From the relay's request table, {generated}. Each request is priced from its token
+usage; the Message Batches API charges half the list price.</p>
+<div class="cards">{cards}</div>
+{sections}
+<script type="application/json" id="report-data">{totals}</script>
+</main>
+<script>
+for (const spec of document.querySelectorAll("script.figure")) {{
+  const figure = JSON.parse(spec.textContent);
+  Plotly.newPlot(spec.dataset.chart, figure.data, figure.layout,
+                 {{responsive: true, displaylogo: false}});
+}}
+</script>
+</body></html>
+"""
