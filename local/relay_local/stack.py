@@ -201,6 +201,8 @@ class LocalStack:
             name, attr = value["Fn::GetAtt"]
             if attr in ("Arn", "TopicArn", "QueueArn"):
                 return self.arns.get(name, f"arn:aws:::{name}")
+            if attr == "Name" and ":stateMachine:" in self.physical.get(name, ""):
+                return self.physical[name].rsplit(":", 1)[1]
             return self.physical.get(name, name)
         if "Fn::Sub" in value:
             spec = value["Fn::Sub"]

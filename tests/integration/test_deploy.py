@@ -57,6 +57,7 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
         ("sns:Publish", "{topic}", ""),
     },
     "SubmitterFunctionRole": {
+        ("dynamodb:GetItem", "{table}", ""),
         ("dynamodb:PutItem", "{table}", ""),
         ("dynamodb:UpdateItem", "{table}", ""),
         ("dynamodb:DeleteItem", "{table}", ""),
@@ -66,11 +67,14 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
         ("s3:GetObject", "{data}/bodies/*", ""),
         ("s3:GetObject", "{data}/claims/*", ""),
         ("s3:GetObject", "{data}/input/*", ""),
+        ("s3:GetObject", "{data}/outbox/*", ""),
         ("s3:PutObject", "{data}/claims/*", ""),
         ("s3:PutObject", "{data}/input/*", ""),
+        ("s3:PutObject", "{data}/outbox/*", ""),
         ("s3:AbortMultipartUpload", "{data}/input/*", ""),
-        ("s3:ListBucket", "{data}", "prefix claims/*"),
+        ("s3:ListBucket", "{data}", "prefix claims/* outbox/*"),
         ("states:StartExecution", "{state_machine}", ""),
+        ("states:DescribeExecution", "{executions}", ""),
         ("sns:Publish", "{topic}", ""),
         ("secretsmanager:GetSecretValue", "{secret}", ""),
     },
@@ -81,12 +85,15 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
     "CollectResultsFunctionRole": {
         ("dynamodb:GetItem", "{table}", ""),
         ("dynamodb:UpdateItem", "{table}", ""),
+        ("dynamodb:DeleteItem", "{table}", ""),
         ("dynamodb:BatchGetItem", "{table}", ""),
         ("dynamodb:BatchWriteItem", "{table}", ""),
         ("s3:GetObject", "{data}/claims/*", ""),
-        ("s3:ListBucket", "{data}", "prefix claims/*"),
+        ("s3:GetObject", "{data}/outbox/*", ""),
+        ("s3:ListBucket", "{data}", "prefix claims/* outbox/*"),
         ("s3:PutObject", "{data}/results/*", ""),
         ("s3:PutObject", "{data}/messages/*", ""),
+        ("s3:PutObject", "{data}/outbox/*", ""),
         ("sns:Publish", "{topic}", ""),
         ("secretsmanager:GetSecretValue", "{secret}", ""),
     },
@@ -194,6 +201,7 @@ def _names(deployed: dict[str, Any]) -> dict[str, str]:
         "topic": p["CompletionTopic"],
         "state_machine": p["PollerStateMachine"],
         "secret": deployed["secret"],
+        "executions": p["PollerStateMachine"].replace(":stateMachine:", ":execution:") + ":*",
     }
     for fn in FUNCTIONS:
         names[fn] = lam.get_function_configuration(FunctionName=p[fn])["FunctionArn"]
@@ -327,7 +335,7 @@ def _grants(document: dict[str, Any]) -> set[tuple[str, str, str]]:
                 "kms:ViaService": ("ViaService", "StringEquals"),
             }[key]
             assert operator == want, statement
-            shown = value[0] if isinstance(value, list) else value.split(".")[0]
+            shown = " ".join(value) if isinstance(value, list) else value.split(".")[0]
             summary = f"{short} {shown}"
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         resources = statement["Resource"]

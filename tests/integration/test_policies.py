@@ -1,7 +1,8 @@
 """Least privilege, checked against what the code does: every AWS call a function makes while the
 relay runs (a normal flow plus the rare paths: rejections, offloaded bodies, a completion too large
 for SNS, a claim that dies after its multipart upload began, a lone request too large for any
-batch, a batch the API returns too few results for) must be allowed by that function's role in
+batch, a batch the API returns too few results for, a run killed between publishing and marking, an
+account hold, a poller stopped by hand) must be allowed by that function's role in
 template.yaml, and every grant of a role must be used by one of those calls.
 
 The calls are recorded at boto3's `provide-client-params` event, inside the handlers, and mapped to
@@ -20,6 +21,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
+from batch_relay.errors import FunctionKilled
 from botocore.exceptions import ClientError
 from botocore.handlers import BUILTIN_HANDLERS
 
@@ -94,6 +96,8 @@ def needs(service: str, operation: str, params: dict[str, Any]) -> list[Need]:
         return [Need("secretsmanager:GetSecretValue", params["SecretId"])]
     if service == "stepfunctions" and operation == "StartExecution":
         return [Need("states:StartExecution", params["stateMachineArn"])]
+    if service == "stepfunctions" and operation == "DescribeExecution":
+        return [Need("states:DescribeExecution", params["executionArn"])]
     raise AssertionError(f"no IAM mapping for {service}.{operation}: add one to this test")
 
 
@@ -187,6 +191,25 @@ def _fail_once(operation: str) -> Any:
     return hook
 
 
+def _kill_once(function: str, operation: str) -> Any:
+    """A stack hook that kills `function` right after its first `operation` call acted."""
+    done: list[bool] = []
+
+    def after(fn: str, op: str) -> None:
+        if fn == function and op == operation and not done:
+            done.append(True)
+            raise FunctionKilled(f"{function} killed after {operation}")
+
+    return after
+
+
+def _one_round(stack: Any) -> None:
+    stack.deliver()
+    stack.advance(3600)
+    stack.tick()
+    stack.settle()
+
+
 def run_every_path(stack: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from batch_relay import aws, payloads
 
@@ -230,11 +253,40 @@ def run_every_path(stack: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch) -
     stack.advance(16 * 60)
     stack.pump()
 
-    # A lone request too large for any batch the API takes is answered by the submitter.
+    # A lone request too large for any batch the API takes is answered by the submitter; the run
+    # dies right after publishing, so the next one reads the outbox to finish.
     emulator.max_bytes = 2000
     stack.send([request("giant-1", text="y" * 4000)])
+    stack.after = _kill_once("SubmitterFunction", "PublishBatch")
+    with pytest.raises(FunctionKilled):
+        stack.pump()
+    stack.after = None
     stack.pump()
     emulator.max_bytes = 256 * 1024 * 1024
+
+    # No credit: the requests are held and their tier paused (hold#), until a batch succeeds. The
+    # collector dies after writing the items: its retry publishes from the outbox.
+    emulator.credit = False
+    stack.send([request("held-1")])
+    _one_round(stack)
+    emulator.credit = True
+    stack.advance(3600)
+    stack.after = _kill_once("CollectResultsFunction", "BatchWriteItem")
+    stack.pump()
+    stack.after = None
+
+    # An execution stopped by hand: the submitter looks at it once its batch stops moving.
+    emulator.latency_seconds = 3600
+    stack.send([request("stopped-1")])
+    stack.deliver()
+    stack.advance(3600)
+    stack.tick()
+    running = [e for e in stack.executions() if e["status"] == "RUNNING"]
+    boto3.client("stepfunctions").stop_execution(executionArn=running[0]["executionArn"])
+    stack.settle()
+    stack.advance(3 * 3600)
+    emulator.latency_seconds = 0.2
+    stack.pump()
 
     # The API returns fewer results than the batch holds: the collector answers the rest.
     ids = stack.seed_batch("msgbatch_short", "0123456789abcdef0123456789abcdef", None, count=2)
