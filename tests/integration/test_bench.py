@@ -22,14 +22,16 @@ def test_calls_per_request_stay_within_target_and_below_the_naive_relay(runs):
     relay, naive = runs
     calls = relay["calls"]
     # One conditional put per request at intake; claims and results are read and written in bulk.
-    assert calls["dynamodb.PutItem"] == N + 2  # + the batch's own item and the submitter's lease
+    # + the batch's own item, the record of its batch id, and the submitter's lease
+    assert calls["dynamodb.PutItem"] == N + 3
     assert calls["dynamodb.UpdateItem"] <= 10  # the batch's item only
     # Claim: a consistent re-read and batched writes; results: the same again.
     assert calls["dynamodb.BatchGetItem"] == 2 * N // 100 and calls["dynamodb.BatchWriteItem"] == 2 * N // 25
     assert calls["sns.PublishBatch"] == N // 10
     # Request lines: one object per buffer invocation (100 records), read once by the submitter.
     assert calls["s3.GetObject"] <= N // 100 + 2
-    assert relay["calls_total"] / N <= 1.4
+    # The outbox adds a marker a publish call (0.1 a request) and the claim journal's read at collect.
+    assert relay["calls_total"] / N <= 1.5
     assert naive["calls_total"] == 5 * N
     assert naive["calls_total"] / relay["calls_total"] >= 1.5
 

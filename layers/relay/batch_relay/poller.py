@@ -83,8 +83,9 @@ class Poller:
         out = {**event, "done": False}
         if record["status"] in ("collected", "foreign"):
             return out | {"done": True}  # a duplicate or late poller: nothing left to do
-        # What an earlier try wrote but did not publish goes out first.
-        self.settler.flush(ref)
+        if _answered(record):
+            # An earlier try settled chunks: what it wrote but did not publish goes out first.
+            self.settler.flush(ref)
         cursor = int(event.get("cursor", 0))
         out["cursor"] = cursor
         ours = self._journal(ref)
@@ -119,10 +120,15 @@ class Poller:
         """Mark the batch collected once every journaled request has been answered: the tallies say
         so, or else the journal is swept and those the API returned no line for are answered."""
         record = self.store.get(batch_key(ref)) or {}
-        answered = sum(int(record.get(f"n_{k}", 0)) for k in OUTCOME_TALLIES)
-        if answered < int(record.get("request_count", 0)):
+        if _answered(record) < int(record.get("request_count", 0)):
+            # A try died between writing items and counting them, or the API left some out.
+            self.settler.flush(ref)
             self.settler.unresolved(record, "api_error", "no result returned for this request")
-        if int(record.get("n_succeeded", 0)) and not int(record.get("n_held", 0)):
+        if (
+            record.get("after_hold")
+            and int(record.get("n_succeeded", 0))
+            and not int(record.get("n_held", 0))
+        ):
             self.store.unhold(record["tier"])  # the account works again: the tier's pauses end
         self.store.update(
             batch_key(ref),
@@ -159,3 +165,8 @@ class Poller:
         )
         metrics.add_metric(name="WrongAdoptions", unit=MetricUnit.Count, value=1)
         return out | {"done": True}
+
+
+def _answered(record: dict[str, Any]) -> int:
+    """Requests of a batch settled so far, by the tallies on its record."""
+    return sum(int(record.get(f"n_{k}", 0)) for k in OUTCOME_TALLIES)

@@ -85,6 +85,7 @@ class Submitter:
     bodies: Bodies = field(init=False)
     # When this run must have finished claiming, and sending creates.
     claim_until: float = field(default=float("inf"), init=False)
+    after_hold: bool = field(default=False, init=False)
     create_until: float = field(default=float("inf"), init=False)
 
     def __post_init__(self) -> None:
@@ -157,6 +158,8 @@ class Submitter:
             logger.warning("tier held after an account problem", extra={"tier": name, "until": held})
             metrics.add_metric(name="TierHeld", unit=MetricUnit.Count, value=1)
             return
+        # A batch made after a hold ends it, if the API answers it (see `Poller._finish`).
+        self.after_hold = held is not None
         while self.due(name, tier):
             if clock.now() >= self.claim_until:
                 logger.warning("run out of time to claim; the next run goes on", extra={"tier": name})
@@ -254,6 +257,7 @@ class Submitter:
             "input_key": f"input/{ref}.jsonl",
             "request_count": 0,
             "ttl": int(clock.now()) + self.settings.retention_days * 86400,
+            **({"after_hold": True} if self.after_hold else {}),
             **extra,
         }
         self.store.add(record)
