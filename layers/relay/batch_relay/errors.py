@@ -6,12 +6,15 @@ buffer lets SQS redeliver only what may succeed on a later try.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 from botocore.exceptions import BotoCoreError, ClientError
+
+T = TypeVar("T")
 
 _RETRYABLE_AWS = frozenset(
     {
@@ -104,6 +107,19 @@ def classify(exc: BaseException) -> BaseException:
 
 def is_transient(exc: BaseException) -> bool:
     return isinstance(classify(exc), TransientError)
+
+
+def insist(call: Callable[[], T], tries: int = 4, wait: float = 0.2) -> T:
+    """Make a write that must follow a publish, trying a transient failure again at once: every
+    try lost here is a completion a retry would publish twice."""
+    for n in range(tries):
+        try:
+            return call()
+        except Exception as exc:
+            if n == tries - 1 or not is_transient(exc):
+                raise
+            time.sleep(wait * 2**n)
+    raise AssertionError("unreachable")
 
 
 @contextmanager

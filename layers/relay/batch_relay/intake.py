@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from . import clock
 from .completions import Topic
-from .errors import RejectedRequest
+from .errors import RejectedRequest, insist
 from .models import ID_PATTERN, Completion, ErrorInfo, RequestMessage
 from .observability import MetricUnit, logger, metrics
 from .payloads import SHARED_LINE_BYTES, Payloads, request_line
@@ -258,7 +258,7 @@ class Intake:
                 return "duplicate"
             completion = Completion.model_validate(existing["completion"])
         self.topic.publish([completion])
-        self.store.update(key, notified=True)
+        insist(lambda: self.store.update(key, notified=True))
         return "rejected"
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import clock
 from .completions import INLINE_BUDGET, Topic, encode, entry, groups
-from .errors import TransientError
+from .errors import TransientError, insist
 from .models import Completion, ErrorInfo
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
@@ -135,7 +135,7 @@ class Settler:
 
     def _send(self, box: str, n: int, call: list[dict[str, Any]]) -> int:
         sent = self.topic.send(call) if call else []
-        self.payloads.sent(box, n, sent, whole=len(sent) == len(call))
+        insist(lambda: self.payloads.sent(box, n, sent, whole=len(sent) == len(call)))
         if len(sent) < len(call):
             raise TransientError(f"{len(call) - len(sent)} of {len(call)} completions not published")
         return len(sent)
