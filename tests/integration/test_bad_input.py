@@ -30,7 +30,7 @@ REJECTED_WITHOUT_ID = "request rejected without a usable id"
 def sns_refuses(name: str, value: Any) -> str | None:
     if not SNS_NAME.fullmatch(name):
         return f"invalid attribute name {name[:40]!r}"
-    text = value.get("StringValue") if isinstance(value, dict) else None
+    text = (value.get("StringValue") or value.get("Value")) if isinstance(value, dict) else None
     if not isinstance(text, str) or not SNS_VALUE.fullmatch(text):
         return f"invalid value for attribute {name[:40]!r}"
     return None
@@ -110,8 +110,7 @@ def send(stack, bodies: list[str]) -> list[str]:
 
 
 def items(stack) -> dict[str, dict[str, Any]]:
-    table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
-    pages = table.meta.client.get_paginator("scan").paginate(TableName=table.name)
+    pages = boto3.client("dynamodb").get_paginator("scan").paginate(TableName=stack.physical["RequestTable"])
     return {i["request_id"]["S"]: _plain(i) for page in pages for i in page["Items"]}
 
 
@@ -239,7 +238,8 @@ def test_reasons_quote_at_most_a_short_excerpt(aws_stack):
 
 def test_a_pointer_to_another_bucket_is_refused_without_calling_s3(aws_stack):
     calls: list[str] = []
-    intake = aws_stack.handler("BufferFunction").__globals__["intake"]
+    aws_stack.handler("BufferFunction")
+    intake = aws_stack.modules["buffer_app"].intake
     intake.payloads.s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
     boto3.client("s3").create_bucket(Bucket="someone-elses-bucket")
     boto3.client("s3").put_object(
@@ -268,7 +268,11 @@ def test_the_same_id_with_other_params_keeps_the_first_and_reports_a_conflict(aw
     first = ok("conflict-1")
     same = ok("conflict-1")
     other = ok("conflict-1", max_tokens=99)
-    reordered = {"request_id": "conflict-1", "tier": "urgent", "params": dict(reversed(first["params"].items()))}
+    reordered = {
+        "request_id": "conflict-1",
+        "tier": "urgent",
+        "params": dict(reversed(first["params"].items())),
+    }
     send(aws_stack, [json.dumps(first), json.dumps(same), json.dumps(reordered)])
     aws_stack.deliver()
     assert metric_total(capsys.readouterr().out, "IdempotencyConflict") == 0
@@ -346,10 +350,7 @@ hostile_scalars = st.one_of(
 def adversarial(draw: Any) -> str:
     depth = draw(st.sampled_from([0, 0, 5, 120, 300, 2000]))
     leaf = draw(hostile_scalars | json_values.map(json.dumps))
-    if draw(st.booleans()):
-        value = "[" * depth + leaf + "]" * depth
-    else:
-        value = '{"a": ' * depth + leaf + "}" * depth
+    value = "[" * depth + leaf + "]" * depth if draw(st.booleans()) else '{"a": ' * depth + leaf + "}" * depth
     key = draw(st.sampled_from(['"x"', '"' + "k" * 200_000 + '"', '"\\ud800"', '"\\u0000"', '"status\\n"']))
     where = draw(st.sampled_from(["params", "metadata", "top", "tier", "request_id", "body"]))
     n = next(UNIQUE)
@@ -404,7 +405,9 @@ def test_generated_messages_are_answered_at_once_and_never_block_valid_ones(aws_
     delivered = aws_stack.deliver()
     completions = aws_stack.drain(aws_stack.inbox)
     check_the_four_things(
-        aws_stack, {"delivered": delivered, "sent": 3, "valid": [before["request_id"], after["request_id"]]}, completions
+        aws_stack,
+        {"delivered": delivered, "sent": 3, "valid": [before["request_id"], after["request_id"]]},
+        completions,
     )
     stored = items(aws_stack)
     for good in (before, after):

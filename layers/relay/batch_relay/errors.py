@@ -41,10 +41,31 @@ class BatchTooLargeError(RelayError):
     """The API refused a batch as too large (413): split it and try again."""
 
 
+# A rejection's reason travels in a log line, an item and a completion: it stays short whatever
+# the caller sent.
+MAX_REASON_BYTES = 1024
+
+
+def excerpt(value: str, limit: int = 40, quote: bool = True) -> str:
+    """A short, escaped (ASCII) excerpt of caller input, for a reason or a log line."""
+    shown = ascii(value[:limit])[1:-1]
+    more = f"... ({len(value):,} chars)" if len(value) > limit else ""
+    return f"'{shown}'{more}" if quote else f"{shown}{more}"
+
+
+def bounded(reason: str, limit: int = MAX_REASON_BYTES) -> str:
+    if len(reason.encode("utf-8", "surrogatepass")) <= limit:
+        return reason
+    cut = reason.encode("utf-8", "surrogatepass")[: limit - 3].decode("utf-8", "ignore")
+    return cut + "..."
+
+
 class RejectedRequest(RelayError):
-    """A request message that can never be processed; the caller gets a `rejected` completion."""
+    """A request message that can never be processed; the caller gets a `rejected` completion.
+    Its reason names the field and quotes at most a short excerpt; the whole is at most 1 KB."""
 
     def __init__(self, reason: str, request_id: str | None = None):
+        reason = bounded(ascii(reason)[1:-1] if not reason.isascii() else reason)
         super().__init__(reason)
         self.reason = reason
         self.request_id = request_id
