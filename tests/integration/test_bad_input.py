@@ -162,15 +162,20 @@ def metric_total(out: str, name: str) -> float:
 
 def run(stack, hostile: list[Case], tag: str) -> dict[str, Any]:
     """Each hostile message between two valid ones, through the queue and the buffer."""
-    bodies: list[str] = []
+    ids: list[str] = []
     valid: list[str] = []
-    for n, case in enumerate(hostile):
-        before, after = ok(f"{tag}-{n}-a"), ok(f"{tag}-{n}-b")
-        valid += [before["request_id"], after["request_id"]]
-        bodies += [json.dumps(before), wire(case, n), json.dumps(after)]
-    ids = send(stack, bodies)
-    delivered = stack.deliver()
-    return {"ids": ids[1::3], "valid": valid, "delivered": delivered, "sent": len(bodies)}
+    delivered = {"delivered": 0, "failed": 0}
+    # A few SQS batches at a time: moto's queue looks at every message it holds on each receive.
+    for start in range(0, len(hostile), 40):
+        bodies: list[str] = []
+        for n, case in enumerate(hostile[start : start + 40], start):
+            before, after = ok(f"{tag}-{n}-a"), ok(f"{tag}-{n}-b")
+            valid += [before["request_id"], after["request_id"]]
+            bodies += [json.dumps(before), wire(case, n), json.dumps(after)]
+        ids += send(stack, bodies)
+        for k, v in stack.deliver().items():
+            delivered[k] += v
+    return {"ids": ids[1::3], "valid": valid, "delivered": delivered, "sent": len(ids)}
 
 
 def check_the_four_things(stack, sent: dict[str, Any], completions: list[dict[str, Any]]) -> None:
@@ -377,7 +382,7 @@ def mutate(path: str, value: Any, n: int) -> dict[str, Any]:
     return body
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     generated=st.one_of(
         json_values,
