@@ -40,8 +40,18 @@ def installed(name: str) -> Path:
     done = target / ".installed"
     if not done.exists():
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade"]
-            + ["--target", str(target), *LIBRARIES[name]],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--upgrade",
+                "--target",
+                str(target),
+                *LIBRARIES[name],
+            ],
             check=True,
         )
         done.write_text(" ".join(LIBRARIES[name]))

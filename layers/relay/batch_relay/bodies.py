@@ -31,25 +31,26 @@ MAX_VALUES = 250_000
 # Bodies shorter than this cannot hold enough values to matter, so they are not counted.
 _COUNT_FROM = 1024 * 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BOM = "\ufeff"
 MAX_KEY_BYTES = 1024  # S3's limit on an object key
 
 
-def parse(data: bytes | str, where: str = "body") -> Any:
+def parse(data: bytearray | bytes | str, where: str = "body") -> Any:
     """Parse one body, which may start with a UTF-8 byte-order mark. `check` what it returns: it
-    is parsed first so that a rejection can still be answered under the caller's id."""
+    is parsed first so that a rejection can still be answered under the caller's id. A bytearray
+    is cleared once decoded, so a large body is not held twice while it is parsed."""
     if isinstance(data, bytes | bytearray):
-        if len(data) > _COUNT_FROM:
-            _count(data, where)
+        if len(data) > _COUNT_FROM and _values(data) > MAX_VALUES:
+            raise RejectedRequest(f"{where} holds over {MAX_VALUES:,} JSON values")
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise RejectedRequest(f"{where} is not JSON: not UTF-8 (byte {exc.start})") from None
+        finally:
+            if isinstance(data, bytearray):
+                data.clear()
     else:
         text = data[1:] if data.startswith(_BOM) else data
-        if len(text) > _COUNT_FROM:
-            _count(text.encode("utf-8", "surrogatepass"), where)
     try:
         return json.loads(text)
     except RecursionError:
@@ -61,22 +62,35 @@ def parse(data: bytes | str, where: str = "body") -> Any:
         raise RejectedRequest(f"{where} is not JSON this relay can read: {excerpt(str(exc), 80)}") from None
 
 
-def _count(data: bytes, where: str) -> None:
-    """Refuse a body with more than MAX_VALUES values before it is parsed. Commas and brackets
-    are an upper bound; only when that bound is over the limit are strings (which may hold any
-    number of commas) taken out and the structure counted exactly."""
-    bound = data.count(b",") + data.count(b"[") + data.count(b"{")
-    if bound <= MAX_VALUES:
-        return
-    skeleton = _STRING.sub(b'""', data)
-    values = skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{")
-    if values > MAX_VALUES:
-        raise RejectedRequest(f"{where} holds over {MAX_VALUES:,} JSON values")
+def _values(data: bytes | bytearray) -> int:
+    """An upper bound of the values in a JSON text, counted until it passes MAX_VALUES: the commas
+    and opening brackets outside strings (a prompt's own commas do not count). Strings are
+    skipped with `find`, so a body of a few long strings costs a few passes at memory speed."""
+    count, pos, end = 0, 0, len(data)
+    while count <= MAX_VALUES:
+        quote = data.find(b'"', pos)
+        stop = end if quote < 0 else quote
+        count += data.count(b",", pos, stop) + data.count(b"[", pos, stop) + data.count(b"{", pos, stop)
+        if quote < 0:
+            break
+        close = quote + 1
+        while True:  # the closing quote: one not escaped by an odd run of backslashes
+            close = data.find(b'"', close)
+            if close < 0:
+                return count  # unterminated: the parser refuses it
+            back = close - 1
+            while data[back] == 0x5C:
+                back -= 1
+            if (close - 1 - back) % 2 == 0:
+                break
+            close += 1
+        pos = close + 1
+    return count
 
 
 def check(value: Any, where: str = "body") -> None:
     """Walk a parsed body without recursion; refuse what the relay cannot carry safely."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -154,17 +168,46 @@ def pointer(raw: list[Any]) -> tuple[str, str]:
 
 
 def digest(params: Any) -> str | None:
-    """A digest of request params, the same whatever the order of their keys; None for params
-    that are not JSON (a rejected request may have such params)."""
+    """A digest of request params that does not depend on the order of their keys; None for
+    params that are not an object. Values are fed to the hash as they are walked (a long string
+    a slice at a time), so no second copy of a large body is made."""
     if not isinstance(params, dict):
         return None
     sent = {k: v for k, v in params.items() if v is not None and k != "stream"}
     h = hashlib.sha256()
-    encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
-    try:
-        for chunk in encoder.iterencode(sent):
-            for start in range(0, len(chunk), 1 << 20):  # a long string is hashed a slice at a time
-                h.update(chunk[start : start + (1 << 20)].encode("utf-8", "surrogatepass"))
-    except (ValueError, TypeError, RecursionError):
-        return None
+    stack: list[Any] = [sent]
+    steps = 0
+    while stack:
+        steps += 1
+        if steps > 4 * MAX_VALUES or len(stack) > 4 * MAX_VALUES:
+            return None
+        node = stack.pop()
+        if isinstance(node, _Key):
+            h.update(b"k")
+            _text(h, node.name)
+        elif isinstance(node, dict):
+            h.update(b"{%d:" % len(node))
+            for key in sorted(node, reverse=True):  # popped in sorted order
+                stack += [node[key], _Key(key)]
+        elif isinstance(node, list):
+            h.update(b"[%d:" % len(node))
+            stack += reversed(node)
+        elif isinstance(node, str):
+            h.update(b"s")
+            _text(h, node)
+        else:
+            h.update(b"v" + repr(node).encode() + b";")
     return h.hexdigest()[:32]
+
+
+class _Key:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _text(h: Any, value: str) -> None:
+    h.update(b"%d:" % len(value))
+    for start in range(0, len(value), 1 << 20):
+        h.update(value[start : start + (1 << 20)].encode("utf-8", "surrogatepass"))

@@ -6,7 +6,6 @@ buffer lets SQS redeliver only what may succeed on a later try.
 
 from __future__ import annotations
 
-import anthropic
 from botocore.exceptions import BotoCoreError, ClientError
 
 _RETRYABLE_AWS = frozenset(
@@ -75,16 +74,10 @@ def classify(exc: BaseException) -> BaseException:
     """Map a library exception to the relay's own kind, so callers decide on one vocabulary."""
     if isinstance(exc, RelayError):
         return exc
-    if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
-        return ApiAccessError(f"Anthropic refused the API key: {exc.status_code}")
-    if isinstance(exc, anthropic.APIStatusError) and exc.status_code == 413:
-        return BatchTooLargeError(str(exc))
-    if isinstance(exc, anthropic.RateLimitError | anthropic.InternalServerError):
-        return TransientError(f"Anthropic answered {exc.status_code}")
-    if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 500:
-        return TransientError(f"Anthropic answered {exc.status_code}")
-    if isinstance(exc, anthropic.APIConnectionError):
-        return TransientError(f"Anthropic unreachable: {type(exc).__name__}")
+    if type(exc).__module__.split(".")[0] == "anthropic":
+        kind = _anthropic(exc)
+        if kind is not None:
+            return kind
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -95,6 +88,24 @@ def classify(exc: BaseException) -> BaseException:
     if isinstance(exc, BotoCoreError):
         return TransientError(f"AWS client: {type(exc).__name__}")
     return exc
+
+
+def _anthropic(exc: BaseException) -> BaseException | None:
+    # Imported here: only an exception of the SDK gets this far, so the SDK is loaded already,
+    # and the buffer, which never calls the API, does not load it (about 50 MB) at all.
+    import anthropic
+
+    if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
+        return ApiAccessError(f"Anthropic refused the API key: {exc.status_code}")
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code == 413:
+        return BatchTooLargeError(str(exc))
+    if isinstance(exc, anthropic.RateLimitError | anthropic.InternalServerError):
+        return TransientError(f"Anthropic answered {exc.status_code}")
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code >= 500:
+        return TransientError(f"Anthropic answered {exc.status_code}")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return TransientError(f"Anthropic unreachable: {type(exc).__name__}")
+    return None
 
 
 def is_transient(exc: BaseException) -> bool:

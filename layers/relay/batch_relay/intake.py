@@ -17,7 +17,6 @@ kept until the items are written.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections import Counter
@@ -35,7 +34,7 @@ from .completions import Topic
 from .errors import RejectedRequest, excerpt, is_transient
 from .models import ID_PATTERN, TIER_PATTERN, Completion, ErrorInfo, RequestMessage
 from .observability import MetricUnit, logger, metrics
-from .payloads import SHARED_LINE_BYTES, Payloads
+from .payloads import SHARED_LINE_BYTES, Payloads, request_text
 from .settings import Settings
 from .store import Store, request_key
 
@@ -151,18 +150,19 @@ class Intake:
         )
         del raw, request
         try:
-            text = json.dumps({"custom_id": rid, "params": params}, separators=(",", ":"), ensure_ascii=False)
-            del params  # the parsed body: only its JSON text is needed from here on
+            text = request_text(rid, params)
+            del params  # the parsed body: only its text is needed from here on
+            text += "\n"
             line = text.encode()
         except (ValueError, RecursionError) as exc:  # checked in `bodies`; kept as a last guard
             reason = f"params cannot be written as JSON: {type(exc).__name__}"
             return self._refused(rid, reason, received_at, None)
         del text
-        parsed.length = len(line)
+        parsed.length = len(line) - 1
         self._keep(parsed, line)
         return parsed
 
-    def _fetch(self, bucket: str, key: str) -> bytes:
+    def _fetch(self, bucket: str, key: str) -> bytearray:
         """The body behind a pointer, read only from the inbox bucket."""
         if bucket != self.settings.inbox:
             # In AWS the buffer's role could not read it anyway; say so without asking S3.
@@ -172,7 +172,7 @@ class Intake:
             )
         uri = f"s3://{bucket}/{excerpt(key, 80, quote=False)}"
         try:
-            data = self.payloads.read(bucket, key, limit=MAX_REQUEST_BYTES)
+            data = self.payloads.read_into(bucket, key, limit=MAX_REQUEST_BYTES)
         except ValueError as exc:
             raise RejectedRequest(f"body in S3 too large: {exc}") from None
         except ParamValidationError:
@@ -210,13 +210,14 @@ class Intake:
     # request lines: a long one in its own object at once, short ones shared
 
     def _keep(self, parsed: Parsed, line: bytes) -> None:
+        """`line` ends in its newline."""
         if len(line) > SHARED_LINE_BYTES:
             self._put([(parsed, line)])
             return
-        if self.shelf and self.shelf_bytes + len(line) + 1 > BODY_OBJECT_BYTES:
+        if self.shelf and self.shelf_bytes + len(line) > BODY_OBJECT_BYTES:
             self._flush()
         self.shelf.append((parsed, line))
-        self.shelf_bytes += len(line) + 1
+        self.shelf_bytes += len(line)
 
     def _flush(self) -> None:
         group, self.shelf, self.shelf_bytes = self.shelf, [], 0
@@ -231,13 +232,13 @@ class Intake:
     def _put(self, group: list[tuple[Parsed, bytes]]) -> None:
         key = f"bodies/{clock.iso()[:10]}/{uuid.uuid4().hex}.jsonl"
         offset = 0
-        pieces: list[bytes] = []
+        lines: list[bytes] = []
         for parsed, line in group:
             parsed.key, parsed.offset = key, offset
-            offset += len(line) + 1
-            pieces += [line, b"\n"]
+            offset += len(line)
+            lines.append(line)
         group.clear()
-        self.payloads.put_lines(key, pieces)
+        self.payloads.put_lines(key, lines)  # one line alone is sent as it is, not copied
 
     # accepting: items and rejections, one record at a time
 

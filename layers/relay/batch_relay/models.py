@@ -90,7 +90,7 @@ class RequestMessage(BaseModel):
     )
     params: MessageParams
     tier: Annotated[str, StringConstraints(pattern=TIER_PATTERN)] | None = None
-    metadata: dict[str, str] = Field(
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]] = Field(
         default_factory=dict,
         description="up to 7 string values, set as SNS message attributes: names of 1-256 characters "
         "A-Z a-z 0-9 _ - . (no leading, trailing or double dot, no AWS./Amazon. prefix, not status, "
