@@ -31,8 +31,8 @@ POINTER = "software.amazon.payloadoffloading.PayloadS3Pointer"
 PROSE = b"The export button has done nothing since Tuesday, and the board meets on Friday. "
 
 
-def body(n: int, kind: str) -> bytes:
-    """One request body of about BODY_BYTES: a long prompt, or a dense array of empty objects."""
+def body(n: int, kind: str, size: int = BODY_BYTES) -> bytes:
+    """One request body of about `size` bytes: a long prompt, or a dense array of empty objects."""
     head = json.dumps(
         {
             "request_id": f"mem-{kind}-{n:03d}",
@@ -45,7 +45,7 @@ def body(n: int, kind: str) -> bytes:
         }
     ).encode()
     before, after = head.split(b'"@"')
-    room = BODY_BYTES - len(head)
+    room = size - len(head)
     if kind == "valid":
         filler = (PROSE * (room // len(PROSE) + 1))[:room]
         return before + b'"' + filler + b'"' + after
@@ -53,7 +53,7 @@ def body(n: int, kind: str) -> bytes:
     return before + b"[" + dense[:-1] + b"]" + after
 
 
-def run(n: int, kind: str) -> dict[str, Any]:
+def run(n: int, kind: str, size: int = BODY_BYTES) -> dict[str, Any]:
     table = f"{TABLE}-{uuid.uuid4().hex[:8]}"
     with services() as (env, _emulator, s3):
         endpoint = env["AWS_ENDPOINT_URL"]
@@ -68,7 +68,7 @@ def run(n: int, kind: str) -> dict[str, Any]:
         records = []
         for i in range(n):
             key = f"producer/{kind}-{i:03d}.json"
-            s3.put_object(Bucket=BUCKET, Key=key, Body=body(i, kind))
+            s3.put_object(Bucket=BUCKET, Key=key, Body=body(i, kind, size))
             pointer = json.dumps([POINTER, {"s3BucketName": BUCKET, "s3Key": key}])
             records.append(_record(pointer))
         with tempfile.NamedTemporaryFile("w", suffix=".json") as event:
