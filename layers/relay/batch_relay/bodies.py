@@ -124,7 +124,7 @@ def _leaf(root: Any, parent: Any, item: Any, where: str) -> None:
             number = excerpt(str(item), 24)
             raise RejectedRequest(f"{where}{_path(root, parent)}: the number {number} is too large")
     elif isinstance(item, float) and not math.isfinite(item):
-        raise RejectedRequest(f"{where}{_path(root, parent)}: a number is too large (not finite)")
+        raise RejectedRequest(f"{where}{_path(root, parent)}: a number is not finite (NaN or Infinity)")
 
 
 def _path(root: Any, target: Any) -> str:
