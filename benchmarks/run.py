@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from benchmarks import claim, cost, fullsize, pipeline, polling
+from benchmarks import buffer, claim, cost, fullsize, pipeline, polling
 
 OUT = Path(__file__).parent / "results.json"
 TARGETS = {
@@ -82,6 +82,38 @@ def full_size(out: dict[str, float]) -> None:
         rows,
     )
     out["collect_rss_growth_mb"] = round(out["collect_100k_peak_rss_mb"] - out["collect_10k_peak_rss_mb"], 1)
+
+
+def buffer_memory(out: dict[str, float]) -> None:
+    """One SQS batch of 100 pointers to 32 MB bodies through the buffer's handler."""
+    memory = cost.memory_gb()["BufferFunction"] * 1024
+    rows = []
+    for kind, label in (("valid", "32 MB prompts, stored"), ("dense", "32 MB of {} values, refused")):
+        m = buffer.run(100, kind)
+        out |= {
+            f"buffer_{kind}_records": m["records"],
+            f"buffer_{kind}_wall_seconds": m["wall_seconds"],
+            f"buffer_{kind}_base_rss_mb": m["base_rss_mb"],
+            f"buffer_{kind}_peak_rss_mb": m["peak_rss_mb"],
+        }
+        rows.append(
+            [
+                label,
+                m["records"],
+                m["stored"],
+                m["rejected"],
+                m["wall_seconds"],
+                m["base_rss_mb"],
+                m["peak_rss_mb"],
+                f"{memory / 2:.0f}",
+                check(m["peak_rss_mb"] < memory / 2),
+            ]
+        )
+    table(
+        "Buffer, one SQS batch of 100 pointer bodies of 32 MB each (peak RSS of the handler's process)",
+        ["bodies", "records", "stored", "refused", "wall s", "base MB", "peak RSS MB", "limit MB", ""],
+        rows,
+    )
 
 
 def end_to_end(out: dict[str, float], n: int) -> None:
@@ -208,6 +240,7 @@ def main() -> None:
     n = int(os.environ.get("BENCH_REQUESTS", "2000"))
     out: dict[str, float] = {}
     full_size(out)
+    buffer_memory(out)
     end_to_end(out, n)
     polled(out)
     OUT.write_text(json.dumps(out, indent=2) + "\n")

@@ -485,7 +485,7 @@ class Emulator:
         for n, item in enumerate(items):
             cid = item.get("custom_id") if isinstance(item, dict) else None
             params = item.get("params") if isinstance(item, dict) else None
-            if not isinstance(cid, str) or not CUSTOM_ID.match(cid):
+            if not isinstance(cid, str) or not CUSTOM_ID.fullmatch(cid):
                 raise ApiError(400, f"requests.{n}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$")
             if cid in seen:
                 raise ApiError(400, f"requests.{n}.custom_id: duplicate custom_id {cid!r} in this batch")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import cost, fullsize, pipeline
+from benchmarks import buffer, cost, fullsize, pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +75,11 @@ def test_the_submitter_streams_the_batch_body_it_uploaded():
 def test_the_collector_reads_every_result():
     got = fullsize.collector(1000)
     assert got["results"] == 1000
+
+
+def test_the_buffer_stores_large_bodies_and_refuses_dense_ones_in_one_batch():
+    stored = buffer.run(4, "valid", size=2 * 1024 * 1024)
+    assert (stored["records"], stored["stored"], stored["failures"]) == (4, 4, 0)
+    refused = buffer.run(4, "dense", size=2 * 1024 * 1024)
+    assert (refused["stored"], refused["rejected"], refused["failures"]) == (0, 4, 0)
+    assert 0 < stored["base_rss_mb"] <= stored["peak_rss_mb"]

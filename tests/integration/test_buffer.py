@@ -124,14 +124,21 @@ def test_poison_messages_reach_the_dead_letter_queue_after_max_receives(aws_stac
     assert [json.loads(m["Body"])["request_id"] for m in dlq.get("Messages", [])] == ["poison-1"]
 
 
+def inbox_bucket() -> str:
+    """The bucket producers offload bodies to (the relay's own when the stack names no inbox)."""
+    from batch_relay.settings import settings
+
+    return settings().inbox
+
+
 def test_large_params_go_to_s3_and_sqs_extended_pointers_are_followed(aws_stack):
     s3 = boto3.client("s3")
-    inbox, bucket = aws_stack.physical["InboxBucket"], aws_stack.physical["PayloadBucket"]
+    bucket = aws_stack.physical["PayloadBucket"]
     big = request("big-1", text="word " * 100_000)  # ~500 KB: over DynamoDB's item limit
-    s3.put_object(Bucket=inbox, Key="producer/big-1.json", Body=json.dumps(big).encode())
+    s3.put_object(Bucket=inbox_bucket(), Key="producer/big-1.json", Body=json.dumps(big).encode())
     pointer = [
         "software.amazon.payloadoffloading.PayloadS3Pointer",
-        {"s3BucketName": inbox, "s3Key": "producer/big-1.json"},
+        {"s3BucketName": inbox_bucket(), "s3Key": "producer/big-1.json"},
     ]
     answer = aws_stack.invoke("BufferFunction", sqs_event([pointer]))
     assert answer == {"batchItemFailures": []}
@@ -148,7 +155,7 @@ def test_a_pointer_to_a_missing_object_is_rejected(aws_stack):
     inbox = aws_stack.subscribe()
     pointer = [
         "software.amazon.payloadoffloading.PayloadS3Pointer",
-        {"s3BucketName": aws_stack.physical["InboxBucket"], "s3Key": "gone.json"},
+        {"s3BucketName": inbox_bucket(), "s3Key": "gone.json"},
     ]
     aws_stack.invoke("BufferFunction", sqs_event([pointer]))
     [c] = aws_stack.drain(inbox)

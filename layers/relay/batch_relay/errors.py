@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import anthropic
 from botocore.exceptions import BotoCoreError, ClientError
 
 T = TypeVar("T")
@@ -66,10 +65,31 @@ class FunctionKilled(BaseException):
     """Raised by fault tests to model a function dying mid-call; no `except Exception` stops it."""
 
 
+# A rejection's reason travels in a log line, an item and a completion: it stays short whatever
+# the caller sent.
+MAX_REASON_BYTES = 1024
+
+
+def excerpt(value: str, limit: int = 40, quote: bool = True) -> str:
+    """A short, escaped (ASCII) excerpt of caller input, for a reason or a log line."""
+    shown = ascii(value[:limit])[1:-1]
+    more = f"... ({len(value):,} chars)" if len(value) > limit else ""
+    return f"'{shown}'{more}" if quote else f"{shown}{more}"
+
+
+def bounded(reason: str, limit: int = MAX_REASON_BYTES) -> str:
+    if len(reason.encode("utf-8", "surrogatepass")) <= limit:
+        return reason
+    cut = reason.encode("utf-8", "surrogatepass")[: limit - 3].decode("utf-8", "ignore")
+    return cut + "..."
+
+
 class RejectedRequest(RelayError):
-    """A request message that can never be processed; the caller gets a `rejected` completion."""
+    """A request message that can never be processed; the caller gets a `rejected` completion.
+    Its reason names the field and quotes at most a short excerpt; the whole is at most 1 KB."""
 
     def __init__(self, reason: str, request_id: str | None = None):
+        reason = bounded(ascii(reason)[1:-1] if not reason.isascii() else reason)
         super().__init__(reason)
         self.reason = reason
         self.request_id = request_id
@@ -79,6 +99,27 @@ def classify(exc: BaseException) -> BaseException:
     """Map a library exception to the relay's own kind, so callers decide on one vocabulary."""
     if isinstance(exc, RelayError):
         return exc
+    if type(exc).__module__.split(".")[0] == "anthropic":
+        kind = _anthropic(exc)
+        if kind is not None:
+            return kind
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _RETRYABLE_AWS or status >= 500:
+            return TransientError(f"AWS {code or status}")
+    if type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
+        return TransientError(f"Anthropic stream broke: {type(exc).__name__}")
+    if isinstance(exc, BotoCoreError):
+        return TransientError(f"AWS client: {type(exc).__name__}")
+    return exc
+
+
+def _anthropic(exc: BaseException) -> BaseException | None:
+    # Imported here: only an exception of the SDK gets this far, so the SDK is loaded already,
+    # and the buffer, which never calls the API, does not load it (about 50 MB) at all.
+    import anthropic
+
     if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
         return ApiAccessError(f"Anthropic refused the API key: {exc.status_code}")
     if isinstance(exc, anthropic.APIStatusError) and exc.status_code == 413:
@@ -93,16 +134,7 @@ def classify(exc: BaseException) -> BaseException:
         return BatchRefusedError(f"Anthropic answered {exc.status_code}: {_api_message(exc)}")
     if isinstance(exc, anthropic.APIConnectionError):
         return TransientError(f"Anthropic unreachable: {type(exc).__name__}")
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in _RETRYABLE_AWS or status >= 500:
-            return TransientError(f"AWS {code or status}")
-    if type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
-        return TransientError(f"Anthropic stream broke: {type(exc).__name__}")
-    if isinstance(exc, BotoCoreError):
-        return TransientError(f"AWS client: {type(exc).__name__}")
-    return exc
+    return None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -138,7 +170,7 @@ def surfacing() -> Iterator[None]:
         raise kind from exc
 
 
-def _api_message(exc: anthropic.APIStatusError) -> str:
+def _api_message(exc: Any) -> str:
     body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
     inner = body.get("error")
     found = inner.get("message") if isinstance(inner, dict) else body.get("message")

@@ -1,17 +1,22 @@
 """The buffer: validate request messages and store each accepted request once.
 
-Outcomes of one SQS record, decided in `accept`:
+Outcomes of one SQS record, decided in `accept`, always on its first receive unless AWS faults:
 - valid and new: its request line stored in S3, and a pending item of its tier pointing at it;
-- valid but its id is already stored: nothing more (the first one is answered);
-- invalid: a `rejected` completion with the reason, and the record is done (never retried);
+- valid but its id is already stored: nothing more (the first one is answered); when its params
+  differ from the first's, an `IdempotencyConflict` is logged and counted;
+- invalid: a `rejected` completion with a short reason, and the record is done (never retried);
   without a usable id, a logged rejection and a metric instead;
 - a transient AWS fault: raised, so that record alone goes back to SQS and, after the queue's
   maxReceiveCount, to the dead-letter queue.
+
+Memory stays bounded whatever the bodies: each record is parsed, checked and its line written
+before the next is read; a line too long to share an object goes to S3 at once, shorter ones
+wait in one shared object of at most BODY_OBJECT_BYTES. Only a few hundred bytes a record are
+kept until the items are written.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections import Counter
@@ -21,34 +26,41 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from botocore.exceptions import ClientError, ParamValidationError
 from pydantic import ValidationError
 
-from . import clock
+from . import bodies, clock
 from .completions import Topic
-from .errors import RejectedRequest, insist
-from .models import ID_PATTERN, Completion, ErrorInfo, RequestMessage
+from .errors import RejectedRequest, excerpt, insist, is_transient
+from .models import ID_PATTERN, TIER_PATTERN, Completion, ErrorInfo, RequestMessage
 from .observability import MetricUnit, logger, metrics
-from .payloads import SHARED_LINE_BYTES, Payloads, request_line
+from .payloads import SHARED_LINE_BYTES, Payloads, request_text
 from .settings import Settings
 from .store import Store, request_key
 
-# The SQS Extended Client's pointer, which producers in Java, Python and .NET already emit.
-EXTENDED_POINTER = "software.amazon.payloadoffloading.PayloadS3Pointer"
 # The most request lines one body object holds; lines of one invocation share objects up to this.
 BODY_OBJECT_BYTES = 8 * 1024 * 1024
 # The Messages API refuses requests over 32 MB; such a request could never be answered.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
-_ID = re.compile(ID_PATTERN)
+_ID = re.compile(ID_PATTERN.strip("^$"))
+_TIER = re.compile(TIER_PATTERN.strip("^$"))
+# S3 answers that say the object cannot be read, however often it is tried.
+_GONE = frozenset({"NoSuchKey", "NoSuchBucket", "404", "AccessDenied", "403", "InvalidObjectState"})
 
 
 @dataclass
 class Parsed:
-    """A valid request, its line as the batch will carry it, and where that line is stored."""
+    """A valid request, what its item needs, and where its line is stored (the line itself is
+    dropped once written)."""
 
+    message_id: str
     rid: str
-    request: RequestMessage
-    line: bytes
+    tier: str
+    model: str
+    metadata: dict[str, str]
+    digest: str | None
     received_at: str
+    length: int
     key: str = ""
     offset: int = 0
 
@@ -58,7 +70,9 @@ class Refused:
     rid: str | None
     reason: str
     received_at: str
-    raw: Any
+    tier: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    digest: str | None = None
 
 
 @dataclass
@@ -70,6 +84,8 @@ class Intake:
     tally: Counter[str] = field(default_factory=Counter)
     processor: BatchProcessor = field(default_factory=lambda: BatchProcessor(event_type=EventType.SQS))
     parsed: dict[str, Parsed | Refused | Exception] = field(default_factory=dict)
+    shelf: list[tuple[Parsed, bytes]] = field(default_factory=list)
+    shelf_bytes: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
@@ -80,113 +96,98 @@ class Intake:
     def process(self, event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
         """One SQS batch: each record accepted on its own; failed records reported for redelivery.
 
-        Every record is parsed first so that the accepted request lines go to S3 together, one
-        object per invocation, and each item holds only a pointer: the item stays under 1 KB, so
-        each of its writes costs one write unit whatever the prompt's size."""
+        Every record is parsed and its line stored before any item is written, so the lines of
+        one invocation share S3 objects and each item holds only a pointer: the item stays under
+        1 KB, so each of its writes costs one write unit whatever the prompt's size."""
         self.tally.clear()
         self.parsed = {}
+        self.shelf, self.shelf_bytes = [], 0
         try:
             for raw in event.get("Records", []):
                 record = SQSRecord(raw)
                 try:
                     self.parsed[record.message_id] = self._parse(record)
                 except Exception as exc:  # raised again in `accept`, so only this record is retried
-                    self.parsed[record.message_id] = exc
-            self._store_lines([p for p in self.parsed.values() if isinstance(p, Parsed)])
+                    self.parsed[record.message_id] = _light(exc)
+            self._flush()
             return process_partial_response(
                 event=event, record_handler=self.accept, processor=self.processor, context=context
             )
         finally:
+            self.parsed = {}
             # One value per metric and invocation: Powertools flushes early past 100 values.
             for name, n in self.tally.items():
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=n)
 
+    # parsing: one record at a time, its line written before the next is read
+
     def _parse(self, record: SQSRecord) -> Parsed | Refused:
         received_at = clock.iso()
         raw: Any = None
+        via_s3 = False
         try:
-            raw = self._body(record)
+            raw = bodies.parse(record.body)
+            bodies.check(raw)
+            if bodies.is_pointer(raw):
+                via_s3 = True
+                raw = bodies.parse(self._fetch(*bodies.pointer(raw)), "body in S3")
+                bodies.check(raw, "body in S3")
             request = self._validate(raw)
         except RejectedRequest as rejection:
-            rid = rejection.request_id or _usable_id(raw, record.message_id)
-            return Refused(rid, rejection.reason, received_at, raw)
+            rid = rejection.request_id or _usable_id(raw, record.message_id, via_s3)
+            return self._refused(rid, rejection.reason, received_at, raw)
         rid = request.request_id or record.message_id
-        return Parsed(rid, request, request_line(rid, request.params.payload()), received_at)
-
-    def _store_lines(self, accepted: list[Parsed]) -> None:
-        """Write the accepted lines to S3: shared objects of up to BODY_OBJECT_BYTES, and a line too
-        large to share in an object of its own."""
-        group: list[Parsed] = []
-        size = 0
-        for p in accepted:
-            if len(p.line) > SHARED_LINE_BYTES:
-                self._put([p])
-                continue
-            if group and size + len(p.line) + 1 > BODY_OBJECT_BYTES:
-                self._put(group)
-                group, size = [], 0
-            group.append(p)
-            size += len(p.line) + 1
-        if group:
-            self._put(group)
-
-    def _put(self, group: list[Parsed]) -> None:
-        key = f"bodies/{clock.iso()[:10]}/{uuid.uuid4().hex}.jsonl"
-        offset = 0
-        for p in group:
-            p.key, p.offset = key, offset
-            offset += len(p.line) + 1
-        self.payloads.put_lines(key, [p.line + b"\n" for p in group])
-
-    def accept(self, record: SQSRecord) -> str:
-        """Handle one SQS record; returns what happened to it ("stored", "duplicate", "rejected")."""
-        parsed = self.parsed[record.message_id]
-        if isinstance(parsed, Exception):
-            raise parsed
-        if isinstance(parsed, Refused):
-            return self._reject(parsed.rid, parsed.reason, parsed.received_at, parsed.raw)
-        rid, request = parsed.rid, parsed.request
-        stored = self.store.add(self._item(parsed, record.message_id))
-        self.tally["RequestsReceived"] += 1
-        if not stored:
-            logger.info("duplicate request ignored", extra={"request_id": rid})
-            return "duplicate"
-        self.tally[f"RequestsBuffered_{request.tier}"] += 1
-        logger.debug("request buffered", extra={"request_id": rid, "tier": request.tier})
-        return "stored"
-
-    def _body(self, record: SQSRecord) -> Any:
+        params = request.params.payload()
+        parsed = Parsed(
+            message_id=record.message_id,
+            rid=rid,
+            tier=request.tier or self.settings.default_tier,
+            model=request.params.model,
+            metadata=request.metadata,
+            digest=bodies.digest(params),
+            received_at=received_at,
+            length=0,
+        )
+        del raw, request
         try:
-            raw = json.loads(record.body)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise RejectedRequest(f"body is not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
-        if (
-            isinstance(raw, list)
-            and len(raw) == 2
-            and raw[0] == EXTENDED_POINTER
-            and isinstance(raw[1], dict)
-        ):
-            bucket, key = raw[1].get("s3BucketName"), raw[1].get("s3Key")
-            if not (isinstance(bucket, str) and isinstance(key, str)):
-                raise RejectedRequest("S3 pointer lacks s3BucketName or s3Key", record.message_id)
-            try:
-                data = self.payloads.read(bucket, key, limit=MAX_REQUEST_BYTES)
-            except ValueError as exc:
-                raise RejectedRequest(f"body in S3 too large: {exc}", record.message_id) from None
-            except (self.payloads.s3.exceptions.NoSuchKey, self.payloads.s3.exceptions.NoSuchBucket):
-                # The body, and so the caller's id, is gone: answer under the SQS message id.
-                raise RejectedRequest(
-                    f"S3 pointer names a missing object s3://{bucket}/{key}", record.message_id
-                ) from None
-            try:
-                raw = json.loads(data)
-            except ValueError as exc:  # bad JSON or bad UTF-8
-                raise RejectedRequest(f"body in S3 is not JSON: {exc}", record.message_id) from None
-        return raw
+            text = request_text(rid, params)
+            del params  # the parsed body: only its text is needed from here on
+            text += "\n"
+            line = text.encode()
+        except (ValueError, RecursionError) as exc:  # checked in `bodies`; kept as a last guard
+            reason = f"params cannot be written as JSON: {type(exc).__name__}"
+            return self._refused(rid, reason, received_at, None)
+        del text
+        parsed.length = len(line) - 1
+        self._keep(parsed, line)
+        return parsed
+
+    def _fetch(self, bucket: str, key: str) -> bytearray:
+        """The body behind a pointer, read only from the inbox bucket."""
+        if bucket != self.settings.inbox:
+            # In AWS the buffer's role could not read it anyway; say so without asking S3.
+            raise RejectedRequest(
+                f"S3 pointer names bucket {excerpt(bucket)}; offloaded bodies are read only from "
+                f"this stack's inbox bucket {self.settings.inbox!r}"
+            )
+        uri = f"s3://{bucket}/{excerpt(key, 80, quote=False)}"
+        try:
+            data = self.payloads.read_into(bucket, key, limit=MAX_REQUEST_BYTES)
+        except ValueError as exc:
+            raise RejectedRequest(f"body in S3 too large: {exc}") from None
+        except ParamValidationError:
+            raise RejectedRequest(f"S3 pointer names an object S3 cannot address: {uri}") from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in _GONE:
+                raise
+            # The body, and so the caller's id, is out of reach: answer under the SQS message id.
+            raise RejectedRequest(f"S3 pointer names a missing object {uri} ({code})") from None
+        return data
 
     def _validate(self, raw: Any) -> RequestMessage:
         if not isinstance(raw, dict):
-            raise RejectedRequest(f"body must be a JSON object, not {type(raw).__name__}")
+            raise RejectedRequest(f"body must be a JSON object, not {_kind(raw)}")
         try:
             request = RequestMessage.model_validate(raw)
         except ValidationError as exc:
@@ -196,28 +197,121 @@ class Intake:
             raise RejectedRequest(f"unknown tier {tier!r}; this deployment has {sorted(self.settings.tiers)}")
         return request.model_copy(update={"tier": tier})
 
-    def _item(self, parsed: Parsed, message_id: str) -> dict[str, Any]:
-        request = parsed.request
-        return {
+    def _refused(self, rid: str | None, reason: str, received_at: str, raw: Any) -> Refused:
+        """What a rejection needs, taken from the body now, so the body itself is not kept."""
+        refused = Refused(rid, reason, received_at)
+        if isinstance(raw, dict):
+            tier = raw.get("tier")
+            refused.tier = tier if isinstance(tier, str) and _TIER.fullmatch(tier) else None
+            refused.metadata = _safe_metadata(raw.get("metadata"))
+            refused.digest = bodies.digest(raw.get("params"))
+        return refused
+
+    # request lines: a long one in its own object at once, short ones shared
+
+    def _keep(self, parsed: Parsed, line: bytes) -> None:
+        """`line` ends in its newline."""
+        if len(line) > SHARED_LINE_BYTES:
+            self._put([(parsed, line)])
+            return
+        if self.shelf and self.shelf_bytes + len(line) > BODY_OBJECT_BYTES:
+            self._flush()
+        self.shelf.append((parsed, line))
+        self.shelf_bytes += len(line)
+
+    def _flush(self) -> None:
+        group, self.shelf, self.shelf_bytes = self.shelf, [], 0
+        if not group:
+            return
+        try:
+            self._put(group)
+        except Exception as exc:  # only the records whose lines it held go back to SQS
+            for parsed, _ in group:
+                self.parsed[parsed.message_id] = _light(exc)
+
+    def _put(self, group: list[tuple[Parsed, bytes]]) -> None:
+        key = f"bodies/{clock.iso()[:10]}/{uuid.uuid4().hex}.jsonl"
+        offset = 0
+        lines: list[bytes] = []
+        for parsed, line in group:
+            parsed.key, parsed.offset = key, offset
+            offset += len(line)
+            lines.append(line)
+        group.clear()
+        self.payloads.put_lines(key, lines)  # one line alone is sent as it is, not copied
+
+    # accepting: items and rejections, one record at a time
+
+    def accept(self, record: SQSRecord) -> str:
+        """Handle one SQS record; returns what happened to it ("stored", "duplicate", "rejected")."""
+        try:
+            return self._accept(self.parsed[record.message_id])
+        except Exception as exc:
+            # Never the body: the exception's type and the message it came from.
+            log = logger.warning if is_transient(exc) else logger.error
+            log(
+                "record failed; SQS will deliver it again",
+                extra={"sqs_message_id": record.message_id, "error_type": type(exc).__name__},
+            )
+            raise
+
+    def _accept(self, parsed: Parsed | Refused | Exception) -> str:
+        if isinstance(parsed, Exception):
+            raise parsed
+        if isinstance(parsed, Refused):
+            return self._reject(parsed)
+        rid = parsed.rid
+        stored = self.store.add(self._item(parsed))
+        self.tally["RequestsReceived"] += 1
+        if not stored:
+            if self._conflict(rid, parsed.digest):
+                return "conflict"
+            logger.info("duplicate request ignored", extra={"request_id": rid})
+            return "duplicate"
+        self.tally[f"RequestsBuffered_{parsed.tier}"] += 1
+        logger.debug("request buffered", extra={"request_id": rid, "tier": parsed.tier})
+        return "stored"
+
+    def _conflict(self, rid: str, digest: str | None, existing: dict[str, Any] | None = None) -> bool:
+        """The id is the idempotency key, so the first request stands; a second one with other
+        params is a caller's mistake worth seeing."""
+        if existing is None:
+            existing = self.store.get(request_key(rid)) or {}
+        first = existing.get("params_digest")
+        if not first or not digest or first == digest:
+            return False
+        logger.warning(
+            "idempotency conflict: the same request_id with other params; the first stands",
+            extra={"request_id": rid, "stored_digest": first, "received_digest": digest},
+        )
+        self.tally["IdempotencyConflict"] += 1
+        return True
+
+    def _item(self, parsed: Parsed) -> dict[str, Any]:
+        item = {
             "pk": request_key(parsed.rid),
             "kind": "request",
             "request_id": parsed.rid,
-            "tier": request.tier,
-            "model": request.params.model,
+            "tier": parsed.tier,
+            "model": parsed.model,
             "status": "pending",
             "attempts": 0,
-            "metadata": request.metadata,
+            "metadata": parsed.metadata,
             "received_at": parsed.received_at,
-            "pending_tier": request.tier,
+            "pending_tier": parsed.tier,
             "pending_since": parsed.received_at,
             "body_key": parsed.key,
             "body_at": parsed.offset,
-            "body_len": len(parsed.line),
-            "sqs_message_id": message_id,
+            "body_len": parsed.length,
+            "sqs_message_id": parsed.message_id,
             "ttl": int(clock.now()) + self.settings.retention_days * 86400,
         }
+        if parsed.digest:
+            item["params_digest"] = parsed.digest
+        return item
 
-    def _reject(self, rid: str | None, reason: str, received_at: str, raw: Any) -> str:
+    def _reject(self, refused: Refused) -> str:
+        rid, reason = refused.rid, refused.reason
         self.tally["RequestsRejected"] += 1
         if rid is None:
             logger.warning("request rejected without a usable id", extra={"reason": reason})
@@ -225,36 +319,38 @@ class Intake:
             return "rejected"
         logger.info("request rejected", extra={"request_id": rid, "reason": reason})
         key = request_key(rid)
-        metadata = raw.get("metadata") if isinstance(raw, dict) else None
         completion = Completion(
             request_id=rid,
             status="rejected",
-            tier=raw.get("tier") if isinstance(raw, dict) and isinstance(raw.get("tier"), str) else None,
+            tier=refused.tier,
             error=ErrorInfo(type="invalid_request", message=reason),
-            metadata=_safe_metadata(metadata),
-            received_at=received_at,
+            metadata=refused.metadata,
+            received_at=refused.received_at,
             completed_at=clock.iso(),
         )
         # The completion is kept on the item before it is published: a retry after a crash in
         # between publishes the very same message, never a second version of it.
-        item = {
+        item: dict[str, Any] = {
             "pk": key,
             "kind": "request",
             "request_id": rid,
             "status": "rejected",
             "error": {"type": "invalid_request", "message": reason},
-            "received_at": received_at,
+            "received_at": refused.received_at,
             "completed_at": completion.completed_at,
             "completion": completion.model_dump(mode="json", exclude_none=True),
             "notified": False,
             "ttl": int(clock.now()) + self.settings.retention_days * 86400,
         }
+        if refused.digest:
+            item["params_digest"] = refused.digest
         if not self.store.add(item):
             existing = self.store.get(key) or {}
             unsent = existing.get("status") == "rejected" and not existing.get("notified")
             if not unsent or "completion" not in existing:
                 # The id belongs to a request already accepted or already answered.
-                logger.info("rejected duplicate ignored", extra={"request_id": rid})
+                if not self._conflict(rid, refused.digest, existing):
+                    logger.info("rejected duplicate ignored", extra={"request_id": rid})
                 return "duplicate"
             completion = Completion.model_validate(existing["completion"])
         self.topic.publish([completion])
@@ -262,12 +358,28 @@ class Intake:
         return "rejected"
 
 
-def _usable_id(raw: Any, message_id: str) -> str | None:
-    """The id to answer a rejected message under: the caller's if valid, the SQS id if none was given."""
-    if not isinstance(raw, dict) or "request_id" not in raw or raw["request_id"] is None:
-        return message_id if isinstance(raw, dict) else None
+def _light(exc: Exception) -> Exception:
+    """The exception without its traceback, whose frames would keep a whole body alive."""
+    exc.__traceback__ = None
+    exc.__context__ = exc.__cause__ = None
+    return exc
+
+
+def _kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _usable_id(raw: Any, message_id: str, via_s3: bool = False) -> str | None:
+    """The id to answer a rejected message under: the caller's if valid, the SQS id if none was
+    given (or the body behind a pointer is not an object)."""
+    if not isinstance(raw, dict):
+        return message_id if via_s3 else None
+    if raw.get("request_id") is None:
+        return message_id
     rid = raw["request_id"]
-    return rid if isinstance(rid, str) and _ID.match(rid) else None
+    return rid if isinstance(rid, str) and _ID.fullmatch(rid) else None
 
 
 def _safe_metadata(value: Any) -> dict[str, str]:
@@ -279,15 +391,15 @@ def _safe_metadata(value: Any) -> dict[str, str]:
                 "metadata": value,
             }
         ).metadata
-    except ValidationError:
+    except (ValidationError, ValueError, RecursionError):
         return {}
 
 
 def _explain(exc: ValidationError) -> str:
-    """A short reason naming each bad field; never echoes the input (it may hold prompt text)."""
+    """A short reason naming each bad field; quotes caller input only as a short excerpt."""
     parts = []
-    for err in exc.errors(include_input=False, include_url=False)[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "body"
+    for err in exc.errors(include_input=False, include_url=False, include_context=False)[:5]:
+        where = ".".join(excerpt(str(p), 24, quote=False) for p in err["loc"]) or "body"
         parts.append(f"{where}: {err['msg']}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

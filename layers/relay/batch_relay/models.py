@@ -11,13 +11,37 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from .errors import excerpt
+
+# Patterns for the JSON Schema and pydantic (whose `$` is the end of the text). Python code matches
+# with `fullmatch`: Python's `$` also matches before a final newline.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+TIER_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 RequestId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 # SNS allows ten message attributes; three are ours (status, tier, model).
 MAX_METADATA_KEYS = 7
+MAX_METADATA_VALUE = 256
 RESERVED_ATTRIBUTES = frozenset({"status", "tier", "model"})
-_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+# SNS's rules for attribute names: up to 256 of these characters, no leading or trailing dot,
+# no "..", no "AWS." or "Amazon." prefix (any case).
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,256}")
+_SNS_PREFIXES = ("aws.", "amazon.")
+# Characters SNS (and SQS, for raw delivery) accept in an attribute value.
+_ATTRIBUTE_VALUE = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
+
+
+def attribute_name_problem(key: str) -> str | None:
+    """Why SNS would refuse `key` as a message attribute name of ours, or None."""
+    if not _ATTRIBUTE_NAME.fullmatch(key) or key.startswith(".") or key.endswith(".") or ".." in key:
+        return (
+            f"metadata key {excerpt(key)} is not a valid SNS attribute name (1-256 of A-Z a-z 0-9 _ - ., "
+            "no leading, trailing or double dot)"
+        )
+    if key.lower() in RESERVED_ATTRIBUTES or key.lower().startswith(_SNS_PREFIXES):
+        return f"metadata key {excerpt(key)} is reserved"
+    return None
+
 
 Status = Literal["succeeded", "errored", "expired", "canceled", "rejected"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "errored", "expired", "canceled", "rejected"})
@@ -65,19 +89,32 @@ class RequestMessage(BaseModel):
         default=None, description="caller's idempotency key; the same id is answered once"
     )
     params: MessageParams
-    tier: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] | None = None
-    metadata: dict[str, Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=dict)
+    tier: Annotated[str, StringConstraints(pattern=TIER_PATTERN)] | None = None
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]] = Field(
+        default_factory=dict,
+        description="up to 7 string values, set as SNS message attributes: names of 1-256 characters "
+        "A-Z a-z 0-9 _ - . (no leading, trailing or double dot, no AWS./Amazon. prefix, not status, "
+        "tier or model), values of at most 256 characters",
+    )
 
-    @field_validator("metadata")
+    @field_validator("metadata", mode="before")
     @classmethod
-    def _metadata_keys(cls, value: dict[str, str]) -> dict[str, str]:
+    def _metadata(cls, value: Any) -> Any:
+        # Checked before pydantic's own errors, whose locations would quote a key whole.
+        if not isinstance(value, dict):
+            return value
         if len(value) > MAX_METADATA_KEYS:
             raise ValueError(f"metadata has {len(value)} keys; at most {MAX_METADATA_KEYS}")
-        for key in value:
-            if not _ATTRIBUTE_NAME.match(key) or ".." in key or key.endswith("."):
-                raise ValueError(f"metadata key {key!r} is not a valid SNS attribute name")
-            if key.lower() in RESERVED_ATTRIBUTES or key.lower().startswith(("aws.", "amazon.")):
-                raise ValueError(f"metadata key {key!r} is reserved")
+        for key, item in value.items():
+            problem = attribute_name_problem(key)
+            if problem:
+                raise ValueError(problem)
+            if not isinstance(item, str):
+                raise ValueError(f"metadata value of {excerpt(key)} must be a string")
+            if len(item) > MAX_METADATA_VALUE:
+                raise ValueError(f"metadata value of {excerpt(key)} is over {MAX_METADATA_VALUE} characters")
+            if not _ATTRIBUTE_VALUE.fullmatch(item):
+                raise ValueError(f"metadata value of {excerpt(key)} holds a character SNS refuses")
         return value
 
 

@@ -26,11 +26,13 @@ CACHE_BYTES = 64 * 1024 * 1024
 SHARED_LINE_BYTES = 256 * 1024
 
 
-def request_line(custom_id: str, params: dict[str, Any]) -> bytes:
+def request_text(custom_id: str, params: dict[str, Any]) -> str:
     """One request of a batch's JSONL, as the buffer stores it and the create call sends it."""
-    return json.dumps(
-        {"custom_id": custom_id, "params": params}, separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    return json.dumps({"custom_id": custom_id, "params": params}, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_line(custom_id: str, params: dict[str, Any]) -> bytes:
+    return request_text(custom_id, params).encode()
 
 
 class Payloads:
@@ -97,6 +99,29 @@ class Payloads:
                     i for name in parts.get((key, g), []) for i in json.loads(self.read(self.bucket, name))
                 }
                 yield key, g, [e for e in groups[g] if e["id"] not in gone]
+
+    def read_into(self, bucket: str, key: str, limit: int) -> bytearray:
+        """An object's bytes in a buffer of its exact size, which the caller may clear once read
+        (a 32 MB body is then held once, not twice); ValueError past `limit`, checked first."""
+        obj = self.s3.get_object(Bucket=bucket, Key=key)
+        size = int(obj["ContentLength"])
+        body = obj["Body"]
+        try:
+            if size > limit:
+                raise ValueError(f"object is {size} bytes; the limit is {limit}")
+            data = bytearray(size)
+            view = memoryview(data)
+            got = 0
+            while got < size:
+                chunk = body.read(min(size - got, 1 << 20))
+                if not chunk:
+                    raise OSError(f"s3://{bucket}/{key} ended after {got} of {size} bytes")
+                view[got : got + len(chunk)] = chunk
+                got += len(chunk)
+            view.release()
+            return data
+        finally:
+            body.close()
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         span = f"bytes={offset}-{offset + length - 1}"
