@@ -278,7 +278,7 @@ def test_an_sns_failure_while_collecting_is_retried(loaded, emulator, monkeypatc
     from batch_relay.completions import Topic
 
     stack, inbox, ids = loaded
-    calls = fail_once(monkeypatch, Topic, "_send", errors.TransientError("SNS 500"))
+    calls = fail_once(monkeypatch, Topic, "send", errors.TransientError("SNS 500"))
     stack.pump()
     assert calls["n"] >= 2
     assert_once(stack, inbox, ids, emulator)
