@@ -133,7 +133,7 @@ class _Context:
     function_name = "BufferFunction"
     function_version = "$LATEST"
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:BufferFunction"
-    memory_limit_in_mb = 512
+    memory_limit_in_mb = 1024
     aws_request_id = "bench"
     log_group_name = "/aws/lambda/BufferFunction"
     log_stream_name = "bench"

@@ -159,4 +159,45 @@ def test_a_pointer_to_a_missing_object_is_rejected(aws_stack):
     ]
     aws_stack.invoke("BufferFunction", sqs_event([pointer]))
     [c] = aws_stack.drain(inbox)
-    assert c["status"] == "rejected" and "missing object" in c["error"]["message"]
+    assert c["status"] == "rejected" and "missing or unreadable object" in c["error"]["message"]
+
+
+def test_an_inbox_object_no_try_can_read_is_rejected_on_its_first_receive(aws_stack):
+    from botocore.exceptions import ClientError
+
+    inbox = aws_stack.subscribe()
+    boto3.client("s3").put_object(Bucket=inbox_bucket(), Key="sse-c.json", Body=json.dumps(request("ssec-1")))
+
+    def encrypted_with_the_producers_key(function, operation):
+        if function == "BufferFunction" and operation == "GetObject":
+            error = {"Code": "InvalidRequest", "Message": "The object was stored using a form of SSE"}
+            raise ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}, operation)
+
+    aws_stack.before = encrypted_with_the_producers_key
+    pointer = [
+        "software.amazon.payloadoffloading.PayloadS3Pointer",
+        {"s3BucketName": inbox_bucket(), "s3Key": "sse-c.json"},
+    ]
+    answer = aws_stack.invoke("BufferFunction", sqs_event([request("ok-1"), pointer]))
+    aws_stack.before = None
+    assert answer == {"batchItemFailures": []}
+    [c] = aws_stack.drain(inbox)
+    assert c["status"] == "rejected" and "InvalidRequest" in c["error"]["message"]
+    assert item(aws_stack, "ok-1")["status"] == "pending"
+
+
+def test_records_past_the_parsing_time_go_back_alone(aws_stack, monkeypatch):
+    from batch_relay import intake
+
+    seen = {"n": 0}
+
+    def spent_after_two(context):
+        seen["n"] += 1
+        return seen["n"] > 2
+
+    monkeypatch.setattr(intake, "_spent", spent_after_two)
+    event = sqs_event([request(f"t{i}") for i in range(5)])
+    answer = aws_stack.invoke("BufferFunction", event)
+    deferred = {f["itemIdentifier"] for f in answer["batchItemFailures"]}
+    assert deferred == {r["messageId"] for r in event["Records"][2:]}
+    assert [bool(item(aws_stack, f"t{i}")) for i in range(5)] == [True, True, False, False, False]

@@ -99,3 +99,21 @@ def test_pointers_of_both_formats_are_recognised_and_malformed_ones_refused():
             with pytest.raises(RejectedRequest):
                 bodies.pointer(bad)
     assert not bodies.is_pointer(["something.else", {}])
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        (b'{"a": "x, [y] {z}", "b": [1, 2]}', 4),  # a prompt's own commas and brackets do not count
+        (b'{"a": "\\\\", "b": 1}', 2),  # an escaped backslash ends before the quote
+        (b'{"a": "\\"", "b": 1}', 2),  # an escaped quote does not end the string
+        (b'{"a": "' + b'\\"' * 100_000 + b'", "b": [' + b"1," * 10 + b"1]}", 13),
+    ],
+)
+def test_values_are_counted_outside_strings_only(text, values):
+    assert bodies._values(text) == values
+
+
+def test_counting_stops_past_the_limit():
+    many = b"[" + b"1," * (bodies.MAX_VALUES + 10) + b"1]"
+    assert bodies._values(many) == bodies.MAX_VALUES + 1

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from . import bodies, clock
 from .completions import Topic
-from .errors import RejectedRequest, excerpt, insist, is_transient
+from .errors import RejectedRequest, TransientError, excerpt, insist, is_transient
 from .models import ID_PATTERN, TIER_PATTERN, Completion, ErrorInfo, RequestMessage
 from .observability import MetricUnit, logger, metrics
 from .payloads import SHARED_LINE_BYTES, Payloads, request_text
@@ -45,7 +45,6 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024
 _ID = re.compile(ID_PATTERN.strip("^$"))
 _TIER = re.compile(TIER_PATTERN.strip("^$"))
 # S3 answers that say the object cannot be read, however often it is tried.
-_GONE = frozenset({"NoSuchKey", "NoSuchBucket", "404", "AccessDenied", "403", "InvalidObjectState"})
 
 
 @dataclass
@@ -63,6 +62,10 @@ class Parsed:
     length: int
     key: str = ""
     offset: int = 0
+
+
+# Parsing stops with this much of the invocation left, for writing the lines and items.
+PARSE_RESERVE_MS = 12_000
 
 
 @dataclass
@@ -105,6 +108,14 @@ class Intake:
         try:
             for raw in event.get("Records", []):
                 record = SQSRecord(raw)
+                if _spent(context):
+                    # Large bodies took the invocation's time: the rest go back to the queue now,
+                    # not with the whole batch when the function times out.
+                    self.parsed[record.message_id] = TransientError(
+                        "deferred: this invocation's time is spent"
+                    )
+                    self.tally["RecordsDeferred"] += 1
+                    continue
                 try:
                     self.parsed[record.message_id] = self._parse(record)
                 except Exception as exc:  # raised again in `accept`, so only this record is retried
@@ -178,11 +189,12 @@ class Intake:
         except ParamValidationError:
             raise RejectedRequest(f"S3 pointer names an object S3 cannot address: {uri}") from None
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code not in _GONE:
-                raise
-            # The body, and so the caller's id, is out of reach: answer under the SQS message id.
-            raise RejectedRequest(f"S3 pointer names a missing object {uri} ({code})") from None
+            if is_transient(exc):
+                raise  # throttling or a 5xx: the record is tried again
+            # Missing, refused, encrypted with a key we are not given...: no later try can read
+            # it. The body, and so the caller's id, is out of reach: answer under the SQS message id.
+            code = excerpt(str(exc.response.get("Error", {}).get("Code", "")), 60, quote=False)
+            raise RejectedRequest(f"S3 pointer names a missing or unreadable object {uri} ({code})") from None
         return data
 
     def _validate(self, raw: Any) -> RequestMessage:
@@ -356,6 +368,12 @@ class Intake:
         self.topic.publish([completion])
         insist(lambda: self.store.update(key, notified=True))
         return "rejected"
+
+
+def _spent(context: Any) -> bool:
+    """Whether parsing must stop: what is left of the invocation is kept for storing what was read."""
+    left = getattr(context, "get_remaining_time_in_millis", None)
+    return left is not None and left() < PARSE_RESERVE_MS
 
 
 def _light(exc: Exception) -> Exception:
