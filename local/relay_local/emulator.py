@@ -228,6 +228,7 @@ class _Fault:
     remaining: int
     retry_after: float | None
     route: str | None
+    message: str | None = None
 
 
 def _stamp(ts: float | None) -> str | None:
@@ -296,11 +297,14 @@ class Emulator:
         count: int = 1,
         retry_after: float | None = None,
         route: str | None = None,
+        message: str | None = None,
     ) -> None:
         """Answer the next `count` calls whose method and path (and route, e.g. "results") match
-        with this error status, in the API's error shape."""
+        with this error status (and message), in the API's error shape."""
         with self._lock:
-            self._faults.append(_Fault(method.upper(), path_prefix, status, count, retry_after, route))
+            self._faults.append(
+                _Fault(method.upper(), path_prefix, status, count, retry_after, route, message)
+            )
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -392,7 +396,8 @@ class Emulator:
                 matches = fault.method == method and path.startswith(fault.prefix)
                 if fault.remaining > 0 and matches and fault.route in (None, route):
                     fault.remaining -= 1
-                    raise ApiError(fault.status, f"injected {fault.status}", fault.retry_after)
+                    message = fault.message or f"injected {fault.status}"
+                    raise ApiError(fault.status, message, fault.retry_after)
 
     def _random_refusal(self) -> None:
         with self._lock:

@@ -84,6 +84,7 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
     },
     "CollectResultsFunctionRole": {
         ("dynamodb:GetItem", "{table}", ""),
+        ("dynamodb:PutItem", "{table}", ""),
         ("dynamodb:UpdateItem", "{table}", ""),
         ("dynamodb:DeleteItem", "{table}", ""),
         ("dynamodb:BatchGetItem", "{table}", ""),

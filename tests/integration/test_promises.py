@@ -487,3 +487,97 @@ def test_a_hold_longer_than_its_maximum_answers_the_requests(make_stack, emulato
     per_id = assert_once(stack, inbox, ids)
     assert {c[0]["error"]["type"] for c in per_id.values()} == {"invalid_request_error"}
     assert all("credit balance" in c[0]["error"]["message"] for c in per_id.values())
+
+
+# Found by review: each failed before the change that follows it.
+
+
+def test_a_lone_candidate_another_record_may_own_is_verified_not_adopted(stack, emulator):
+    inbox = stack.subscribe()
+    stack.send([request("a")])
+    stack.deliver()
+    emulator.inject("POST", "/v1/messages/batches", 500, count=1)  # a: nothing made
+    stack.tick()
+    stack.advance(60)
+    stack.send([request("b")])
+    stack.deliver()
+    emulator.lose_create_answers(1)  # b: made, its answer lost, inside a's window
+    stack.tick()
+    assert len(emulator.batch_ids()) == 1
+    stack.advance(PAST_WINDOW)
+    stack.pump()
+    assert_once(stack, inbox, ["a", "b"], emulator)
+    assert len(emulator.batch_ids()) == 2
+
+
+def test_a_run_killed_after_restarting_a_poller_never_starts_a_second_beside_it(
+    loaded, emulator, monkeypatch
+):
+    import threading
+
+    from batch_relay.poller import Poller
+
+    stack, inbox, ids = loaded
+    emulator.inject("GET", "/v1/messages/batches/msgbatch_", 500, count=60, retry_after=0.001)
+    stack.tick()
+    [run] = stack.settle()
+    assert run["status"] == "FAILED"
+    emulator.clear_faults()
+    gate = threading.Event()
+    real_check = Poller.check
+
+    def held_check(self, *args, **kwargs):
+        gate.wait(30)  # the restarted poller is still running when the next run looks
+        return real_check(self, *args, **kwargs)
+
+    monkeypatch.setattr(Poller, "check", held_check)
+    killed = []
+
+    def after(function, operation):
+        if function == "SubmitterFunction" and operation == "StartExecution" and not killed:
+            killed.append(operation)
+            raise errors.FunctionKilled("killed right after StartExecution acted")
+
+    stack.after = after
+    with pytest.raises(errors.FunctionKilled):
+        stack.tick()  # restarts the poller, dies before recording it
+    stack.after = None
+    stack.advance(1000)  # past the dead run's lease and the restart delay
+    stack.tick()
+    running = [e["name"] for e in stack.executions() if e["status"] == "RUNNING"]
+    gate.set()
+    assert len(running) == 1, "two pollers run the same batch"
+    stack.settle()
+    assert_once(stack, inbox, ids, emulator)
+
+
+NO_CREDIT_AT_CREATE = "Your credit balance is too low to access the Anthropic API."
+SPEND_LIMIT = "You have reached your specified API usage limits. You will regain access on 2026-12-01."
+
+
+@pytest.mark.parametrize("message", [NO_CREDIT_AT_CREATE, SPEND_LIMIT])
+def test_an_account_refusal_at_create_holds_the_tier_and_answers_nothing(loaded, emulator, message):
+    stack, inbox, ids = loaded
+    emulator.inject("POST", "/v1/messages/batches", 400, count=40, message=message)
+    stack.tick()
+    assert emulator.batch_ids() == [], "a batch was created while its tier was held"
+    assert emulator.calls[("POST", "create")] == 1, "creates went on although the tier was held"
+    assert stack.drain(inbox) == [], "an account problem was answered as the requests' fault"
+    assert stack.open_work()["pending"] == len(ids)
+    emulator.clear_faults()
+    stack.pump()
+    per_id = assert_once(stack, inbox, ids, emulator)
+    assert {c[0]["status"] for c in per_id.values()} == {"succeeded"}
+    assert {c[0]["attempts"] for c in per_id.values()} == {1}
+
+
+def test_collect_never_sleeps_past_its_timeout_whatever_the_api_asks(loaded, emulator, monkeypatch):
+    import anthropic._base_client as base
+
+    stack, inbox, ids = loaded
+    asked: list[float] = []
+    monkeypatch.setattr(base.time, "sleep", asked.append)
+    emulator.inject("GET", "/v1/messages/batches/msgbatch_", 429, count=1, retry_after=3600, route="results")
+    stack.pump()
+    assert all(s < 60 for s in asked), f"the SDK slept {max(asked)} s inside a function"
+    assert_once(stack, inbox, ids, emulator)

@@ -31,9 +31,8 @@ SECRET_MAX_AGE = 300
 CREATE_BACKOFF_SECONDS = 5.0
 # A call is not started with less time than this left.
 MIN_CALL_SECONDS = 5.0
-# Longest single try of a retrieve or a results download, and the SDK's longest honoured wait.
-CALL_SECONDS = 120.0
-RETRY_ALLOWANCE_SECONDS = 60.0
+# Longest wait for one read of an answer: less than the margin a function keeps before its timeout.
+CALL_SECONDS = 30.0
 LIST_PAGE = 100
 
 
@@ -131,27 +130,24 @@ def _retry_after(exc: BaseException | None) -> float | None:
 
 
 def _bounded(deadline: float | None) -> anthropic.Anthropic:
-    """The client for one call that must end by `deadline`: one SDK retry at most, and no call
-    (with its waits) running past the invocation's own time; Step Functions does the waiting."""
+    """The client for one call that must end by `deadline`: no SDK retry (the SDK would wait as
+    long as a retry-after says, past any function's timeout), each read bounded; the caller's
+    own retries (Step Functions', the next run's) do the waiting."""
     if deadline is None:
         return client()
     left = max(1.0, deadline - clock.now())
-    # One retry only while two attempts and the SDK's own wait still fit.
-    retries = 1 if left > 2 * CALL_SECONDS + RETRY_ALLOWANCE_SECONDS else 0
-    per_try = min(CALL_SECONDS, left if retries == 0 else (left - RETRY_ALLOWANCE_SECONDS) / 2)
-    return client().with_options(
-        max_retries=retries, timeout=httpx.Timeout(per_try, connect=min(10.0, per_try))
-    )
+    per_read = min(CALL_SECONDS, left)
+    return client().with_options(max_retries=0, timeout=httpx.Timeout(per_read, connect=min(10.0, per_read)))
 
 
 def retrieve(batch_id: str, deadline: float | None = None) -> Any:
     return _call(_bounded(deadline).messages.batches.retrieve, batch_id)
 
 
-def created_between(start: float, end: float) -> Iterator[Any]:
+def created_between(start: float, end: float, deadline: float | None = None) -> Iterator[Any]:
     """Batches the API created in [start, end], newest first, read page by page."""
     try:
-        for batch in client().messages.batches.list(limit=LIST_PAGE):
+        for batch in _bounded(deadline).messages.batches.list(limit=LIST_PAGE):
             created = batch.created_at.timestamp()
             if created < start:
                 return
@@ -161,9 +157,9 @@ def created_between(start: float, end: float) -> Iterator[Any]:
         raise _sorted(exc) from exc
 
 
-def custom_ids(batch_id: str) -> Iterator[str]:
+def custom_ids(batch_id: str, deadline: float | None = None) -> Iterator[str]:
     """The custom_ids in an ended batch's results, to tell whose batch it is."""
-    for line in results(batch_id):
+    for line in results(batch_id, deadline=deadline):
         yield str(line.get("custom_id"))
 
 

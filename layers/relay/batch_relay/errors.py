@@ -6,6 +6,7 @@ buffer lets SQS redeliver only what may succeed on a later try.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +51,11 @@ class BatchTooLargeError(RelayError):
 class BatchRefusedError(RelayError):
     """The API refused a batch outright (a definitive 4xx): nothing was created. Splitting it finds
     the request(s) at fault; a lone refused request is answered with the API's message."""
+
+
+class AccountError(RelayError):
+    """The API refused the account, not the request (billing, credit, a spending limit): the
+    requests wait in their tier, which pauses, and are never answered for it too early."""
 
 
 class NotAcceptedError(TransientError):
@@ -130,6 +136,8 @@ def _anthropic(exc: BaseException) -> BaseException | None:
         exc.status_code >= 500 or exc.status_code in (408, 409)
     ):
         return TransientError(f"Anthropic answered {exc.status_code}")
+    if isinstance(exc, anthropic.APIStatusError) and _account_level(exc):
+        return AccountError(f"Anthropic refused the account ({exc.status_code}): {_api_message(exc)}")
     if isinstance(exc, anthropic.APIStatusError) and 400 <= exc.status_code < 500:
         return BatchRefusedError(f"Anthropic answered {exc.status_code}: {_api_message(exc)}")
     if isinstance(exc, anthropic.APIConnectionError):
@@ -168,6 +176,24 @@ def surfacing() -> Iterator[None]:
         if kind is exc:
             raise
         raise kind from exc
+
+
+# What the API says when the account, not the request, is at fault.
+ACCOUNT_MESSAGE = re.compile(r"credit balance|billing|usage limit|spend(ing)? limit", re.IGNORECASE)
+
+
+def account_level(error_type: str, message: str) -> bool:
+    """An error that says the account, not the request, is at fault."""
+    return error_type in ("billing_error", "authentication_error", "permission_error") or (
+        error_type == "invalid_request_error" and bool(ACCOUNT_MESSAGE.search(message))
+    )
+
+
+def _account_level(exc: Any) -> bool:
+    body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error")
+    kind = str(inner.get("type") or "") if isinstance(inner, dict) else ""
+    return exc.status_code == 402 or kind == "billing_error" or account_level(kind, _api_message(exc))
 
 
 def _api_message(exc: Any) -> str:

@@ -7,6 +7,7 @@ back to the state machine, which calls `collect` again: no invocation holds a wh
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -20,6 +21,8 @@ from .results import CHUNK, Settler
 from .settings import Settings
 from .store import Store, batch_key, held_by, released, request_key
 
+# A collect invocation's lease outlives its budget by its function's safety margin.
+LEASE_MARGIN_SECONDS = 60
 # Every way a settled request is counted on its batch's record (see `Settler.settle`).
 OUTCOME_TALLIES = ("succeeded", "errored", "expired", "canceled", "retried", "held")
 
@@ -76,13 +79,27 @@ class Poller:
 
     def collect(self, event: dict[str, Any], deadline: float) -> dict[str, Any]:
         """Collect results from `cursor` on until the stream ends or the time budget is spent."""
-        batch_id, ref = event["batch_id"], event["ref"]
+        ref = event["ref"]
         record = self.store.get(batch_key(ref))
         if record is None:
             raise ValueError(f"no batch record for ref {ref}")
         out = {**event, "done": False}
         if record["status"] in ("collected", "foreign"):
             return out | {"done": True}  # a duplicate or late poller: nothing left to do
+        # One collector at a time per batch: two (a restarted poller beside a late one) would both
+        # read a request as still claimed and both answer it.
+        holder, now = uuid.uuid4().hex, clock.now()
+        if not self.store.lease(f"collect#{ref}", holder, deadline + LEASE_MARGIN_SECONDS, now):
+            raise TransientError("another poller is collecting this batch")
+        try:
+            return self._collect(event, record, out, deadline)
+        finally:
+            self.store.unlease(f"collect#{ref}", holder)
+
+    def _collect(
+        self, event: dict[str, Any], record: dict[str, Any], out: dict[str, Any], deadline: float
+    ) -> dict[str, Any]:
+        batch_id, ref = event["batch_id"], event["ref"]
         if _answered(record):
             # An earlier try settled chunks: what it wrote but did not publish goes out first.
             self.settler.flush(ref)
@@ -154,6 +171,8 @@ class Poller:
         self.store.update(
             batch_key(ref), status="foreign", updated_at=clock.iso(), remove=("pending_tier", "pending_since")
         )
+        # The batch may be another record's of this stack, whose create answer was lost too.
+        self.store.disown(record["batch_id"], ref)
         logger.error(
             "results hold requests this batch never claimed; its requests are released",
             extra={

@@ -18,14 +18,13 @@ with growing pauses, until `max_hold_seconds` have passed since it was first hel
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from . import clock
+from . import clock, errors
 from .completions import INLINE_BUDGET, Topic, encode, entry, groups
 from .errors import TransientError, insist
 from .models import Completion, ErrorInfo
@@ -37,8 +36,6 @@ from .store import Store, batch_key, dynamo, held_by, request_key
 
 # Transient per-request errors are tried again in a later batch; anything else is final.
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error", "results_unavailable"})
-ACCOUNT_ERRORS = frozenset({"billing_error", "authentication_error", "permission_error"})
-_NO_CREDIT = re.compile(r"credit balance|billing", re.IGNORECASE)
 CHUNK = 100
 TOKEN_METRICS = {
     "input_tokens": "InputTokens",
@@ -64,11 +61,7 @@ def errored(custom_id: str, error_type: str, message: str) -> dict[str, Any]:
 
 def account_level(error: ErrorInfo | None) -> bool:
     """An error that says the account, not the request, is at fault."""
-    if error is None:
-        return False
-    return error.type in ACCOUNT_ERRORS or (
-        error.type == "invalid_request_error" and bool(_NO_CREDIT.search(error.message))
-    )
+    return error is not None and errors.account_level(error.type, error.message)
 
 
 @dataclass

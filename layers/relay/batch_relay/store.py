@@ -164,6 +164,11 @@ class Store:
             return False
         return True
 
+    def disown(self, batch_id: str, ref: str) -> None:
+        """Give up API batch <batch_id> (it was not <ref>'s after all), so its own record may take it."""
+        with suppress(self.table.meta.client.exceptions.ConditionalCheckFailedException):
+            self.table.delete_item(Key={"pk": f"batchid#{batch_id}"}, ConditionExpression=Attr("ref").eq(ref))
+
     def owners(self, batch_ids: Iterable[str]) -> dict[str, str]:
         """The record ref that owns each of these API batches, for those the stack has recorded."""
         found = self.get_many(f"batchid#{b}" for b in batch_ids)

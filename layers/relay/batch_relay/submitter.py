@@ -41,6 +41,7 @@ from typing import Any
 from . import batches, clock, executions
 from .completions import Topic
 from .errors import (
+    AccountError,
     ApiAccessError,
     BatchRefusedError,
     BatchTooLargeError,
@@ -57,8 +58,8 @@ from .store import LIVE, Store, batch_key, claimed, held_by, released, request_k
 STALE_SECONDS = 15 * 60
 # Clocks of two invocations (and the API's) may disagree by this much; a lease outlives its run
 # by as long, and a create's window is widened by it on both sides.
-LEASE_MARGIN_SECONDS = 30
 CLOCK_SKEW_SECONDS = 60
+LEASE_MARGIN_SECONDS = CLOCK_SKEW_SECONDS
 # Room for the `{"requests":[...]}` envelope around the request lines.
 ENVELOPE_BYTES = 1024
 # Of a run's time, what claiming leaves for the create (and the writes after it).
@@ -153,14 +154,14 @@ class Submitter:
 
     def flush(self, name: str, tier: Tier) -> None:
         cap = self.settings.max_batch_requests
-        held = self.store.held_until(name)
-        if held is not None and clock.now() < held:
-            logger.warning("tier held after an account problem", extra={"tier": name, "until": held})
-            metrics.add_metric(name="TierHeld", unit=MetricUnit.Count, value=1)
-            return
-        # A batch made after a hold ends it, if the API answers it (see `Poller._finish`).
-        self.after_hold = held is not None
         while self.due(name, tier):
+            held = self.store.held_until(name)
+            if held is not None and clock.now() < held:
+                logger.warning("tier held after an account problem", extra={"tier": name, "until": held})
+                metrics.add_metric(name="TierHeld", unit=MetricUnit.Count, value=1)
+                return
+            # A batch made after a hold ends it, if the API answers it (see `Poller._finish`).
+            self.after_hold = held is not None
             if clock.now() >= self.claim_until:
                 logger.warning("run out of time to claim; the next run goes on", extra={"tier": name})
                 return
@@ -180,8 +181,8 @@ class Submitter:
                 # Halve the batch until it fits, or until the request the API refuses stands alone.
                 cap = max(1, int(record["request_count"]) // 2)
                 metrics.add_metric(name="BatchSplit", unit=MetricUnit.Count, value=1)
-            except (NotAcceptedError, OutcomeUnknownError):
-                return  # the API is busy or unreachable: the tier waits for the next run
+            except (NotAcceptedError, OutcomeUnknownError, AccountError):
+                return  # the API is busy, unreachable or refuses the account: the tier waits
 
     def claim(self, tier: str, cap: int) -> tuple[dict[str, Any] | None, int]:
         """Claim the oldest pending requests of a tier into a new batch and write its JSONL to S3;
@@ -315,11 +316,13 @@ class Submitter:
             logger.warning("batch refused by the API; splitting", extra={"ref": ref, "error": str(exc)})
             self.release(record, status="split")
             raise
-        except (ApiAccessError, NotAcceptedError) as exc:
+        except (ApiAccessError, NotAcceptedError, AccountError) as exc:
             # The API answered no: nothing was created, so the requests go back to their tier.
             logger.error("batch refused; requests released", extra={"ref": ref, "error": str(exc)})
             metrics.add_metric(name="BatchCreateRefused", unit=MetricUnit.Count, value=1)
             self.release(record, status="refused")
+            if isinstance(exc, AccountError):
+                self.settler.hold(record["tier"])  # not the requests' fault: the tier pauses
             raise
         except OutcomeUnknownError:
             # The batch may or may not exist now: a later run adopts it or proves it absent.
@@ -364,7 +367,7 @@ class Submitter:
     def start(self, record: dict[str, Any], restarts: int = 0) -> None:
         """Start (or restart) the batch's poller; its execution name is the batch id (-r<n>)."""
         assert self.settings.state_machine_arn, "STATE_MACHINE_ARN is required by the submitter"
-        name = record["batch_id"] if restarts == 0 else f"{record['batch_id']}-r{restarts}"
+        name = _execution_name(record["batch_id"], restarts)
         payload = {
             "batch_id": record["batch_id"],
             "ref": record["ref"],
@@ -423,7 +426,13 @@ class Submitter:
                     self.report["reconciled"] += 1
             except _Taken:
                 logger.warning("batch already owned by another record", extra={"ref": record["ref"]})
-            except (BatchTooLargeError, BatchRefusedError, NotAcceptedError, OutcomeUnknownError):
+            except (
+                BatchTooLargeError,
+                BatchRefusedError,
+                NotAcceptedError,
+                OutcomeUnknownError,
+                AccountError,
+            ):
                 pass  # `submit` has dealt with it (released, or left for the next run) and logged it
             except Exception as exc:
                 logger.exception(
@@ -485,14 +494,18 @@ class Submitter:
         of several (another deployment on the same key), only the one whose results carry
         exactly this batch's journaled ids, once they have all ended."""
         count = int(record["request_count"])
-        fits = [b for b in batches.created_between(start, end) if _total(b) == count]
+        fits = [b for b in batches.created_between(start, end, self.create_until) if _total(b) == count]
         owners = self.store.owners(b.id for b in fits)
         for b in fits:
             if owners.get(b.id) == record["ref"]:
                 return b  # the record's own, claimed before a crash
         candidates = [b for b in fits if b.id not in owners]
-        if len(candidates) <= 1:
-            return candidates[0] if candidates else None
+        if not candidates:
+            return None
+        if len(candidates) == 1 and not self._rivals(record, start, end):
+            return candidates[0]
+        # Several could be ours, or another record of ours waits on the same window: only the
+        # results can say whose a batch is.
         metrics.add_metric(name="AmbiguousAdoptions", unit=MetricUnit.Count, value=1)
         if any(b.processing_status != "ended" for b in candidates):
             logger.warning(
@@ -500,8 +513,22 @@ class Submitter:
             )
             return _WAIT
         ours = set(self.payloads.journaled(record["ref"]))
-        matching = [b for b in candidates if set(batches.custom_ids(b.id)) == ours]
+        matching = [b for b in candidates if set(batches.custom_ids(b.id, self.create_until)) == ours]
         return matching[0] if len(matching) == 1 else None
+
+    def _rivals(self, record: dict[str, Any], start: float, end: float) -> bool:
+        """Whether another record of this stack, as large, also has a create of unknown outcome
+        in an overlapping window: a lone candidate could then be either's."""
+        for other in self.store.live_batches():
+            if other["ref"] == record["ref"] or other["status"] != "creating":
+                continue
+            if int(other["request_count"]) != int(record["request_count"]):
+                continue
+            o_start = clock.parse(other["create_started"]) - CLOCK_SKEW_SECONDS
+            o_end = clock.parse(other["create_until"]) + CLOCK_SKEW_SECONDS
+            if o_start <= end and start <= o_end:
+                return True
+        return False
 
     def _recover_created(self, record: dict[str, Any], idle: float) -> bool:
         if idle < STALE_SECONDS:
@@ -536,7 +563,17 @@ class Submitter:
         after = record.get("restart_after")
         if after and clock.now() < clock.parse(after):
             return False
-        restarts = int(record.get("restarts", 0)) + 1
+        assert self.settings.state_machine_arn, "STATE_MACHINE_ARN is required by the submitter"
+        # A poller may still run: one started by a run that died before recording it, or the one
+        # a late, stale execution's failure record hid. Never start a second beside it.
+        last = int(record.get("restarts", 0))
+        for name in dict.fromkeys([record.get("execution"), _execution_name(record["batch_id"], last)]):
+            if name and executions.status(self.settings.state_machine_arn, name) == "RUNNING":
+                self.store.update(
+                    batch_key(record["ref"]), status="polling", execution=name, updated_at=clock.iso()
+                )
+                return True
+        restarts = last + 1
         delay = min(RESTART_CAP_SECONDS, RESTART_BASE_SECONDS * 2 ** (restarts - 1))
         self.store.update(
             batch_key(record["ref"]), restart_after=clock.iso(clock.now() + delay), restarts=restarts
@@ -555,6 +592,10 @@ class _Taken(Exception):
 
 
 _WAIT = object()
+
+
+def _execution_name(batch_id: str, restarts: int) -> str:
+    return batch_id if restarts == 0 else f"{batch_id}-r{restarts}"
 
 
 def _total(batch: Any) -> int:
