@@ -39,3 +39,18 @@ def stored_line(bucket: str, item: dict[str, Any]) -> dict[str, Any]:
     span = f"bytes={start}-{start + length - 1}"
     body = boto3.client("s3").get_object(Bucket=bucket, Key=item["body_key"], Range=span)["Body"].read()
     return json.loads(body)
+
+
+def stop_execution(arn: str, tries: int = 100) -> None:
+    """Stop a poller execution by hand, once moto's engine has set it going (it refuses before)."""
+    import time
+
+    sfn = boto3.client("stepfunctions")
+    for n in range(tries):
+        try:
+            sfn.stop_execution(executionArn=arn, error="Operator", cause="stopped by hand")
+            return
+        except AttributeError:  # the execution's worker has not started yet
+            if n == tries - 1:
+                raise
+            time.sleep(0.05)

@@ -148,7 +148,7 @@ def test_list_is_newest_first_and_pages(client, emu, clock):
 
 
 def test_cancel_then_delete(client, emu, clock):
-    batch = client.messages.batches.create(requests=[req(f"c{i}") for i in range(10)])
+    batch = client.messages.batches.create(requests=[req(f"c{i}") for i in range(40)])
     clock.advance(30)  # half of the latency: about half the requests are processed
     assert client.messages.batches.cancel(batch.id).processing_status == "canceling"
     with pytest.raises(anthropic.BadRequestError):

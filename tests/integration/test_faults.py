@@ -264,7 +264,7 @@ def test_a_batch_canceled_by_an_operator_ends_in_canceled_completions(loaded, em
     import anthropic
 
     stack, inbox, ids = loaded
-    emulator.latency_seconds = 30
+    emulator.latency_seconds = 3600  # canceled long before any request is processed
     stack.tick()
     [batch_id] = emulator.batch_ids()
     anthropic.Anthropic(base_url=emulator.url, api_key="operator").messages.batches.cancel(batch_id)
@@ -368,9 +368,10 @@ def test_a_request_the_api_returns_no_result_for_is_tried_again(loaded, emulator
     real = batches.results
     first: list[str] = []
 
-    def one_line_short(batch_id, skip=0):
+    def one_line_short(batch_id, skip=0, **bounds):
         first[:] = first or [batch_id]
-        return (line for line in real(batch_id, skip) if batch_id != first[0] or line["custom_id"] != "q3")
+        lines = real(batch_id, skip, **bounds)
+        return (line for line in lines if batch_id != first[0] or line["custom_id"] != "q3")
 
     monkeypatch.setattr(batches, "results", one_line_short)
     stack.pump()

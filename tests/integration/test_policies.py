@@ -25,7 +25,7 @@ from batch_relay.errors import FunctionKilled
 from botocore.exceptions import ClientError
 from botocore.handlers import BUILTIN_HANDLERS
 
-from tests.helpers import request
+from tests.helpers import request, stop_execution
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 # Grants no call exercises, each with why it is still needed.
@@ -282,7 +282,7 @@ def run_every_path(stack: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch) -
     stack.advance(3600)
     stack.tick()
     running = [e for e in stack.executions() if e["status"] == "RUNNING"]
-    boto3.client("stepfunctions").stop_execution(executionArn=running[0]["executionArn"])
+    stop_execution(running[0]["executionArn"])
     stack.settle()
     stack.advance(3 * 3600)
     emulator.latency_seconds = 0.2

@@ -15,7 +15,7 @@ from batch_relay import errors
 from botocore.exceptions import ClientError
 
 from tests.conftest import load_event
-from tests.helpers import by_id, request
+from tests.helpers import by_id, request, stop_execution
 from tests.integration.test_faults import STALE, assert_once, ids_in_batches
 
 pytestmark = pytest.mark.integration
@@ -234,8 +234,7 @@ def test_an_execution_stopped_without_recording_it_is_noticed_and_restarted(load
     emulator.latency_seconds = 3
     stack.tick()
     [run] = stack.executions()
-    sfn = boto3.client("stepfunctions")
-    sfn.stop_execution(executionArn=run["executionArn"], error="Operator", cause="stopped by hand")
+    stop_execution(run["executionArn"])
     stack.settle()
     assert [r["status"] for r in records(stack)] in (["polling"], ["collecting"])
     stack.advance(7200 + STALE + 1)
