@@ -201,3 +201,31 @@ def test_records_past_the_parsing_time_go_back_alone(aws_stack, monkeypatch):
     deferred = {f["itemIdentifier"] for f in answer["batchItemFailures"]}
     assert deferred == {r["messageId"] for r in event["Records"][2:]}
     assert [bool(item(aws_stack, f"t{i}")) for i in range(5)] == [True, True, False, False, False]
+
+
+def test_a_refused_write_of_the_request_lines_stores_no_item_pointing_at_nothing(aws_stack):
+    from botocore.exceptions import ClientError
+
+    refused = []
+
+    def refuse_the_lines(function, operation):
+        if function == "BufferFunction" and operation == "PutObject" and not refused:
+            refused.append(operation)
+            error = {"Code": "SlowDown", "Message": "Please reduce your request rate."}
+            raise ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 503}}, operation)
+
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    aws_stack.before = refuse_the_lines
+    event = sqs_event([request(f"w{i}") for i in range(3)])
+    with pytest.raises(BatchProcessingError):  # every record failed: the whole batch goes back
+        aws_stack.invoke("BufferFunction", event)
+    aws_stack.before = None
+    assert [item(aws_stack, f"w{i}") for i in range(3)] == [None, None, None]
+    assert aws_stack.invoke("BufferFunction", event) == {"batchItemFailures": []}
+    for i in range(3):
+        stored = item(aws_stack, f"w{i}")
+        body = boto3.client("s3").get_object(
+            Bucket=aws_stack.physical["PayloadBucket"], Key=stored["body_key"]
+        )
+        assert body["ContentLength"] > 0

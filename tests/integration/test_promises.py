@@ -580,3 +580,21 @@ def test_collect_never_sleeps_past_its_timeout_whatever_the_api_asks(loaded, emu
     stack.pump()
     assert all(s < 60 for s in asked), f"the SDK slept {max(asked)} s inside a function"
     assert_once(stack, inbox, ids, emulator)
+
+
+def test_a_request_whose_body_is_gone_is_answered_and_its_tier_moves_on(stack, emulator):
+    inbox = stack.subscribe()
+    stack.send([request("gone-1")])
+    stack.deliver()  # gone-1's line sits in an object of its own
+    stack.send([request(f"k{i}") for i in range(5)])
+    stack.deliver()
+    table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
+    key = table.get_item(Key={"pk": "req#gone-1"})["Item"]["body_key"]
+    boto3.client("s3").delete_object(Bucket=stack.physical["PayloadBucket"], Key=key)
+    stack.pump(rounds=5)
+    per_id = assert_once(stack, inbox, ["gone-1", *(f"k{i}" for i in range(5))], emulator)
+    assert per_id["gone-1"][0]["status"] == "errored"
+    assert per_id["gone-1"][0]["error"]["type"] == "request_unavailable"
+    assert "could not be read back" in per_id["gone-1"][0]["error"]["message"]
+    assert per_id["gone-1"][0]["attempts"] == 1
+    assert {per_id[f"k{i}"][0]["status"] for i in range(5)} == {"succeeded"}

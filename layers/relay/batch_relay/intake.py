@@ -235,10 +235,11 @@ class Intake:
         group, self.shelf, self.shelf_bytes = self.shelf, [], 0
         if not group:
             return
+        held = [parsed for parsed, _ in group]  # `_put` empties the group as it goes
         try:
             self._put(group)
         except Exception as exc:  # only the records whose lines it held go back to SQS
-            for parsed, _ in group:
+            for parsed in held:
                 self.parsed[parsed.message_id] = _light(exc)
 
     def _put(self, group: list[tuple[Parsed, bytes]]) -> None:

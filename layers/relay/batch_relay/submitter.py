@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from . import batches, clock, executions
 from .completions import Topic
 from .errors import (
@@ -192,6 +194,7 @@ class Submitter:
         limit = self.settings.max_batch_bytes - ENVELOPE_BYTES
         writer = self.payloads.writer(record["input_key"])
         giants: list[dict[str, Any]] = []
+        lost: list[dict[str, Any]] = []
         try:
             for number, page in enumerate(self.store.pages(tier, size=min(cap, 1000))):
                 # The index lags the table: only what a consistent read says is pending is taken.
@@ -204,7 +207,10 @@ class Submitter:
                     item = fresh.get(listed["pk"])
                     if item is None or item.get("status") != "pending" or item.get("pending_tier") != tier:
                         continue
-                    line = self.bodies.line(item["body_key"], int(item["body_at"]), int(item["body_len"]))
+                    line = self._line(item)
+                    if line is None:
+                        lost.append(item)  # its body is gone: answered, never a tier stuck on it
+                        continue
                     if len(line) + 1 > limit:
                         giants.append(item)  # no batch of this deployment can ever hold it
                         continue
@@ -226,12 +232,16 @@ class Submitter:
             writer.abort()
             raise
         for item in giants:
-            self.refuse_alone(tier, item)
+            self.refuse_alone(
+                tier, item, "request_too_large", "the request alone exceeds the batch size limit"
+            )
+        for item in lost:
+            self.refuse_alone(tier, item, "request_unavailable", "the request's body could not be read back")
         if writer.count == 0:
             self.store.update(
                 batch_key(record["ref"]), status="empty", remove=("pending_tier", "pending_since")
             )
-            return None, len(giants)
+            return None, len(giants) + len(lost)
         record.update(request_count=writer.count, bytes=writer.bytes, status="uploaded")
         self.store.update(
             batch_key(record["ref"]),
@@ -240,7 +250,7 @@ class Submitter:
             bytes=writer.bytes,
             updated_at=clock.iso(),
         )
-        return record, len(giants)
+        return record, len(giants) + len(lost)
 
     def _new_record(self, tier: str, status: str = "claiming", **extra: Any) -> dict[str, Any]:
         ref = uuid.uuid4().hex
@@ -264,14 +274,22 @@ class Submitter:
         self.store.add(record)
         return record
 
-    def refuse_alone(self, tier: str, item: dict[str, Any]) -> None:
-        """Answer one request larger than any batch may be, through a record of its own."""
+    def _line(self, item: dict[str, Any]) -> bytes | None:
+        """A pending request's line, None if its body object is gone (no later read can help)."""
+        try:
+            return self.bodies.line(item["body_key"], int(item["body_at"]), int(item["body_len"]))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            logger.error(
+                "a request's body is missing; it is answered", extra={"request_id": item["request_id"]}
+            )
+            return None
+
+    def refuse_alone(self, tier: str, item: dict[str, Any], error: str, message: str) -> None:
+        """Answer one request no batch can take, through a record of its own."""
         record = self._new_record(
-            tier,
-            status="closing",
-            close_error="request_too_large",
-            close_message="the request alone exceeds the batch size limit",
-            close_status="refused",
+            tier, status="closing", close_error=error, close_message=message, close_status="refused"
         )
         self.payloads.journal(record["ref"], 0, [item["request_id"]])
         self.store.put_many([claimed(item, record["ref"], record["claimed_at"])])
