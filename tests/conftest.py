@@ -67,3 +67,15 @@ def make_stack(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 @pytest.fixture
 def stack(make_stack: Any) -> Any:
     return make_stack()
+
+
+@pytest.fixture
+def loaded(stack: Any) -> tuple[Any, str, list[str]]:
+    """The stack with twelve urgent requests buffered, and a queue subscribed to its completions."""
+    from tests.helpers import request
+
+    inbox = stack.subscribe()
+    ids = [f"q{i}" for i in range(12)]
+    stack.send([request(i) for i in ids])
+    stack.deliver()
+    return stack, inbox, ids

@@ -46,15 +46,6 @@ def fail_once(monkeypatch, owner, name, exc, nth=1):
     return calls
 
 
-@pytest.fixture
-def loaded(stack):
-    inbox = stack.subscribe()
-    ids = [f"q{i}" for i in range(12)]
-    stack.send([request(i) for i in ids])
-    stack.deliver()
-    return stack, inbox, ids
-
-
 def test_crash_after_create_before_marking_adopts_the_batch(loaded, emulator, monkeypatch):
     from batch_relay.submitter import Submitter
 

@@ -48,15 +48,6 @@ def throttled(operation):
     )
 
 
-@pytest.fixture
-def loaded(stack):
-    inbox = stack.subscribe()
-    ids = [f"q{i}" for i in range(12)]
-    stack.send([request(i) for i in ids])
-    stack.deliver()
-    return stack, inbox, ids
-
-
 # 1. A lost create answer bills nothing twice.
 
 
