@@ -308,7 +308,7 @@ def test_report_html_is_one_page_whose_charts_add_up_to_the_totals(stack, emulat
     turn = charts["chart-turnaround"]
     points = {cd[0]: y for t in turn["data"] for cd, y in zip(t["customdata"], t["y"], strict=True)}
     table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"]).scan()["Items"]
-    ended = {i["batch_id"]: i for i in table if i["kind"] == "batch" and i.get("ended_at")}
+    ended = {i["batch_id"]: i for i in table if i.get("kind") == "batch" and i.get("ended_at")}
     assert set(points) == set(ended) == set(emulator.batch_ids())
     divisor = UNITS[turn["layout"]["yaxis"]["title"]["text"].split(",")[0]]
     for batch_id, y in points.items():
