@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import boto3
 
-from benchmarks.fullsize import BUCKET, _rss_mb, services
+from benchmarks.fullsize import BUCKET, _rss_mb, child, services
 
 ROOT = Path(__file__).resolve().parents[1]
 # A table of its own for each run: the moto servers of one process share their state.
@@ -74,7 +73,7 @@ def run(n: int, kind: str, size: int = BODY_BYTES) -> dict[str, Any]:
         with tempfile.NamedTemporaryFile("w", suffix=".json") as event:
             event.write(json.dumps({"Records": records}))
             event.flush()
-            got = _child(env | {"TOPIC_ARN": topic, "TABLE_NAME": table}, event.name)
+            got = child("benchmarks.buffer", env | {"TOPIC_ARN": topic, "TABLE_NAME": table}, event.name)
         pages = boto3.client("dynamodb", **client).get_paginator("scan").paginate(TableName=table)
         items = [{k: next(iter(v.values())) for k, v in i.items()} for p in pages for i in p["Items"]]
     stored = sum(1 for i in items if i.get("status") == "pending")
@@ -110,20 +109,6 @@ def _record(body: str) -> dict[str, Any]:
         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:requests",
         "awsRegion": "us-east-1",
     }
-
-
-def _child(env: dict[str, str], event: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.buffer", event],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark child failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 # the child's side: the handler as template.yaml names it, with its own imports

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -86,13 +87,15 @@ def services() -> Any:
         moto.stop()
 
 
-def _child(env: dict[str, str], *args: object) -> dict[str, Any]:
+def child(module: str, env: dict[str, str], *args: object) -> dict[str, Any]:
+    """Run `python -m module args` from the repository's root; its last stdout line, as JSON."""
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fullsize", *map(str, args)],
+        [sys.executable, "-m", module, *map(str, args)],
         env=env,
         capture_output=True,
         text=True,
         check=False,
+        cwd=Path(__file__).resolve().parents[1],
     )
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed: {out.stderr[-2000:]}")
@@ -104,7 +107,7 @@ def submitter(n: int, prompt_bytes: int) -> dict[str, Any]:
     submitter's two big legs."""
     with services() as (env, emulator, s3), tempfile.NamedTemporaryFile("w", suffix=".txt") as pointers:
         _stage(s3, n, prompt_bytes, pointers)
-        got = _child(env, "submit", pointers.name)
+        got = child("benchmarks.fullsize", env, "submit", pointers.name)
         [batch_id] = emulator.batch_ids()
         counts = emulator.handle(
             "GET",
@@ -130,7 +133,7 @@ def collector(n: int) -> dict[str, Any]:
         requests = [{"custom_id": f"r{i:06d}", "params": params(i, 200)} for i in range(n)]
         batch = client.messages.batches.create(requests=requests)
         del requests
-        return _child(env, "collect", batch.id, n)
+        return child("benchmarks.fullsize", env, "collect", batch.id, n)
 
 
 def _stage(s3: Any, n: int, prompt_bytes: int, pointers: Any) -> None:
