@@ -19,7 +19,7 @@ from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .results import CHUNK, Settler
 from .settings import Settings
-from .store import Store, batch_key, held_by, released, request_key
+from .store import Store, batch_key
 
 # A collect invocation's lease outlives its budget by its function's safety margin.
 LEASE_MARGIN_SECONDS = 60
@@ -165,12 +165,7 @@ class Poller:
         """Result lines for requests this batch never held: the batch is not ours (a wrong
         adoption). Its lines are not used; our requests go back to their tier for a new batch."""
         ref = record["ref"]
-        items = self.store.get_many(request_key(rid) for rid in self.payloads.journaled(ref))
-        back = [released(item) for item in items.values() if held_by(item, ref)]
-        self.store.put_many(back)
-        self.store.update(
-            batch_key(ref), status="foreign", updated_at=clock.iso(), remove=("pending_tier", "pending_since")
-        )
+        back = self.settler.release(record, status="foreign")
         # The batch may be another record's of this stack, whose create answer was lost too.
         self.store.disown(record["batch_id"], ref)
         logger.error(
@@ -179,7 +174,7 @@ class Poller:
                 "batch_id": record.get("batch_id"),
                 "ref": ref,
                 "strangers": len(strangers),
-                "released": len(back),
+                "released": back,
             },
         )
         metrics.add_metric(name="WrongAdoptions", unit=MetricUnit.Count, value=1)

@@ -32,7 +32,7 @@ from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .pricing import cost_of
 from .settings import Settings
-from .store import Store, batch_key, dynamo, held_by, request_key
+from .store import Store, batch_key, dynamo, held_by, released, request_key
 
 # Transient per-request errors are tried again in a later batch; anything else is final.
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error", "results_unavailable"})
@@ -77,6 +77,18 @@ class Settler:
         ids = self.payloads.journaled(record["ref"])
         while chunk := [errored(rid, error_type, message) for rid in islice(ids, CHUNK)]:
             self.settle(record, chunk, None)
+
+    def release(self, record: dict[str, Any], status: str) -> int:
+        """Put the requests batch <ref> still holds back in their tier (the batch was never
+        created, or is not ours), the attempt given back, and end the batch with `status`."""
+        ref = record["ref"]
+        items = self.store.get_many(request_key(rid) for rid in self.payloads.journaled(ref))
+        back = [released(item) for item in items.values() if held_by(item, ref)]
+        self.store.put_many(back)
+        self.store.update(
+            batch_key(ref), status=status, updated_at=clock.iso(), remove=("pending_tier", "pending_since")
+        )
+        return len(back)
 
     def settle(self, record: dict[str, Any], chunk: list[dict[str, Any]], results_key: str | None) -> None:
         if results_key:

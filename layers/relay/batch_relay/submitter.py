@@ -54,7 +54,7 @@ from .observability import MetricUnit, logger, metrics
 from .payloads import Bodies, Payloads, RequestsBody
 from .results import Settler
 from .settings import Settings, Tier
-from .store import LIVE, Store, batch_key, claimed, held_by, released, request_key
+from .store import LIVE, Store, batch_key, claimed
 
 # A batch left in one state longer than a submitter run may take was left by a crashed run.
 STALE_SECONDS = 15 * 60
@@ -75,7 +75,6 @@ RESULTS_KEPT_SECONDS = 29 * 86400
 # A batch ends within 24 hours of its creation (its unprocessed requests expire).
 BATCH_LIFETIME_SECONDS = 24 * 3600
 IN_FLIGHT = frozenset({"claiming", "uploaded", "creating", "created", "polling", "failed"})
-FINISHED = frozenset({"collected", "empty", "split", "refused", "released", "abandoned", "foreign"})
 
 
 @dataclass
@@ -332,13 +331,13 @@ class Submitter:
                 self._close_with(record, error, str(exc), "refused")
                 return
             logger.warning("batch refused by the API; splitting", extra={"ref": ref, "error": str(exc)})
-            self.release(record, status="split")
+            self.settler.release(record, status="split")
             raise
         except (ApiAccessError, NotAcceptedError, AccountError) as exc:
             # The API answered no: nothing was created, so the requests go back to their tier.
             logger.error("batch refused; requests released", extra={"ref": ref, "error": str(exc)})
             metrics.add_metric(name="BatchCreateRefused", unit=MetricUnit.Count, value=1)
-            self.release(record, status="refused")
+            self.settler.release(record, status="refused")
             if isinstance(exc, AccountError):
                 self.settler.hold(record["tier"])  # not the requests' fault: the tier pauses
             raise
@@ -410,21 +409,9 @@ class Submitter:
 
     # recovery
 
-    def release(self, record: dict[str, Any], status: str) -> int:
-        """Put the requests batch <ref> still holds back in their tier (the batch was never
-        created, or is not ours), the attempt given back."""
-        ref = record["ref"]
-        items = self.store.get_many(request_key(rid) for rid in self.payloads.journaled(ref))
-        back = [released(item) for item in items.values() if held_by(item, ref)]
-        self.store.put_many(back)
-        self.store.update(
-            batch_key(ref), status=status, updated_at=clock.iso(), remove=("pending_tier", "pending_since")
-        )
-        return len(back)
-
     def disown(self, record: dict[str, Any], why: str) -> None:
         """A batch taken for ours that is not: our requests go back to their tier for a new batch."""
-        n = self.release(record, status="foreign")
+        n = self.settler.release(record, status="foreign")
         logger.error(
             "a batch was wrongly adopted; requests released", extra={"ref": record["ref"], "why": why, "n": n}
         )
@@ -476,7 +463,7 @@ class Submitter:
     def _recover_claiming(self, record: dict[str, Any], idle: float) -> bool:
         if idle < STALE_SECONDS:
             return False
-        n = self.release(record, status="released")
+        n = self.settler.release(record, status="released")
         logger.warning("released an abandoned claim", extra={"ref": record["ref"], "n": n})
         return True
 
