@@ -127,6 +127,11 @@ class LocalStack:
         self.after: Callable[[str, str], None] | None = None
         # Seconds the relay's clock runs ahead of real time; `advance` moves it, to make tiers due.
         self.offset = 0.0
+        # Realtime messages the function hid (a retry-after): each delay asked, and until when (on
+        # the relay's clock) each message stays out of delivery, so tests need not wait it out.
+        self.hidden_for: list[float] = []
+        self._hidden: dict[str, float] = {}
+        self._receipts: dict[str, str] = {}
 
     # lifecycle
 
@@ -400,6 +405,12 @@ class LocalStack:
             _RUNNING.calls += 1
             if stack.before is not None:
                 stack.before(function, operation)
+            if operation == "ChangeMessageVisibility" and params.get("ReceiptHandle") in stack._receipts:
+                # A message hidden for a retry-after comes back when the relay's clock says so.
+                seconds = float(params["VisibilityTimeout"])
+                stack.hidden_for.append(seconds)
+                stack._hidden[stack._receipts[params["ReceiptHandle"]]] = clock.now() + seconds
+                params = {**params, "VisibilityTimeout": 0}
             answer = real_call(self, operation, params)
             if stack.after is not None:
                 stack.after(function, operation)
@@ -509,6 +520,46 @@ class LocalStack:
             failed += len(failures)
         return {"delivered": delivered, "failed": failed}
 
+    def deliver_realtime(self, rounds: int = 1000) -> dict[str, int]:
+        """Deliver the realtime queue to its function one message an invocation (its BatchSize),
+        as Lambda would; a message the function hid for a retry-after waits until the relay's clock
+        passes it (`advance`), a failed one comes back at once."""
+        from batch_relay import clock
+
+        url, arn = self.queue_url("RealtimeQueue"), self.arns["RealtimeQueue"]
+        delivered = failed = 0
+        waiting: dict[str, str] = {}  # message id -> receipt handle, put back visible at the end
+        for _ in range(rounds):
+            got = self.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], MessageAttributeNames=["All"]
+            ).get("Messages", [])
+            if not got:
+                break
+            for m in got:
+                if self._hidden.get(m["MessageId"], 0.0) > clock.now():
+                    waiting[m["MessageId"]] = m["ReceiptHandle"]
+                    continue
+                self._receipts[m["ReceiptHandle"]] = m["MessageId"]
+                try:
+                    answer = self.invoke("RealtimeFunction", {"Records": [sqs_record(m, arn)]})
+                    ok = not answer.get("batchItemFailures")
+                except (Exception, FunctionKilled):
+                    ok = False
+                if ok:
+                    self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+                    delivered += 1
+                    continue
+                failed += 1
+                if self._hidden.get(m["MessageId"], 0.0) > clock.now():
+                    waiting[m["MessageId"]] = m["ReceiptHandle"]
+                else:
+                    self.sqs.change_message_visibility(
+                        QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0
+                    )
+        for handle in waiting.values():
+            self.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=0)
+        return {"delivered": delivered, "failed": failed, "waiting": len(waiting)}
+
     def tick(self) -> Any:
         """Fire the submitter as its schedule would."""
         return self.invoke("SubmitterFunction", json.loads((ROOT / "events" / "submitter.json").read_text()))
@@ -557,7 +608,9 @@ class LocalStack:
         for n in range(1, rounds + 1):
             self.deliver()
             self.tick()
+            self.deliver_realtime()
             self.settle(timeout)
+            self.deliver_realtime()
             work = self.open_work()
             if not work["pending"] and not work["live_batches"]:
                 return n

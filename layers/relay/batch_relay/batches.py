@@ -7,6 +7,7 @@ names a secret, otherwise from ANTHROPIC_API_KEY, which is meant for local runs 
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterable, Iterator
 from functools import cache
@@ -172,3 +173,44 @@ def results(batch_id: str, skip: int = 0, deadline: float | None = None) -> Iter
                 yield line.to_dict()
     except (anthropic.APIError, httpx.HTTPError) as exc:
         raise _sorted(exc) from exc
+
+
+def cancel(batch_id: str, deadline: float | None = None) -> Any:
+    return _call(_bounded(deadline).messages.batches.cancel, batch_id)
+
+
+def message(params: dict[str, Any], deadline: float) -> dict[str, Any]:
+    """One realtime Messages API call, at list price. No SDK retry: a 429/529 comes back at once
+    with its retry-after (`retry_after`), for the caller to wait out or hand back to its queue;
+    the read may take as long as `deadline` allows (a long answer is generated before it is sent)."""
+    left = max(1.0, deadline - clock.now())
+    bounded = client().with_options(max_retries=0, timeout=httpx.Timeout(left, connect=min(10.0, left)))
+    # Parameters this SDK does not name yet still reach the API, as they would in a batch.
+    known = {k: v for k, v in params.items() if k in _CREATE_PARAMS}
+    extra = {k: v for k, v in params.items() if k not in _CREATE_PARAMS}
+    answer = _call(bounded.messages.create, **known, **({"extra_body": extra} if extra else {}))
+    return answer.to_dict()  # type: ignore[no-any-return]
+
+
+_CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters) - {
+    "self",
+    "extra_headers",
+    "extra_query",
+    "extra_body",
+    "timeout",
+    "stream",
+}
+
+
+COUNTED_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+
+
+def count_tokens(params: dict[str, Any], deadline: float | None = None) -> int:
+    """The input tokens of a request, counted by the API (free, rate-limited on its own)."""
+    fields = {k: params[k] for k in COUNTED_FIELDS if k in params}
+    return int(_call(_bounded(deadline).messages.count_tokens, **fields).input_tokens)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The wait a refused call's answer asks for, if it names one."""
+    return _retry_after(exc.__cause__ if exc.__cause__ is not None else exc)

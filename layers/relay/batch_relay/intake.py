@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from . import bodies, clock
 from .completions import Topic
+from .deadlines import sort_key
 from .errors import RejectedRequest, TransientError, excerpt, insist, is_transient
 from .models import ID_PATTERN, TIER_PATTERN, Completion, ErrorInfo, RequestMessage
 from .observability import MetricUnit, logger, metrics
@@ -60,6 +61,8 @@ class Parsed:
     digest: str | None
     received_at: str
     length: int
+    max_tokens: int = 0
+    deadline: str | None = None
     key: str = ""
     offset: int = 0
 
@@ -149,15 +152,18 @@ class Intake:
             return self._refused(rid, rejection.reason, received_at, raw)
         rid = request.request_id or record.message_id
         params = request.params.payload()
+        tier = request.tier or self.settings.default_tier
         parsed = Parsed(
             message_id=record.message_id,
             rid=rid,
-            tier=request.tier or self.settings.default_tier,
+            tier=tier,
             model=request.params.model,
             metadata=request.metadata,
             digest=bodies.digest(params),
             received_at=received_at,
             length=0,
+            max_tokens=request.params.max_tokens,
+            deadline=self._deadline(request, tier, received_at),
         )
         del raw, request
         try:
@@ -208,6 +214,13 @@ class Intake:
         if tier not in self.settings.tiers:
             raise RejectedRequest(f"unknown tier {tier!r}; this deployment has {sorted(self.settings.tiers)}")
         return request.model_copy(update={"tier": tier})
+
+    def _deadline(self, request: RequestMessage, tier: str, received_at: str) -> str | None:
+        """The request's own deadline, else its tier's default, as a UTC timestamp."""
+        if request.deadline is not None:
+            return clock.iso(request.deadline.timestamp())
+        seconds = self.settings.tiers[tier].deadline_seconds
+        return clock.iso(clock.parse(received_at) + seconds) if seconds else None
 
     def _refused(self, rid: str | None, reason: str, received_at: str, raw: Any) -> Refused:
         """What a rejection needs, taken from the body now, so the body itself is not kept."""
@@ -312,7 +325,10 @@ class Intake:
             "metadata": parsed.metadata,
             "received_at": parsed.received_at,
             "pending_tier": parsed.tier,
-            "pending_since": parsed.received_at,
+            "pending_since": sort_key(
+                parsed.received_at, parsed.deadline, self.settings.tiers[parsed.tier], self.settings
+            ),
+            "max_tokens": parsed.max_tokens,
             "body_key": parsed.key,
             "body_at": parsed.offset,
             "body_len": parsed.length,
@@ -321,6 +337,8 @@ class Intake:
         }
         if parsed.digest:
             item["params_digest"] = parsed.digest
+        if parsed.deadline:
+            item["deadline"] = parsed.deadline
         return item
 
     def _reject(self, refused: Refused) -> str:

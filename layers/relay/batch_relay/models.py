@@ -9,7 +9,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from .errors import excerpt
 
@@ -44,6 +52,8 @@ def attribute_name_problem(key: str) -> str | None:
 
 
 Status = Literal["succeeded", "errored", "expired", "canceled", "rejected"]
+# How a request was answered: in a message batch (half price) or by the Messages API at list price.
+Route = Literal["batch", "realtime"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "errored", "expired", "canceled", "rejected"})
 
 
@@ -90,6 +100,11 @@ class RequestMessage(BaseModel):
     )
     params: MessageParams
     tier: Annotated[str, StringConstraints(pattern=TIER_PATTERN)] | None = None
+    deadline: AwareDatetime | None = Field(
+        default=None,
+        description="RFC 3339 time (with its offset) by which the completion is needed: a request a batch "
+        "can no longer answer in time goes to the Messages API at list price instead",
+    )
     metadata: dict[str, Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]] = Field(
         default_factory=dict,
         description="up to 7 string values, set as SNS message attributes: names of 1-256 characters "
@@ -136,9 +151,16 @@ class ErrorInfo(BaseModel):
 
 
 class Cost(BaseModel):
-    batch_usd: float
-    list_usd: float
-    saved_usd: float
+    batch_usd: float = Field(
+        description="what the request cost: its batch price, or its list price if realtime"
+    )
+    list_usd: float = Field(description="what it costs at list price")
+    saved_usd: float = Field(description="list_usd - batch_usd: 0 for a realtime answer")
+    both_ways_usd: float | None = Field(
+        default=None,
+        description="a request answered in realtime after it was put in a batch: the batch price of its "
+        "batch copy, also billed (estimated from this answer when the batch has not ended yet)",
+    )
 
 
 class Completion(BaseModel):
@@ -148,7 +170,10 @@ class Completion(BaseModel):
 
     request_id: str
     status: Status
-    batch_id: str | None = None
+    batch_id: str | None = Field(
+        default=None, description="the message batch that answered; null if realtime"
+    )
+    route: Route = "batch"
     tier: str | None = None
     model: str | None = None
     message: dict[str, Any] | S3Pointer | None = Field(
@@ -159,6 +184,7 @@ class Completion(BaseModel):
     usage: dict[str, Any] | None = None
     cost: Cost | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    deadline: str | None = None
     received_at: str | None = None
     submitted_at: str | None = None
     completed_at: str

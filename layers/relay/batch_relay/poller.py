@@ -1,5 +1,9 @@
 """The poller's two steps: `check` a batch until it ends, then `collect` its results.
 
+Every check of a batch that has not ended also takes out, for realtime, the requests whose
+deadline it would otherwise miss (see `deadlines.Rescuer`), and waits no longer than until the next
+such deadline; a batch that ends feeds the turnaround the relay learns.
+
 Results are streamed in chunks from the cursor the state machine passes in; each chunk is kept in
 S3 as the API sent it and settled (see `results`). When the time budget is spent, the cursor goes
 back to the state machine, which calls `collect` again: no invocation holds a whole batch.
@@ -13,8 +17,11 @@ from itertools import islice
 from typing import Any
 
 from . import batches, clock
+from .budget import Budget
 from .completions import Topic
+from .deadlines import Rescuer, Turnaround
 from .errors import TransientError
+from .handoff import Handoff
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .results import CHUNK, Settler
@@ -24,7 +31,7 @@ from .store import Store, batch_key
 # A collect invocation's lease outlives its budget by its function's safety margin.
 LEASE_MARGIN_SECONDS = 60
 # Every way a settled request is counted on its batch's record (see `Settler.settle`).
-OUTCOME_TALLIES = ("succeeded", "errored", "expired", "canceled", "retried", "held")
+OUTCOME_TALLIES = ("succeeded", "errored", "expired", "canceled", "retried", "held", "rescued")
 
 
 def next_wait(created_at: float, settings: Settings) -> int:
@@ -54,28 +61,58 @@ class Poller:
     def check(self, event: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         batch = batches.retrieve(event["batch_id"], deadline=deadline)
         ended = batch.processing_status == "ended"
+        wait = next_wait(batch.created_at.timestamp(), self.settings)
+        record = self.store.get(batch_key(event["ref"])) or {}
+        if not ended:
+            record = self._rescue(record)
+            rescuer = Rescuer(self.settings, self.store, self.payloads)
+            at = rescuer.rescue_at(record)
+            if at is not None:
+                wait = max(1, min(wait, int(at - clock.now()) + 1))
         out = {
             "batch_id": batch.id,
             "ref": event["ref"],
             "processing_status": batch.processing_status,
             "ended": ended,
             "cursor": int(event.get("cursor", 0)),
-            "wait_seconds": next_wait(batch.created_at.timestamp(), self.settings),
+            "wait_seconds": wait,
         }
         # Every check is progress: the submitter looks at a batch's execution only once its
         # record has not changed for longer than a poll.
         fields: dict[str, Any] = {"updated_at": clock.iso(), "checked_at": clock.iso()}
         if ended:
             counts = batch.request_counts
+            ended_at = batch.ended_at.timestamp() if batch.ended_at else clock.now()
             fields.update(
                 status="collecting",
-                ended_at=clock.iso(batch.ended_at.timestamp()) if batch.ended_at else clock.iso(),
+                ended_at=clock.iso(ended_at),
                 api_counts={
                     k: int(getattr(counts, k)) for k in ("succeeded", "errored", "canceled", "expired")
                 },
             )
+            if batch.cancel_initiated_at is None and record.get("models"):
+                # A canceled batch ends early by our hand: it says nothing of how long batches take.
+                turnaround = Turnaround(self.store, self.settings)
+                turnaround.record(record["models"], batch.id, batch.created_at.timestamp(), ended_at)
         self.store.update(batch_key(event["ref"]), **fields)
         return out
+
+    def _rescue(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Take out for realtime the requests whose deadline is near; returns the record as it is now."""
+        rescuer = Rescuer(self.settings, self.store, self.payloads)
+        now = clock.now()
+        if not rescuer.due(record, now):
+            return record
+        ref = record["ref"]
+        holder = uuid.uuid4().hex
+        # The collect lease: a collector settling a request must never race its rescue.
+        if not self.store.lease(f"collect#{ref}", holder, now + LEASE_MARGIN_SECONDS * 5, now):
+            return record
+        try:
+            rescuer.rescue(record, now, Handoff(self.settings, self.store, self.payloads))
+        finally:
+            self.store.unlease(f"collect#{ref}", holder)
+        return self.store.get(batch_key(ref)) or record
 
     def collect(self, event: dict[str, Any], deadline: float) -> dict[str, Any]:
         """Collect results from `cursor` on until the stream ends or the time budget is spent."""
@@ -147,6 +184,11 @@ class Poller:
             and not int(record.get("n_held", 0))
         ):
             self.store.unhold(record["tier"])  # the account works again: the tier's pauses end
+        # What the batch committed of its day's budget and did not spend goes back to that day.
+        record = self.store.get(batch_key(ref)) or record
+        spent = float(record.get("batch_usd", 0) or 0) + float(record.get("both_ways_usd", 0) or 0)
+        committed, day = Budget.terms(record)
+        Budget(self.settings, self.store).settle(batch_key(ref), committed, day, spent)
         self.store.update(
             batch_key(ref),
             status="collected",

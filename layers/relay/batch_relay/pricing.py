@@ -57,3 +57,30 @@ def cost_of(model: str, usage: dict[str, Any] | None) -> Cost | None:
     return Cost(
         batch_usd=round(batch_usd, 8), list_usd=round(list_usd, 8), saved_usd=round(list_usd - batch_usd, 8)
     )
+
+
+def realtime_cost_of(model: str, usage: dict[str, Any] | None) -> Cost | None:
+    """A realtime answer's cost: the list price, nothing saved."""
+    cost = cost_of(model, usage)
+    if cost is None:
+        return None
+    return Cost(batch_usd=cost.list_usd, list_usd=cost.list_usd, saved_usd=0.0)
+
+
+# Before a request runs, its cost has an upper bound: its input tokens (counted by the API, or
+# estimated as a byte of its request line in three: English runs about four characters a token,
+# CJK about three UTF-8 bytes) and max_tokens of output. A model with no known price is priced as
+# the dearest one.
+BYTES_PER_TOKEN = 3
+DEAREST = max(PRICES.values(), key=lambda p: p.input_usd + p.output_usd)
+
+
+def input_tokens_of(line_bytes: int) -> int:
+    return max(1, -(-line_bytes // BYTES_PER_TOKEN))
+
+
+def bound(model: str, input_tokens: int, max_tokens: int, batch: bool) -> float:
+    """The most one request can cost, in USD, at batch price or at list price."""
+    price = price_of(model) or DEAREST
+    usd = input_tokens * price.input_usd / 1e6 + max_tokens * price.output_usd / 1e6
+    return usd * BATCH_DISCOUNT if batch else usd

@@ -10,6 +10,11 @@ first try would have. Only a crash between a call and its marker repeats a compl
 ten of one call). A request whose item no longer says it is claimed by this batch is skipped, which
 keeps retries and duplicate pollers from answering twice.
 
+A realtime answer is settled the same way, its realtime record standing for the batch (`route`
+`realtime`: list price, no batch id). A request taken out of a batch for realtime is no longer
+that batch's; when the batch's line for it shows it was run there too, its batch price is counted
+as spent both ways, once, on the item and the batch.
+
 An account problem (billing, a key refused inside results, "credit balance is too low") is not the
 request's fault: its request goes back to its tier without spending an attempt and the tier is held
 with growing pauses, until `max_hold_seconds` have passed since it was first held.
@@ -24,13 +29,17 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from boto3.dynamodb.conditions import Attr
+
 from . import clock, errors
+from .budget import Budget
 from .completions import INLINE_BUDGET, Topic, encode, entry, groups
+from .deadlines import sort_key
 from .errors import TransientError, insist
 from .models import Completion, ErrorInfo
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
-from .pricing import cost_of
+from .pricing import BATCH_DISCOUNT, cost_of, realtime_cost_of
 from .settings import Settings
 from .store import Store, batch_key, dynamo, held_by, released, request_key
 
@@ -45,7 +54,12 @@ TOKEN_METRICS = {
 }
 HOLD_BASE_SECONDS = 300
 HOLD_CAP_SECONDS = 3600
-COST_METRICS = {"batch_usd": "BatchCostUSD", "list_usd": "ListCostUSD", "saved_usd": "SavedUSD"}
+COST_METRICS = {
+    "batch_usd": "BatchCostUSD",
+    "list_usd": "ListCostUSD",
+    "saved_usd": "SavedUSD",
+    "both_ways_usd": "BothWaysUSD",
+}
 
 
 def errored(custom_id: str, error_type: str, message: str) -> dict[str, Any]:
@@ -88,6 +102,8 @@ class Settler:
         self.store.update(
             batch_key(ref), status=status, updated_at=clock.iso(), remove=("pending_tier", "pending_since")
         )
+        committed, day = Budget.terms(record)
+        Budget(self.settings, self.store).settle(batch_key(ref), committed, day, 0.0)
         return len(back)
 
     def settle(self, record: dict[str, Any], chunk: list[dict[str, Any]], results_key: str | None) -> None:
@@ -102,7 +118,11 @@ class Settler:
             if held_by(item := items.get(request_key(result["custom_id"])), record["ref"])
             and item is not None
         ]
+        both_ways = self._both_ways(record, chunk, items)
         if not outcomes:
+            if both_ways:
+                self.store.update(batch_key(record["ref"]), add={"both_ways_usd": both_ways})
+                self._metrics([], Counter(), Counter(), {"both_ways_usd": both_ways})
             return  # answered already, by an earlier try of this chunk or another poller
         done = [c for c, _, _ in outcomes if c is not None]
         calls = groups([entry(c) for c in done])
@@ -117,6 +137,8 @@ class Settler:
             if c.cost:
                 for k in totals:
                     totals[k] += getattr(c.cost, k)
+        if both_ways:
+            totals["both_ways_usd"] = both_ways
         self.store.update(batch_key(record["ref"]), add={**{f"n_{k}": v for k, v in tally.items()}, **totals})
         if tally["held"]:
             self.hold(record["tier"])
@@ -124,6 +146,27 @@ class Settler:
             for n, call in enumerate(calls):
                 self._send(box, n, call)
         self._metrics(done, tally, tokens, totals)
+
+    def _both_ways(
+        self, record: dict[str, Any], chunk: list[dict[str, Any]], items: dict[str, dict[str, Any]]
+    ) -> float:
+        """The batch price of this batch's lines for requests it lost to realtime, counted once."""
+        total = 0.0
+        for result in chunk:
+            key = request_key(result["custom_id"])
+            item = items.get(key)
+            if item is None or item.get("rescued_from") != record["ref"] or held_by(item, record["ref"]):
+                continue
+            line = result.get("result") or {}
+            usage = (line.get("message") or {}).get("usage") if line.get("type") == "succeeded" else None
+            cost = cost_of(item.get("model", ""), usage) if usage else None
+            if cost is None:
+                continue
+            if self.store.update_if(key, Attr("both_ways_usd").not_exists(), both_ways_usd=cost.batch_usd):
+                total += cost.batch_usd
+        if total:
+            logger.info("requests answered in realtime also ran in their batch", extra={"usd": total})
+        return total
 
     def flush(self, ref: str) -> int:
         """Publish what an earlier try wrote to batch <ref>'s outbox but did not send: only the
@@ -158,14 +201,17 @@ class Settler:
     def _metrics(
         done: list[Completion], tally: Counter[str], tokens: Counter[str], totals: dict[str, float]
     ) -> None:
+        misses = sum(1 for c in done if c.deadline and c.completed_at > c.deadline)
+        if misses:
+            metrics.add_metric(name="DeadlineMisses", unit=MetricUnit.Count, value=misses)
         for status, n in tally.items():
             metrics.add_metric(name=f"Results_{status}", unit=MetricUnit.Count, value=n)
         for key, name in TOKEN_METRICS.items():
             if tokens[key]:
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=tokens[key])
         for key, name in COST_METRICS.items():
-            if totals[key]:
-                metrics.add_metric(name=name, unit=MetricUnit.NoUnit, value=totals[key])
+            if totals.get(key):
+                metrics.add_metric(name=name, unit=MetricUnit.NoUnit, value=totals.get(key, 0.0))
         for c in done:
             if c.received_at:
                 waited = clock.parse(c.completed_at) - clock.parse(c.received_at)
@@ -194,7 +240,7 @@ class Settler:
         now = clock.now()
         base = {k: v for k, v in item.items() if k not in ("pending_tier", "pending_since", "batch_ref")}
         base["last_batch_id"] = record.get("batch_id")
-        again = {"status": "pending", "pending_tier": item["tier"], "pending_since": item["received_at"]}
+        again = {"status": "pending", "pending_tier": item["tier"], "pending_since": self._sort_key(item)}
         if account_level(error):
             since = float(item.get("held_since") or now)
             if now - since < self.settings.max_hold_seconds:
@@ -210,11 +256,18 @@ class Settler:
             base["last_error"] = error.model_dump() if error else None
             return None, _dynamo_ready(base), "retried"
         usage = message.get("usage") if message else None
-        cost = cost_of(item["model"], usage) if usage else None
+        realtime = record.get("route") == "realtime"
+        cost = (realtime_cost_of if realtime else cost_of)(item["model"], usage) if usage else None
+        if cost is not None and realtime and item.get("rescued_from"):
+            # Also billed in the batch it was taken from, if that ran it: known once its results
+            # are in, estimated from this answer until then.
+            both = item.get("both_ways_usd")
+            cost.both_ways_usd = round(float(both) if both is not None else cost.list_usd * BATCH_DISCOUNT, 8)
         completion = Completion(
             request_id=item["request_id"],
             status=kind,
             batch_id=record.get("batch_id"),
+            route="realtime" if realtime else "batch",
             tier=item.get("tier"),
             model=item.get("model"),
             message=message,
@@ -223,6 +276,7 @@ class Settler:
             usage=usage,
             cost=cost,
             metadata=item.get("metadata") or {},
+            deadline=item.get("deadline"),
             received_at=item.get("received_at"),
             submitted_at=item.get("submitted_at"),
             completed_at=clock.iso(now),
@@ -233,6 +287,7 @@ class Settler:
         base.pop("held_since", None)
         base.update(
             status=kind,
+            route=completion.route,
             batch_id=record.get("batch_id"),
             completed_at=completion.completed_at,
             notified=True,
@@ -242,6 +297,10 @@ class Settler:
             results_key=results_key,
         )
         return completion, _dynamo_ready(base), kind
+
+    def _sort_key(self, item: dict[str, Any]) -> str:
+        tier = self.settings.tiers.get(item["tier"]) or self.settings.tiers[self.settings.default_tier]
+        return sort_key(item["received_at"], item.get("deadline"), tier, self.settings)
 
 
 def _dynamo_ready(item: dict[str, Any]) -> dict[str, Any]:

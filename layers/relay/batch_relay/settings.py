@@ -28,6 +28,9 @@ class Tier(BaseModel):
     min_requests: PositiveInt = Field(
         default=1, description="flush earlier once this many requests are pending"
     )
+    deadline_seconds: PositiveInt | None = Field(
+        default=None, description="deadline of a request that names none, in seconds from its receipt"
+    )
 
 
 DEFAULT_TIERS = {
@@ -66,13 +69,24 @@ class Settings(BaseModel):
     stalled_batch_seconds: int = Field(default=6 * 3600, alias="STALLED_BATCH_SECONDS", ge=60)
     retention_days: int = Field(default=30, alias="RETENTION_DAYS", ge=1)
     api_key_secret_arn: str | None = Field(default=None, alias="API_KEY_SECRET_ARN")
+    # Deadlines: where requests a batch cannot answer in time go, how long batches are assumed to
+    # take until the relay has seen its own, and how long before a deadline the realtime call starts.
+    realtime_queue_url: str | None = Field(default=None, alias="REALTIME_QUEUE_URL")
+    default_turnaround_seconds: int = Field(
+        default=7200, alias="DEFAULT_TURNAROUND_SECONDS", ge=60, le=86_400
+    )
+    deadline_margin_seconds: int = Field(default=600, alias="DEADLINE_MARGIN_SECONDS", ge=30, le=86_400)
+    # What the relay may commit to spend per UTC day, batch and realtime (0: no cap).
+    daily_budget_usd: float = Field(default=0.0, alias="DAILY_BUDGET_USD", ge=0)
 
     @field_validator("tiers", mode="before")
     @classmethod
     def _parse_tiers(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
 
-    @field_validator("state_machine_arn", "api_key_secret_arn", "inbox_bucket_name", mode="before")
+    @field_validator(
+        "state_machine_arn", "api_key_secret_arn", "inbox_bucket_name", "realtime_queue_url", mode="before"
+    )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return value or None

@@ -8,10 +8,15 @@ One table holds two kinds of item:
 - `lease#submitter`: which submitter run may claim requests, and until when;
 - `batchid#<batch_id>`: which batch record owns an API batch, written before the record names it,
   so no two records ever take one batch and no batch the stack made is adopted again;
-- `hold#<tier>`: a tier paused after an account problem, until when, and how many times in a row.
+- `hold#<tier>`: a tier paused after an account problem, until when, and how many times in a row;
+- `turn#<model>#<batch_id>`: how long one of the relay's batches of that model took (a sample the
+  relay learns turnaround from, indexed under `turn#<model>` by when it ended, kept a week);
+- `budget#<day>`: what the relay has committed to spend on that UTC day.
 
 The sparse `pending` index is the relay's work list. Its partition says what an item waits for:
-a tier name (a pending request) or `live` (a batch not yet collected). An item leaves the index
+a tier name (a pending request) or `live` (a batch not yet collected). Within a tier, a request
+without a deadline sorts by its receipt time; one with a deadline by `by:<moment it must be
+flushed>`, after every timestamp, so each kind is one range read oldest-first. An item leaves the index
 when its state no longer needs attention: a claimed request leaves it (its batch's claim journal
 in S3 says where it went), so claiming costs one index delete, not a move.
 
@@ -27,10 +32,12 @@ from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
 
-from . import aws
+from . import aws, clock
 
 INDEX = "pending"
 LIVE = "live"
+# Sort-key prefix of requests with a deadline: after every ISO timestamp ("2...").
+BY = "by:"
 
 
 def request_key(request_id: str) -> str:
@@ -80,7 +87,7 @@ class Store:
     def add(self, item: dict[str, Any]) -> bool:
         """Write a new item; False when its key is already taken (a duplicate delivery or id)."""
         try:
-            self.table.put_item(Item=item, ConditionExpression=Attr("pk").not_exists())
+            self.table.put_item(Item=dynamo(item), ConditionExpression=Attr("pk").not_exists())
         except self.table.meta.client.exceptions.ConditionalCheckFailedException:
             return False
         return True
@@ -110,11 +117,23 @@ class Store:
             for item in items:
                 writer.put_item(Item=dynamo(item))
 
-    def pages(self, partition: str, size: int = 1000) -> Iterator[list[dict[str, Any]]]:
-        """Items of one index partition, oldest first, a page at a time (eventually consistent)."""
+    def pages(
+        self, partition: str, size: int = 1000, span: str | None = None, until: str | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Items of one index partition, oldest first, a page at a time (eventually consistent).
+        `span`: "plain" for requests without a deadline only, "by" for those with one only;
+        `until`: sort keys up to this one."""
+        cond = Key("pending_tier").eq(partition)
+        sort = Key("pending_since")
+        if span == "by":
+            cond &= sort.between(BY, until) if until else sort.begins_with(BY)
+        elif span == "plain":
+            cond &= sort.lt(BY) if until is None else sort.lte(until)
+        elif until:
+            cond &= sort.lte(until)
         args: dict[str, Any] = {
             "IndexName": INDEX,
-            "KeyConditionExpression": Key("pending_tier").eq(partition),
+            "KeyConditionExpression": cond,
             "ScanIndexForward": True,
             "Limit": size,
         }
@@ -125,15 +144,74 @@ class Store:
                 return
             args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def waiting(self, partition: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    def waiting(
+        self, partition: str, limit: int | None = None, span: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Items of one index partition, oldest first."""
         seen = 0
-        for page in self.pages(partition, min(limit, 1000) if limit else 1000):
+        for page in self.pages(partition, min(limit, 1000) if limit else 1000, span):
             for item in page:
                 yield item
                 seen += 1
                 if limit and seen >= limit:
                     return
+
+    def recent(self, partition: str, since: str, limit: int) -> list[dict[str, Any]]:
+        """The newest items of one index partition, down to sort key `since`."""
+        page = self.table.query(
+            IndexName=INDEX,
+            KeyConditionExpression=Key("pending_tier").eq(partition) & Key("pending_since").gte(since),
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [plain(item) for item in page.get("Items", [])]
+
+    def update_if(
+        self,
+        key: str,
+        condition: Any,
+        remove: tuple[str, ...] = (),
+        add: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """`update`, only when `condition` holds; False when it does not."""
+        try:
+            self.update(key, remove=remove, add=add, condition=condition, **fields)
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def commit(self, day: str, usd: float, cap: float) -> bool:
+        """Add `usd` to what day <day> has committed, unless that would pass `cap`."""
+        if usd > cap:
+            return False
+        try:
+            self.table.update_item(
+                Key={"pk": f"budget#{day}"},
+                UpdateExpression="SET kind = :k, #ttl = :ttl ADD committed :usd",
+                ConditionExpression=Attr("committed").not_exists() | Attr("committed").lte(dynamo(cap - usd)),
+                ExpressionAttributeNames={"#ttl": "ttl"},
+                ExpressionAttributeValues={
+                    ":k": "budget",
+                    ":usd": dynamo(usd),
+                    ":ttl": int(clock.parse(f"{day}T00:00:00Z")) + 40 * 86400,
+                },
+            )
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def uncommit(self, day: str, usd: float) -> None:
+        """Give back what a commitment did not spend."""
+        self.table.update_item(
+            Key={"pk": f"budget#{day}"},
+            UpdateExpression="ADD committed :usd",
+            ExpressionAttributeValues={":usd": dynamo(-usd)},
+        )
+
+    def committed(self, day: str) -> float:
+        item = self.get(f"budget#{day}")
+        return float(item.get("committed", 0)) if item else 0.0
 
     def lease(self, name: str, holder: str, until: float, now: float) -> bool:
         """Take lease <name> for `holder` until `until`, unless another holder's is still running."""
@@ -201,7 +279,12 @@ class Store:
         self.table.delete_item(Key={"pk": f"hold#{tier}"})
 
     def update(
-        self, key: str, remove: tuple[str, ...] = (), add: dict[str, Any] | None = None, **fields: Any
+        self,
+        key: str,
+        remove: tuple[str, ...] = (),
+        add: dict[str, Any] | None = None,
+        condition: Any = None,
+        **fields: Any,
     ) -> None:
         """Set, remove and add to attributes of an existing item in one write."""
         names = {f"#{i}": k for i, k in enumerate(fields)}
@@ -214,10 +297,11 @@ class Store:
             names.update({f"#a{j}": attr for j, attr in enumerate(add)})
             values.update({f":a{j}": dynamo(v) for j, v in enumerate(add.values())})
             clauses.append("ADD " + ", ".join(f"#a{j} :a{j}" for j in range(len(add))))
+        exists = Attr("pk").exists()
         self.table.update_item(
             Key={"pk": key},
             UpdateExpression=" ".join(clauses),
-            ConditionExpression=Attr("pk").exists(),
+            ConditionExpression=exists if condition is None else exists & condition,
             ExpressionAttributeNames=names,
             **({"ExpressionAttributeValues": values} if values else {}),
         )

@@ -16,8 +16,16 @@ depends on it, so whatever dies anywhere leaves enough behind for the next run (
 | failed     | a restart (poller gave up)       | restart with growing delays; once results expire,   |
 |            |                                  | answer what is left and stop                        |
 | closing    | its requests' answers to go out  | answer them again (skips the answered) and publish  |
+| realtime   | its requests' realtime answers   | send again what it still holds; end it once none    |
 
-Leaving the work list: collected, empty, split, refused, released, abandoned, foreign, expired.
+Leaving the work list: collected, empty, split, refused, released, abandoned, foreign, expired,
+answered (a realtime record), over_budget.
+
+Deadlines (see `deadlines`): a request a batch made now could not answer by its deadline is sent
+realtime instead, at claim, or straight from its tier when the tier cannot flush (held, over
+budget, at the in-flight cap); a batch's deadline requests are written to `deadlines/<ref>.json`
+so its poller can take them out in time. The daily budget (see `budget`) is committed per batch,
+at its upper bound, before the create; a claim stops where the day's budget would run out.
 
 A create is never sent twice blindly: the API has no idempotency key. Before the call the record
 says `creating` with the window the call may take; a lost answer leaves it so. Only a batch created
@@ -33,15 +41,19 @@ Claiming stops at a time budget, leaving the create its share of the invocation.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from . import batches, clock, executions
+from .budget import Budget, today
 from .completions import Topic
+from .deadlines import Rescuer, Turnaround, flush_by, schedule_of
 from .errors import (
     AccountError,
     ApiAccessError,
@@ -50,11 +62,13 @@ from .errors import (
     NotAcceptedError,
     OutcomeUnknownError,
 )
+from .handoff import Handoff
 from .observability import MetricUnit, logger, metrics
 from .payloads import Bodies, Payloads, RequestsBody
+from .pricing import bound, input_tokens_of
 from .results import Settler
 from .settings import Settings, Tier
-from .store import LIVE, Store, batch_key, claimed
+from .store import LIVE, Store, batch_key, claimed, held_by, request_key
 
 # A batch left in one state longer than a submitter run may take was left by a crashed run.
 STALE_SECONDS = 15 * 60
@@ -75,6 +89,10 @@ RESULTS_KEPT_SECONDS = 29 * 86400
 # A batch ends within 24 hours of its creation (its unprocessed requests expire).
 BATCH_LIFETIME_SECONDS = 24 * 3600
 IN_FLIGHT = frozenset({"claiming", "uploaded", "creating", "created", "polling", "failed"})
+# A realtime record still holding requests this long after its last send sends them again.
+RESEND_SECONDS = 180
+# A batch whose rescue is this overdue has a poller that is not doing it: the submitter does.
+RESCUE_GRACE_SECONDS = 120
 
 
 @dataclass
@@ -85,13 +103,21 @@ class Submitter:
     settler: Settler
     report: dict[str, Any] = field(default_factory=lambda: {"batches": [], "requests": 0, "reconciled": 0})
     bodies: Bodies = field(init=False)
+    turnaround: Turnaround = field(init=False)
+    handoff: Handoff = field(init=False)
+    budget: Budget = field(init=False)
     # When this run must have finished claiming, and sending creates.
     claim_until: float = field(default=float("inf"), init=False)
     after_hold: bool = field(default=False, init=False)
     create_until: float = field(default=float("inf"), init=False)
+    # Set by a claim that stopped where the day's budget ran out.
+    over_budget: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.bodies = Bodies(self.payloads)
+        self.turnaround = Turnaround(self.store, self.settings)
+        self.handoff = Handoff(self.settings, self.store, self.payloads)
+        self.budget = Budget(self.settings, self.store)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Submitter:
@@ -125,7 +151,7 @@ class Submitter:
         """Age of each tier's oldest pending request, and the worst age over its tier's max wait."""
         worst = 0.0
         for name, tier in self.settings.tiers.items():
-            oldest = next(self.store.waiting(name, limit=1), None)
+            oldest = next(self.store.waiting(name, limit=1, span="plain"), None)
             age = clock.now() - clock.parse(oldest["pending_since"]) if oldest else 0.0
             metrics.add_metric(name=f"OldestPendingSeconds_{name}", unit=MetricUnit.Seconds, value=age)
             worst = max(worst, age / tier.max_wait_seconds)
@@ -145,12 +171,16 @@ class Submitter:
         return total
 
     def due(self, name: str, tier: Tier) -> bool:
-        oldest = next(self.store.waiting(name, limit=1), None)
-        if oldest is None:
-            return False
-        waited = clock.now() - clock.parse(oldest["pending_since"])
-        if waited >= tier.max_wait_seconds:
+        """A tier flushes when its oldest request has waited its max wait, when a deadline request
+        must go now for a batch to make it, or when enough requests wait."""
+        oldest = next(self.store.waiting(name, limit=1, span="plain"), None)
+        if oldest is not None and clock.now() - clock.parse(oldest["pending_since"]) >= tier.max_wait_seconds:
             return True
+        urgent = next(self.store.waiting(name, limit=1, span="by"), None)
+        if urgent is not None and clock.now() >= (flush_by(urgent["pending_since"]) or 0.0):
+            return True
+        if oldest is None and urgent is None:
+            return False
         return self.store.count(name, tier.min_requests) >= tier.min_requests
 
     def flush(self, name: str, tier: Tier) -> None:
@@ -160,6 +190,7 @@ class Submitter:
             if held is not None and clock.now() < held:
                 logger.warning("tier held after an account problem", extra={"tier": name, "until": held})
                 metrics.add_metric(name="TierHeld", unit=MetricUnit.Count, value=1)
+                self.route_late(name)
                 return
             # A batch made after a hold ends it, if the API answers it (see `Poller._finish`).
             self.after_hold = held is not None
@@ -170,11 +201,21 @@ class Submitter:
             if room <= 0:
                 logger.warning("in-flight cap reached; tier waits", extra={"tier": name})
                 metrics.add_metric(name="InFlightCapReached", unit=MetricUnit.Count, value=1)
+                self.route_late(name)
+                return
+            if self.budget.left() <= 0:
+                self._budget_held(name)
                 return
             record, refused = self.claim(name, min(room, cap))
             if record is None:
+                if self.over_budget:
+                    self._budget_held(name)
+                    return
                 if refused:
-                    continue  # only requests no batch can take were found, and answered
+                    continue  # only requests no batch can take were found, and answered (or sent realtime)
+                return
+            if not self._commit(record):
+                self._budget_held(name)
                 return
             try:
                 self.submit(record)
@@ -185,26 +226,80 @@ class Submitter:
             except (NotAcceptedError, OutcomeUnknownError, AccountError):
                 return  # the API is busy, unreachable or refuses the account: the tier waits
 
+    def _budget_held(self, name: str) -> None:
+        logger.warning(
+            "the day's budget is spent; the tier waits for the next UTC day",
+            extra={"tier": name, "budget_usd": self.settings.daily_budget_usd},
+        )
+        metrics.add_metric(name="BudgetHeld", unit=MetricUnit.Count, value=1)
+        self.route_late(name)
+
+    def _commit(self, record: dict[str, Any]) -> bool:
+        """Commit the batch's upper-bound cost to today's budget, or release it if it no longer fits
+        (realtime answers committed meanwhile)."""
+        if not self.budget.capped:
+            return True
+        usd, day = float(record["budget_usd"]), today()
+        if self.budget.commit(usd, day):
+            self.store.update(batch_key(record["ref"]), budget_day=day)
+            record["budget_day"] = day
+            return True
+        self.settler.release(record, status="over_budget")
+        return False
+
+    def route_late(self, name: str) -> int:
+        """Send realtime the requests of a tier that cannot flush which a batch could no longer
+        answer in time (only requests whose flush moment has come can be late)."""
+        now = clock.now()
+        late: list[dict[str, Any]] = []
+        for page in self.store.pages(name, span="by", until=f"by:{clock.iso(now)}"):
+            fresh = self.store.get_many(item["pk"] for item in page)
+            for listed in page:
+                item = fresh.get(listed["pk"])
+                pending = (
+                    item is not None and item.get("status") == "pending" and item.get("pending_tier") == name
+                )
+                if pending and item is not None and self.turnaround.late(item, now):
+                    late.append(item)
+            if clock.now() >= self.claim_until:
+                break
+        return self.handoff.route(name, late, why="late") if late else 0
+
     def claim(self, tier: str, cap: int) -> tuple[dict[str, Any] | None, int]:
-        """Claim the oldest pending requests of a tier into a new batch and write its JSONL to S3;
-        also answers those too large for any batch. Returns the record (None if it is empty) and
-        how many were answered so."""
+        """Claim the most urgent pending requests of a tier (deadline ones by when they must go,
+        then the rest oldest first) into a new batch and write its JSONL to S3; also answers those
+        too large for any batch and sends realtime those a batch could no longer answer in time.
+        Returns the record (None if it is empty) and how many were answered or sent so."""
         record = self._new_record(tier)
         limit = self.settings.max_batch_bytes - ENVELOPE_BYTES
         writer = self.payloads.writer(record["input_key"])
         giants: list[dict[str, Any]] = []
         lost: list[dict[str, Any]] = []
+        late: list[dict[str, Any]] = []
+        schedule: list[tuple[float, str]] = []
+        models: set[str] = set()
+        allowance = self.budget.left()
+        estimate = 0.0
+        self.over_budget = False
+        size_hint = min(cap, 1000)
+        pages = chain(
+            self.store.pages(tier, size_hint, span="by"), self.store.pages(tier, size_hint, span="plain")
+        )
         try:
-            for number, page in enumerate(self.store.pages(tier, size=min(cap, 1000))):
+            for number, page in enumerate(pages):
                 # The index lags the table: only what a consistent read says is pending is taken.
                 fresh = self.store.get_many(item["pk"] for item in page)
                 taken: list[dict[str, Any]] = []
                 lines: list[bytes] = []
                 size = writer.bytes
                 full = False
+                now = clock.now()
                 for listed in page:
                     item = fresh.get(listed["pk"])
                     if item is None or item.get("status") != "pending" or item.get("pending_tier") != tier:
+                        continue
+                    if self.turnaround.late(item, now):
+                        late.append(item)  # a batch could not make its deadline: realtime
                         continue
                     line = self._line(item)
                     if line is None:
@@ -216,9 +311,17 @@ class Submitter:
                     if writer.count + len(taken) >= cap or size + len(line) + 1 > limit:
                         full = True
                         break
+                    cost = self._bound(item, line)
+                    if estimate + cost > allowance:
+                        full = self.over_budget = True  # the rest waits for the next UTC day
+                        break
+                    estimate += cost
                     taken.append(item)
                     lines.append(line)
                     size += len(line) + 1
+                    models.add(str(item.get("model")))
+                    if item.get("deadline"):
+                        schedule.append((clock.parse(item["deadline"]), item["request_id"]))
                 if taken:
                     self.payloads.journal(record["ref"], number, (item["request_id"] for item in taken))
                     self.store.put_many(claimed(item, record["ref"], record["claimed_at"]) for item in taken)
@@ -236,20 +339,34 @@ class Submitter:
             )
         for item in lost:
             self.refuse_alone(tier, item, "request_unavailable", "the request's body could not be read back")
+        routed = self.handoff.route(tier, late, why="late") if late else 0
+        answered = len(giants) + len(lost) + routed
         if writer.count == 0:
             self.store.update(
                 batch_key(record["ref"]), status="empty", remove=("pending_tier", "pending_since")
             )
-            return None, len(giants) + len(lost)
-        record.update(request_count=writer.count, bytes=writer.bytes, status="uploaded")
-        self.store.update(
-            batch_key(record["ref"]),
-            status="uploaded",
-            request_count=writer.count,
-            bytes=writer.bytes,
-            updated_at=clock.iso(),
-        )
-        return record, len(giants) + len(lost)
+            return None, answered
+        fields: dict[str, Any] = {
+            "request_count": writer.count,
+            "bytes": writer.bytes,
+            "models": sorted(models),
+            "budget_usd": round(estimate, 8),
+        }
+        if schedule:
+            # Its poller takes these out for realtime if the batch has not ended in time.
+            self.payloads.put_lines(f"deadlines/{record['ref']}.json", [schedule_of(schedule).encode()])
+            first = min(d for d, _ in schedule)
+            fields["rescue_at"] = first - self.settings.deadline_margin_seconds
+        record.update(fields, status="uploaded")
+        self.store.update(batch_key(record["ref"]), status="uploaded", updated_at=clock.iso(), **fields)
+        return record, answered
+
+    def _bound(self, item: dict[str, Any], line: bytes) -> float:
+        """The most this request can cost in a batch (0 when no budget is set)."""
+        if not self.budget.capped:
+            return 0.0
+        max_tokens = int(item.get("max_tokens") or json.loads(line)["params"]["max_tokens"])
+        return bound(str(item.get("model")), input_tokens_of(len(line)), max_tokens, batch=True)
 
     def _new_record(self, tier: str, status: str = "claiming", **extra: Any) -> dict[str, Any]:
         ref = uuid.uuid4().hex
@@ -385,11 +502,10 @@ class Submitter:
         """Start (or restart) the batch's poller; its execution name is the batch id (-r<n>)."""
         assert self.settings.state_machine_arn, "STATE_MACHINE_ARN is required by the submitter"
         name = _execution_name(record["batch_id"], restarts)
-        payload = {
-            "batch_id": record["batch_id"],
-            "ref": record["ref"],
-            "wait_seconds": self.settings.poll_min_seconds,
-        }
+        wait = float(self.settings.poll_min_seconds)
+        if record.get("rescue_at") is not None:
+            wait = min(wait, float(record["rescue_at"]) - clock.now())
+        payload = {"batch_id": record["batch_id"], "ref": record["ref"], "wait_seconds": max(0, int(wait))}
         if not executions.start(self.settings.state_machine_arn, name, payload):
             # The name is taken: fine if by this batch's own earlier try, a wrong adoption if not.
             owner = executions.input_of(self.settings.state_machine_arn, name).get("ref")
@@ -427,6 +543,7 @@ class Submitter:
             if step is None:
                 continue
             try:
+                self._rescue_overdue(record)
                 if step(record, idle):
                     self.report["reconciled"] += 1
             except _Taken:
@@ -457,8 +574,50 @@ class Submitter:
             "collecting": self._recover_polling,
             "failed": self._recover_failed,
             "closing": self._recover_closing,
+            "realtime": self._recover_realtime,
         }
         return steps.get(status)
+
+    def _rescue_overdue(self, record: dict[str, Any]) -> None:
+        """Rescue a batch's deadline requests when its poller has not (failed, restarting, or a
+        batch whose create is still being reconciled): deadlines do not wait for recovery."""
+        rescuer = Rescuer(self.settings, self.store, self.payloads)
+        now = clock.now()
+        if record["status"] not in IN_FLIGHT or not rescuer.due(record, now - RESCUE_GRACE_SECONDS):
+            return
+        holder = uuid.uuid4().hex
+        if not self.store.lease(f"collect#{record['ref']}", holder, now + STALE_SECONDS, now):
+            return  # its collector is at work: the batch has ended
+        try:
+            fresh = self.store.get(batch_key(record["ref"])) or record
+            if fresh.get("status") in IN_FLIGHT and rescuer.due(fresh, now):
+                rescuer.rescue(fresh, now, self.handoff)
+        finally:
+            self.store.unlease(f"collect#{record['ref']}", holder)
+
+    def _recover_realtime(self, record: dict[str, Any], idle: float) -> bool:
+        """A realtime record ends once none of its requests is still waiting for an answer; those
+        that are get their message again (lost, or sent by a run that died)."""
+        if idle < RESEND_SECONDS / 3:
+            return False
+        ref = record["ref"]
+        ids = list(self.payloads.journaled(ref))
+        items = self.store.get_many(request_key(rid) for rid in ids)
+        waiting = [rid for rid in ids if held_by(items.get(request_key(rid)), ref)]
+        if not waiting:
+            self.store.update(
+                batch_key(ref),
+                status="answered",
+                updated_at=clock.iso(),
+                remove=("pending_tier", "pending_since"),
+            )
+            return True
+        if idle < RESEND_SECONDS:
+            return False
+        logger.warning("realtime requests sent again", extra={"ref": ref, "n": len(waiting)})
+        metrics.add_metric(name="RealtimeResent", unit=MetricUnit.Count, value=len(waiting))
+        self.handoff.dispatch(record, waiting)
+        return True
 
     def _recover_claiming(self, record: dict[str, Any], idle: float) -> bool:
         if idle < STALE_SECONDS:

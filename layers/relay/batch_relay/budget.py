@@ -1,0 +1,60 @@
+"""The daily spend cap: what the relay commits to spend per UTC day, batch and realtime together.
+
+Work is committed before it is sent, at its upper bound (`pricing.bound`): a batch when it is
+created, a realtime request before its call. Once the real cost is known (a batch collected, a
+realtime answer) the difference is given back to the day it was committed on, once: the record
+or item says so first, so a retry never gives it back twice (a crash in between keeps the
+commitment, which errs on the side of the cap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from boto3.dynamodb.conditions import Attr
+
+from . import clock
+from .observability import MetricUnit, metrics
+from .settings import Settings
+from .store import Store
+
+
+def today(now: float | None = None) -> str:
+    return clock.iso(now)[:10]
+
+
+@dataclass
+class Budget:
+    settings: Settings
+    store: Store
+
+    @property
+    def capped(self) -> bool:
+        return self.settings.daily_budget_usd > 0
+
+    def left(self, day: str | None = None) -> float:
+        if not self.capped:
+            return float("inf")
+        return self.settings.daily_budget_usd - self.store.committed(day or today())
+
+    def commit(self, usd: float, day: str | None = None) -> bool:
+        """Commit `usd` to today's spend; False (nothing committed) when it would pass the cap."""
+        if not self.capped:
+            return True
+        done = self.store.commit(day or today(), usd, self.settings.daily_budget_usd)
+        if done:
+            metrics.add_metric(name="BudgetCommittedUSD", unit=MetricUnit.NoUnit, value=usd)
+        return done
+
+    def settle(self, key: str, committed: float, day: str | None, spent: float) -> None:
+        """Give back what a commitment on item <key> did not spend, once."""
+        if not self.capped or not day or committed <= spent:
+            return
+        if self.store.update_if(key, Attr("budget_settled").not_exists(), budget_settled=True):
+            self.store.uncommit(day, committed - spent)
+
+    @staticmethod
+    def terms(record: dict[str, Any]) -> tuple[float, str | None]:
+        """What a record or item committed, and on which day."""
+        return float(record.get("budget_usd", 0) or 0), record.get("budget_day")

@@ -1,0 +1,182 @@
+"""Deadlines: when a batch can still answer a request in time, and what happens when it cannot.
+
+A batch's only promise is 24 hours; most end far sooner. The relay learns how long its own
+batches take (`Turnaround`: the p95 of ended - created per model over the last week, or a
+conservative default until it has seen a few) and, for a request with a deadline:
+- flushes its tier no later than the moment a batch could still make that deadline (`sort_key`),
+  using the conservative default, so learning a shorter turnaround only ever batches it sooner;
+- at claim, sends it to the Messages API instead when the expected batch time no longer fits
+  (`late`);
+- while its batch runs, takes it out of the batch for a realtime answer `DEADLINE_MARGIN_SECONDS`
+  before its deadline (`Rescuer`): the request's item moves to a realtime record with a
+  conditional write, so the batch's results, when they come, find it no longer theirs and never
+  answer it again. A batch left with no request of its own is canceled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from boto3.dynamodb.conditions import Attr
+
+from . import clock
+from .observability import MetricUnit, logger, metrics
+from .payloads import Payloads
+from .settings import Settings, Tier
+from .store import BY, Store, batch_key, request_key
+
+# Samples older than this are forgotten; fewer than MIN_SAMPLES and the default is used.
+WINDOW_SECONDS = 7 * 86400
+WINDOW_SAMPLES = 50
+MIN_SAMPLES = 3
+PERCENTILE = 0.95
+# A poll trails a batch's end by up to a tenth of its age (see `poller.next_wait`).
+POLL_SHARE = 0.1
+# Rescues due within this long of one another are done together, in one check.
+RESCUE_GROUP_SECONDS = 60
+
+
+def deadline_of(item: dict[str, Any]) -> float | None:
+    stamp = item.get("deadline")
+    return clock.parse(stamp) if stamp else None
+
+
+def batch_seconds(turnaround: float, settings: Settings) -> float:
+    """From a claim to a published completion, for a batch expected to take `turnaround`: the
+    batch, the poll that sees it ended, collection, and the margin kept for a realtime rescue."""
+    return turnaround * (1 + POLL_SHARE) + settings.poll_min_seconds + settings.deadline_margin_seconds
+
+
+def sort_key(received_at: str, deadline: str | None, tier: Tier, settings: Settings) -> str:
+    """Where a pending request sorts in its tier: by receipt, or with a deadline, by the moment
+    its tier must be flushed for a batch to make it (at most its tier's max wait after receipt)."""
+    if deadline is None:
+        return received_at
+    latest = clock.parse(deadline) - batch_seconds(settings.default_turnaround_seconds, settings)
+    return BY + clock.iso(min(clock.parse(received_at) + tier.max_wait_seconds, latest))
+
+
+def flush_by(key: str) -> float | None:
+    """The flush moment a deadline request's sort key holds (None for one without a deadline)."""
+    return clock.parse(key[len(BY) :]) if key.startswith(BY) else None
+
+
+@dataclass
+class Turnaround:
+    """How long the relay's batches take, per model, learned from its own recent batches."""
+
+    store: Store
+    settings: Settings
+    _known: dict[str, float] = field(default_factory=dict)
+
+    def record(self, models: list[str], batch_id: str, created: float, ended: float) -> None:
+        for model in models:
+            self.store.add(
+                {
+                    "pk": f"turn#{model}#{batch_id}",
+                    "kind": "turnaround",
+                    "model": model,
+                    "batch_id": batch_id,
+                    "seconds": round(ended - created, 3),
+                    "pending_tier": f"turn#{model}",
+                    "pending_since": clock.iso(ended),
+                    "ttl": int(ended) + WINDOW_SECONDS,
+                }
+            )
+
+    def samples(self, model: str) -> list[float]:
+        since = clock.iso(clock.now() - WINDOW_SECONDS)
+        return [float(s["seconds"]) for s in self.store.recent(f"turn#{model}", since, WINDOW_SAMPLES)]
+
+    def expected(self, model: str) -> float:
+        """The p95 turnaround of the model's recent batches, or the default while too few are known."""
+        if model not in self._known:
+            seen = sorted(self.samples(model))
+            if len(seen) < MIN_SAMPLES:
+                self._known[model] = float(self.settings.default_turnaround_seconds)
+            else:
+                self._known[model] = seen[math.ceil(PERCENTILE * len(seen)) - 1]
+        return self._known[model]
+
+    def late(self, item: dict[str, Any], now: float) -> bool:
+        """Whether a batch made now could no longer answer this request by its deadline."""
+        deadline = deadline_of(item)
+        if deadline is None:
+            return False
+        return now + batch_seconds(self.expected(str(item.get("model"))), self.settings) > deadline
+
+
+@dataclass
+class Rescuer:
+    """Takes requests with an approaching deadline out of a batch that has not ended, for realtime."""
+
+    settings: Settings
+    store: Store
+    payloads: Payloads
+
+    def rescue_at(self, record: dict[str, Any]) -> float | None:
+        at = record.get("rescue_at")
+        return float(at) if at is not None else None
+
+    def due(self, record: dict[str, Any], now: float) -> bool:
+        at = self.rescue_at(record)
+        return at is not None and now >= at
+
+    def rescue(self, record: dict[str, Any], now: float, send: Any) -> int:
+        """Move the batch's requests whose deadline is near to a realtime record and hand them to
+        `send(record, ids)`; returns how many moved. The caller holds the batch's collect lease."""
+        ref = record["ref"]
+        margin = self.settings.deadline_margin_seconds
+        schedule = [(float(d), rid) for d, rid in self.payloads.read_json(f"deadlines/{ref}.json")]
+        cut = now + RESCUE_GROUP_SECONDS
+        due = [rid for d, rid in schedule if d - margin <= cut]
+        later = [d - margin for d, _ in schedule if d - margin > cut]
+        moved: list[str] = []
+        target: dict[str, Any] | None = None
+        if due:
+            target = send.record(record["tier"], rescued_from=ref)
+            self.payloads.journal(target["ref"], 0, due)
+            for rid in due:
+                taken = self.store.update_if(
+                    request_key(rid),
+                    Attr("status").eq("claimed") & Attr("batch_ref").eq(ref),
+                    batch_ref=target["ref"],
+                    rescued_from=ref,
+                    route="realtime",
+                )
+                if taken:
+                    moved.append(rid)
+        fields: dict[str, Any] = {"updated_at": clock.iso(now)}
+        if later:
+            fields["rescue_at"] = min(later)
+        self.store.update(
+            batch_key(ref),
+            remove=() if later else ("rescue_at",),
+            add={"n_rescued": len(moved)} if moved else None,
+            **fields,
+        )
+        if target is not None:
+            send.dispatch(target, moved)
+        if moved:
+            logger.warning(
+                "requests taken out of a batch that has not ended, to meet their deadline",
+                extra={"ref": ref, "batch_id": record.get("batch_id"), "n": len(moved)},
+            )
+            metrics.add_metric(name="DeadlineRescues", unit=MetricUnit.Count, value=len(moved))
+        rescued = int(record.get("n_rescued", 0)) + len(moved)
+        if moved and rescued >= int(record.get("request_count", 0)) and record.get("batch_id"):
+            # Nothing of this batch is still ours to answer: stop paying for what it has not run.
+            from . import batches  # the SDK, loaded only where the API is called (not the buffer)
+
+            batches.cancel(record["batch_id"], deadline=clock.now() + batches.CALL_SECONDS)
+            logger.info("every request of a batch went realtime; batch canceled", extra={"ref": ref})
+            metrics.add_metric(name="BatchesCanceled", unit=MetricUnit.Count, value=1)
+        return len(moved)
+
+
+def schedule_of(taken: list[tuple[float, str]]) -> str:
+    """The rescue schedule of a batch's deadline requests, earliest first, as stored in S3."""
+    return json.dumps(sorted(taken), separators=(",", ":"))

@@ -1,0 +1,106 @@
+"""Handing requests to the realtime path: the only module that sends to SQS.
+
+Requests go realtime under a record of their own (`batch#<ref>`, status `realtime`, on the work
+list like a batch) whose claim journal names them, in this order: the record, the journal, the
+requests' items claimed by it, then one message per request on the realtime queue. A crash
+anywhere leaves the record on the work list; the submitter sends again what it still holds (the
+realtime function answers a request once, whatever number of messages name it) and closes the
+record once nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import aws, clock
+from .observability import MetricUnit, logger, metrics
+from .payloads import Payloads
+from .settings import Settings
+from .store import LIVE, Store, batch_key, claimed
+
+SEND_BATCH = 10
+# SQS hides a message for at most 12 hours.
+MAX_HIDDEN_SECONDS = 43_200
+
+
+@dataclass
+class Handoff:
+    settings: Settings
+    store: Store
+    payloads: Payloads
+
+    def record(self, tier: str, **extra: Any) -> dict[str, Any]:
+        ref = uuid.uuid4().hex
+        now = clock.iso()
+        record: dict[str, Any] = {
+            "pk": batch_key(ref),
+            "kind": "batch",
+            "ref": ref,
+            "tier": tier,
+            "route": "realtime",
+            "status": "realtime",
+            "pending_tier": LIVE,
+            "pending_since": now,
+            "claimed_at": now,
+            "updated_at": now,
+            "request_count": 0,
+            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
+            **extra,
+        }
+        self.store.add(record)
+        return record
+
+    def route(self, tier: str, items: list[dict[str, Any]], why: str) -> int:
+        """Send pending requests to the Messages API: claimed by a realtime record, then queued."""
+        if not items:
+            return 0
+        record = self.record(tier, why=why)
+        ids = [item["request_id"] for item in items]
+        self.payloads.journal(record["ref"], 0, ids)
+        self.store.put_many(
+            claimed(item, record["ref"], record["claimed_at"]) | {"route": "realtime"} for item in items
+        )
+        self.dispatch(record, ids)
+        metrics.add_metric(name=f"RoutedRealtime_{why}", unit=MetricUnit.Count, value=len(ids))
+        logger.info("requests sent realtime", extra={"ref": record["ref"], "n": len(ids), "why": why})
+        return len(ids)
+
+    def dispatch(self, record: dict[str, Any], ids: Iterable[str]) -> None:
+        """One message per request on the realtime queue, ten a call."""
+        assert self.settings.realtime_queue_url, "REALTIME_QUEUE_URL is required to send realtime"
+        ids = list(ids)
+        sqs = aws.client("sqs")
+        for start in range(0, len(ids), SEND_BATCH):
+            chunk = ids[start : start + SEND_BATCH]
+            entries = [
+                {"Id": str(n), "MessageBody": json.dumps({"request_id": rid, "ref": record["ref"]})}
+                for n, rid in enumerate(chunk)
+            ]
+            for _ in range(3):
+                answer = sqs.send_message_batch(QueueUrl=self.settings.realtime_queue_url, Entries=entries)
+                failed = {f["Id"] for f in answer.get("Failed") or []}
+                entries = [e for e in entries if e["Id"] in failed]
+                if not entries:
+                    break
+            if entries:
+                # Left for the submitter: it sends again what the record still holds.
+                logger.warning("realtime messages not sent", extra={"ref": record["ref"], "n": len(entries)})
+        self.store.update(
+            batch_key(record["ref"]),
+            request_count=max(len(ids), int(record.get("request_count", 0))),
+            updated_at=clock.iso(),
+        )
+
+    def later(self, receipt_handle: str, seconds: float) -> None:
+        """Hide a realtime message for `seconds` (a retry-after), rather than the queue's default."""
+        assert self.settings.realtime_queue_url, "REALTIME_QUEUE_URL is required"
+        aws.client("sqs").change_message_visibility(
+            QueueUrl=self.settings.realtime_queue_url,
+            ReceiptHandle=receipt_handle,
+            VisibilityTimeout=max(0, min(MAX_HIDDEN_SECONDS, math.ceil(seconds))),
+        )

@@ -1,0 +1,212 @@
+"""The realtime path: requests a batch cannot answer by their deadline, sent to the Messages API.
+
+Fed by the realtime queue (see `handoff`), one request a message; the template reserves its
+concurrency so realtime calls stay inside the API's rate limit. A request is answered once, at list
+price, whatever is delivered twice or dies on the way:
+- a message whose request its realtime record no longer holds (answered, or taken back) does
+  nothing but publish what a crashed try settled and did not send;
+- an invocation takes a lease on the request's item before it calls the API, so two deliveries of
+  one message never both call it;
+- the answer is settled exactly like a batch's results (`results.Settler`, the realtime record
+  standing for the batch, `route` realtime): outbox, item, publish, marker.
+A 429 or 529 is waited out when its `retry-after` fits in the invocation; otherwise the message
+goes back to the queue hidden for as long as the API asked. Other transient failures back off the
+same way, up to MAX_TRIES; then the request is settled as `api_error`, which a later batch tries
+again while attempts remain. With a daily budget, the call's upper bound (input tokens counted by
+the API, `max_tokens` of output, at list price) is committed first; past the cap the request is
+answered `errored` / `budget_exceeded`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from boto3.dynamodb.conditions import Attr
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ValidationError
+
+from . import batches, clock
+from .budget import Budget, today
+from .completions import Topic
+from .errors import (
+    AccountError,
+    ApiAccessError,
+    BatchRefusedError,
+    BatchTooLargeError,
+    TransientError,
+)
+from .handoff import Handoff
+from .observability import MetricUnit, logger, metrics
+from .payloads import Bodies, Payloads
+from .pricing import bound, input_tokens_of, realtime_cost_of
+from .results import Settler, errored
+from .settings import Settings
+from .store import Store, held_by, request_key
+
+# Kept at the end of an invocation for settling and publishing after the call.
+SAFETY_SECONDS = 30.0
+# A wait the API asks for up to this long is slept in place; a longer one goes back to the queue.
+WAIT_IN_PLACE_SECONDS = 20.0
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_CAP_SECONDS = 900.0
+MAX_TRIES = 8
+
+
+class RealtimeMessage(BaseModel):
+    request_id: str
+    ref: str
+
+
+class Later(Exception):
+    """Try this request again after `seconds`: its message goes back to the queue until then."""
+
+    def __init__(self, seconds: float, why: str):
+        super().__init__(why)
+        self.seconds = seconds
+
+
+@dataclass
+class Realtime:
+    settings: Settings
+    store: Store
+    payloads: Payloads
+    topic: Topic
+    settler: Settler = field(init=False)
+    budget: Budget = field(init=False)
+    handoff: Handoff = field(init=False)
+    bodies: Bodies = field(init=False)
+    processor: BatchProcessor = field(default_factory=lambda: BatchProcessor(event_type=EventType.SQS))
+    until: float = field(default=float("inf"), init=False)
+
+    def __post_init__(self) -> None:
+        self.settler = Settler(self.settings, self.store, self.payloads, self.topic)
+        self.budget = Budget(self.settings, self.store)
+        self.handoff = Handoff(self.settings, self.store, self.payloads)
+        self.bodies = Bodies(self.payloads, budget=8 * 1024 * 1024)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Realtime:
+        return cls(
+            settings, Store(settings.table_name), Payloads(settings.bucket_name), Topic(settings.topic_arn)
+        )
+
+    def process(self, event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
+        left = context.get_remaining_time_in_millis() / 1000
+        self.until = clock.now() + max(1.0, left - SAFETY_SECONDS)
+        return process_partial_response(
+            event=event, record_handler=self.handle, processor=self.processor, context=context
+        )
+
+    def handle(self, record: SQSRecord) -> str:
+        try:
+            msg = RealtimeMessage.model_validate_json(record.body)
+        except ValidationError:
+            # Only the relay writes to this queue; a message it cannot read names nothing to answer.
+            logger.error("unreadable realtime message dropped", extra={"sqs_message_id": record.message_id})
+            return "dropped"
+        try:
+            return self.answer(msg.request_id, msg.ref)
+        except Later as later:
+            self.handoff.later(record.receipt_handle, later.seconds)
+            raise TransientError(f"{later} (again in {later.seconds:.0f} s)") from None
+
+    def answer(self, rid: str, ref: str) -> str:
+        key = request_key(rid)
+        item = self.store.get(key)
+        record = {"ref": ref, "route": "realtime", "tier": (item or {}).get("tier"), "batch_id": None}
+        if item is None:
+            logger.error("realtime message names no request", extra={"request_id": rid})
+            return "missing"
+        if not held_by(item, ref):
+            if str(item.get("outbox", "")).startswith(f"outbox/{ref}/"):
+                self.settler.flush(ref)  # settled by a try that died before publishing
+            return "answered"
+        now = clock.now()
+        free = Attr("rt_until").not_exists() | Attr("rt_until").lt(now)
+        if not self.store.update_if(
+            key,
+            Attr("status").eq("claimed") & Attr("batch_ref").eq(ref) & free,
+            add={"rt_tries": 1},
+            rt_until=self.until + SAFETY_SECONDS,
+        ):
+            raise Later(60, "another invocation is answering this request")
+        tries = int(item.get("rt_tries", 0)) + 1
+        result = self._result(item, tries)
+        self.settler.settle(record, [{"custom_id": rid, "result": result}], None)
+        message = result.get("message") or {}
+        cost = realtime_cost_of(item["model"], message.get("usage")) if message else None
+        committed, day = Budget.terms(item)
+        self.budget.settle(key, committed, day, cost.list_usd if cost else 0.0)
+        metrics.add_metric(name="RealtimeAnswered", unit=MetricUnit.Count, value=1)
+        if item.get("submitted_at"):
+            waited = clock.now() - clock.parse(item["submitted_at"])
+            metrics.add_metric(name="RealtimeSeconds", unit=MetricUnit.Seconds, value=waited)
+        return str(result["type"])
+
+    def _result(self, item: dict[str, Any], tries: int) -> dict[str, Any]:
+        """The request's result line, in the batch results' shape, from one realtime call."""
+        rid = item["request_id"]
+        try:
+            line = self.bodies.line(item["body_key"], int(item["body_at"]), int(item["body_len"]))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            return errored(rid, "request_unavailable", "the request's body could not be read back")["result"]
+        params: dict[str, Any] = json.loads(line)["params"]
+        if self.budget.capped and not item.get("budget_day"):
+            usd = bound(
+                item["model"], self._input_tokens(params, line), int(params["max_tokens"]), batch=False
+            )
+            if not self.budget.commit(usd):
+                logger.warning("realtime request over the day's budget", extra={"request_id": rid})
+                metrics.add_metric(name="BudgetExceeded", unit=MetricUnit.Count, value=1)
+                message = f"answering it in realtime (up to {usd:.4f} USD) would pass the daily budget"
+                return errored(rid, "budget_exceeded", message)["result"]
+            day = today()
+            self.store.update(request_key(rid), budget_usd=usd, budget_day=day)
+            item.update(budget_usd=usd, budget_day=day)
+        return self._call(item, params, tries)
+
+    def _input_tokens(self, params: dict[str, Any], line: bytes) -> int:
+        try:
+            return batches.count_tokens(params, deadline=min(self.until, clock.now() + batches.CALL_SECONDS))
+        except Exception as exc:  # counting is free but rate-limited: the estimate bounds it too
+            logger.warning("token count unavailable; estimated", extra={"error": type(exc).__name__})
+            return input_tokens_of(len(line))
+
+    def _call(self, item: dict[str, Any], params: dict[str, Any], tries: int) -> dict[str, Any]:
+        rid = item["request_id"]
+        while True:
+            try:
+                return {"type": "succeeded", "message": batches.message(params, deadline=self.until)}
+            except TransientError as exc:  # 429/529 (NotAcceptedError), 5xx, a broken connection
+                wait = batches.retry_after(exc) or min(
+                    BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (tries - 1)
+                )
+                metrics.add_metric(name="RealtimeRetries", unit=MetricUnit.Count, value=1)
+                if wait <= WAIT_IN_PLACE_SECONDS and clock.now() + wait + 5 < self.until:
+                    clock.sleep(wait)
+                    continue
+                if tries >= MAX_TRIES:
+                    kind = "overloaded_error" if "529" in str(exc) else "api_error"
+                    return errored(rid, kind, f"realtime call failed {tries} times: {exc}")["result"]
+                self._unlease(rid)
+                raise Later(wait, f"realtime call not answered: {exc}") from None
+            except BatchTooLargeError as exc:
+                return errored(rid, "request_too_large", str(exc))["result"]
+            except AccountError as exc:
+                # Settled like a batch's account-level result: back to its tier, which is held.
+                return errored(rid, "billing_error", str(exc))["result"]
+            except ApiAccessError as exc:
+                self._unlease(rid)
+                raise Later(300, str(exc)) from None
+            except BatchRefusedError as exc:
+                return errored(rid, "invalid_request_error", str(exc))["result"]
+
+    def _unlease(self, rid: str) -> None:
+        self.store.update(request_key(rid), remove=("rt_until",))
