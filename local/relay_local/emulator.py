@@ -1,4 +1,5 @@
-"""A local emulator of Anthropic's Message Batches API, spoken to by the real `anthropic` SDK.
+"""A local emulator of Anthropic's Message Batches API (and of the realtime Messages and token-counting
+calls), spoken to by the real `anthropic` SDK.
 
     emu = Emulator(latency_seconds=2.0, errored_share=0.05)
     with EmulatorServer(emu) as server:
@@ -20,6 +21,12 @@ have the API's shape, `{"type": "error", "error": {"type", "message"}, "request_
 24 hours expires its unprocessed requests; a canceled batch cancels those not processed by the time
 of the cancel (elapsed / latency of them, chosen deterministically).
 
+How long a batch takes: `latency_seconds`, or with `latency_mix`, weighted choices
+`[(weight, seconds), ...]`, one picked for each new batch from `seed` and the batch's creation number
+(so the same run of creates gets the same durations): `[(0.9, 30.0), (0.1, 7200.0)]` makes about one
+batch in ten late. `make_late(count, seconds)` makes the next `count` batches take `seconds`, whatever
+the mix, to make exactly one batch late. From a shell: `--latency-mix 0.9:30,0.1:7200`.
+
 Outcomes are deterministic (seeded by `seed`, the batch and the custom_id) in the configured mix:
 `errored_share` (as `api_error` or `overloaded_error`), `expired_share`, the rest succeeded.
 A directive anywhere in the text of the LAST user message (string content or any text block)
@@ -33,21 +40,38 @@ forces the outcome of that request:
 
 Invalid params win over a directive, and a cancel or the 24-hour expiry wins over both.
 
+Realtime calls: `POST /v1/messages` (route "message", what `client.messages.create` calls) answers
+a Message shaped as a batch result's, with `usage.service_tier` "standard", after `realtime_seconds`
+(a real sleep standing for generation time; `--realtime-seconds`). Its params are checked at once, as
+the API does for realtime calls: a bad model, max_tokens or messages, `stream: true` (the emulator
+does not stream) and no credit are 400s. Directives apply as answers: `[[emulate:errored:<type>]]`
+is that type's HTTP status (overloaded_error 529, api_error 500, rate_limit_error 429 with
+retry-after, invalid_request_error 400, ...), `[[emulate:long]]` fills max_tokens, and expired or
+canceled mean nothing there. Each answered call is added to `messages_created` as (model,
+input_tokens, output_tokens), since it is billed at list price; `realtime_rate_limit_per_minute`
+limits these calls apart from the batch endpoints' limit. `POST /v1/messages/count_tokens` (route
+"count_tokens", free, neither recorded nor limited) returns `{"input_tokens"}`: the whole prompt a
+message with those params would report, `input_tokens` plus both cache counts.
+
 Each batch keeps the latency and the outcome mix in force when it was created, so changing them
-later shapes only new batches. Text blocks marked with `cache_control` make a cached prefix: the
-first request to send a given prefix writes it (`cache_creation_input_tokens`), later ones read it
-(`cache_read_input_tokens`), and `input_tokens` counts only what follows the last marker.
+later shapes only new batches. The prompt is the tool definitions (as their JSON), the system prompt
+and the messages, about 4 characters a token. Blocks marked with `cache_control` make a cached
+prefix: the first request (batch or realtime) to send a given prefix writes it
+(`cache_creation_input_tokens`), later ones read it (`cache_read_input_tokens`), and `input_tokens`
+counts only what follows the last marker.
 
 Faults on demand: `inject(method, path_prefix, status, count, retry_after)` answers the next
 matching calls with an error (`retry-after` header when given); `lose_create_answers(n, how)` makes
 the next n creates go through and then answers 503 (`how="503"`) or drops the connection
 (`how="reset"`), as a gateway losing the answer would; `chaos(rate, seed)` does all of these at
 random (429/529/5xx before acting, lost create answers after, results streams cut half-way), and
-`creates` records every batch made, to count who was billed twice; `break_results_after(n)` cuts the
-next results stream after n lines; `rate_limit_per_minute` refuses with 429 calls to the batch
-endpoints past that many in the last 60 seconds of `clock`; `max_queued_requests` refuses with 429 a
-batch that would put more requests in processing than that. `clock` may be a `SimClock`, to live
-through a day at once; rate limits then lift only when the test advances it.
+`batch_ids()` lists every batch made, to count who was billed twice; `break_results_after(n)` cuts the
+next results stream after n lines. A fault's path prefix is matched as it is: one on
+`/v1/messages/batches` never hits a realtime call, and its route ("create", "message", ...) narrows
+it further. `rate_limit_per_minute` refuses with 429 calls to the batch endpoints past that many in
+the last 60 seconds of `clock`; `max_queued_requests` refuses with 429 a batch that would put more
+requests in processing than that. `clock` may be a `SimClock`, to live through a day at once; rate
+limits then lift only when the test advances it.
 """
 
 from __future__ import annotations
@@ -68,6 +92,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import chain
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
@@ -75,6 +100,9 @@ DAY = 24 * 3600
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 DIRECTIVE = re.compile(r"\[\[emulate:(succeeded|expired|canceled|errored(?::[a-z_]+)?)\]\]")
 ROUTE = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?P<tail>/cancel|/results)?)?$")
+# The realtime paths, each with its own route name, so a fault can aim at one kind of call.
+REALTIME = {"/v1/messages": "message", "/v1/messages/count_tokens": "count_tokens"}
+BATCH_ROUTES = frozenset({"create", "list", "retrieve", "cancel", "delete", "results"})
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _BASE62_BYTES = bytes(ord(BASE62[b % 62]) for b in range(256))
 OUTCOMES = ("processing", "succeeded", "errored", "canceled", "expired")
@@ -95,6 +123,19 @@ NO_CREDIT = (
     "Your credit balance is too low to access the Anthropic API. "
     "Please go to Plans & Billing to upgrade or purchase credits."
 )
+# The HTTP status a realtime call answers with for each error type (the API's documented pairs).
+STATUSES = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -175,9 +216,19 @@ class SimClock:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, retry_after: float | None = None):
+    def __init__(self, status: int, message: str, retry_after: float | None = None, kind: str | None = None):
         super().__init__(message)
         self.status, self.message, self.retry_after = status, message, retry_after
+        # The error type when the status alone does not name it (a 504 is a timeout_error).
+        self.kind = kind
+
+
+class MessageCall(NamedTuple):
+    """One answered realtime message: billed at list price, unlike batch results."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
 
 
 class _Request(NamedTuple):
@@ -268,6 +319,11 @@ class Emulator:
     cancel_seconds: float = 0.5
     max_queued_requests: int | None = None
     rate_limit_per_minute: int | None = None
+    # Weighted choices (weight, seconds) of how long a new batch takes, instead of latency_seconds.
+    latency_mix: list[tuple[float, float]] | None = None
+    # A real sleep before a realtime answer, standing for generation time (a SimClock does not move).
+    realtime_seconds: float = 0.0
+    realtime_rate_limit_per_minute: int | None = None
     # False: batches are still accepted, but every request of one made now ends errored with
     # invalid_request_error "Your credit balance is too low ..." (as the API does).
     credit: bool = True
@@ -275,9 +331,14 @@ class Emulator:
     refused_ids: set[str] = field(default_factory=set)
     url: str | None = None
     calls: Counter[tuple[str, str]] = field(default_factory=Counter, repr=False)
+    # Every realtime message answered, to count the calls billed at list price.
+    messages_created: list[MessageCall] = field(default_factory=list, repr=False)
     # Kept out of repr: a failing test would otherwise print every stored request.
     _batches: dict[str, _Batch] = field(default_factory=dict, repr=False)
     _admitted: deque[float] = field(default_factory=deque, repr=False)
+    _realtime_admitted: deque[float] = field(default_factory=deque, repr=False)
+    _late: list[float] = field(default_factory=list, repr=False)
+    _made: int = field(default=0, repr=False)  # batches created, to pick each one's latency from
     _cached_prefixes: set[int] = field(default_factory=set, repr=False)
     _faults: list[_Fault] = field(default_factory=list, repr=False)
     _break_after: int | None = field(default=None, repr=False)
@@ -325,6 +386,27 @@ class Emulator:
     def _roll(self) -> float:
         return self._chaos.random() if self._chaos is not None else 1.0
 
+    def make_late(self, count: int, seconds: float) -> None:
+        """Make the next `count` batches created take `seconds`, whatever the latency or the mix."""
+        with self._lock:
+            self._late.extend([seconds] * count)
+
+    def _latency(self) -> float:
+        """How long the batch being created takes (under the lock, as it uses up make_late)."""
+        self._made += 1
+        if self._late:
+            return self._late.pop(0)
+        if not self.latency_mix:
+            return self.latency_seconds
+        # From the seed and the creation number rather than the (random) id, so a seeded run of
+        # creates gets the same durations every time.
+        u = _unit(self.seed, self._made, "latency") * sum(w for w, _ in self.latency_mix)
+        for weight, seconds in self.latency_mix:
+            if u < weight:
+                return seconds
+            u -= weight
+        return self.latency_mix[-1][1]
+
     def break_results_after(self, lines: int) -> None:
         """Cut the next results stream after this many lines, as a dropped connection would."""
         with self._lock:
@@ -365,22 +447,24 @@ class Emulator:
         path = parts.path.rstrip("/")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         found = ROUTE.match(path)
-        route = _route(method, found)
+        route = _route(method, path, found)
         with self._lock:
             self.calls[(method, route)] += 1
         try:
             self._check_fault(method, path, route)
             self._random_refusal()
             size = max(len(body), _int(headers.get("content-length")))
-            if route == "create" and size > self.max_bytes:
+            # The server did not keep an oversize body, so every call that carries one is refused here.
+            if route in ("create", "message", "count_tokens") and size > self.max_bytes:
                 raise ApiError(413, TOO_LARGE)
             self._authenticate(headers)
             if not headers.get("anthropic-version"):
                 raise ApiError(400, "anthropic-version: header is required")
-            if found is None or route == "unknown":
+            if route == "unknown":
                 raise ApiError(404, f"Not found: {method} {path}")
-            self._throttle()
-            payload = self._dispatch(route, found.group("id"), query, body, size)
+            self._throttle(route)
+            batch_id = found.group("id") if found else None
+            payload = self._dispatch(route, batch_id, query, body, size)
             if route == "create":
                 self._lose_answer()
         except ApiError as err:
@@ -426,25 +510,35 @@ class Emulator:
         if self.api_key is not None and key != self.api_key:
             raise ApiError(401, "invalid x-api-key")
 
-    def _throttle(self) -> None:
-        if self.rate_limit_per_minute is None:
+    def _throttle(self, route: str) -> None:
+        # The batch endpoints and realtime messages have separate allowances; counting tokens is free.
+        if route in BATCH_ROUTES:
+            limit, admitted = self.rate_limit_per_minute, self._admitted
+        elif route == "message":
+            limit, admitted = self.realtime_rate_limit_per_minute, self._realtime_admitted
+        else:
+            return
+        if limit is None:
             return
         with self._lock:
             now = self.clock()
-            while self._admitted and self._admitted[0] <= now - 60:
-                self._admitted.popleft()
-            if len(self._admitted) >= self.rate_limit_per_minute:
-                wait = self._admitted[0] + 60 - now
-                limit = self.rate_limit_per_minute
+            while admitted and admitted[0] <= now - 60:
+                admitted.popleft()
+            if len(admitted) >= limit:
+                wait = admitted[0] + 60 - now
                 message = f"Number of requests has exceeded your rate limit ({limit} per minute)"
                 raise ApiError(429, message, max(1, math.ceil(wait)))
-            self._admitted.append(now)
+            admitted.append(now)
 
     def _dispatch(
         self, route: str, batch_id: str | None, query: dict[str, str], body: bytes, size: int
     ) -> Any:
         if route == "create":
             return self._create(body, size)
+        if route == "message":
+            return self._realtime(body)
+        if route == "count_tokens":
+            return self._count_tokens(body)
         if route == "list":
             return self._list(query)
         with self._lock:
@@ -473,13 +567,49 @@ class Emulator:
                 self.faults_served["results stream cut"] += 1
         return self._results(batch, cut)
 
+    def _realtime(self, body: bytes) -> dict[str, Any]:
+        params = _json_object(body)
+        if params.get("stream"):
+            raise ApiError(400, "stream: this emulator does not stream; send the request without it")
+        # Checked at once, unlike in a batch: a realtime call answers 400 for bad params.
+        one, prefix = _digest("", params)
+        if one.invalid:
+            raise ApiError(400, one.invalid)
+        if not self.credit:
+            raise ApiError(400, NO_CREDIT)
+        kind, _, error = (one.forced or "").partition(":")
+        if kind == "errored":
+            error = error or "api_error"
+            status = STATUSES.get(error, 500)
+            message = ERROR_MESSAGES.get(error, f"{error} while processing the request")
+            raise ApiError(status, message, 1 if status == 429 else None, kind=error)
+        if self.realtime_seconds > 0:
+            time.sleep(self.realtime_seconds)  # outside the lock: other calls go on meanwhile
+        with self._lock:
+            if prefix is not None:
+                if prefix in self._cached_prefixes:
+                    one = one._replace(cache_read=True)
+                self._cached_prefixes.add(prefix)
+            # A fresh key for the id: realtime answers have no batch or custom_id to name them by.
+            answer = _message(_new_id(""), one)
+            usage = answer["usage"]
+            usage["service_tier"] = "standard"
+            billed = MessageCall(one.model, usage["input_tokens"], usage["output_tokens"])
+            self.messages_created.append(billed)
+        return answer
+
+    def _count_tokens(self, body: bytes) -> dict[str, Any]:
+        params = _json_object(body)
+        # The count takes no max_tokens: lend it one, so the same checks apply to the rest.
+        one, _ = _digest("", params | {"max_tokens": 1})
+        if one.invalid:
+            raise ApiError(400, one.invalid)
+        return {"input_tokens": sum(_input_tokens(one))}
+
     def _create(self, body: bytes, size: int) -> dict[str, Any]:
         if size > self.max_bytes:
             raise ApiError(413, TOO_LARGE)
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
+        payload = _json(body)
         items = payload.get("requests") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
             raise ApiError(400, "requests: a non-empty list is required")
@@ -518,7 +648,7 @@ class Emulator:
                 id=_new_id("msgbatch_"),
                 created=self.clock(),
                 requests=kept,
-                latency=self.latency_seconds,
+                latency=self._latency(),
                 errored_share=self.errored_share,
                 expired_share=self.expired_share,
                 seed=self.seed,
@@ -653,10 +783,27 @@ class Emulator:
                 headers["retry-after-ms"] = str(max(1, round(err.retry_after * 1000)))
         body = {
             "type": "error",
-            "error": {"type": ERROR_TYPES.get(err.status, "api_error"), "message": err.message},
+            "error": {
+                "type": err.kind or ERROR_TYPES.get(err.status, "api_error"),
+                "message": err.message,
+            },
             "request_id": request_id,
         }
         return err.status, headers, json.dumps(body).encode()
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    payload = _json(body)
+    if not isinstance(payload, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return payload
 
 
 def _int(value: str | None) -> int:
@@ -666,7 +813,9 @@ def _int(value: str | None) -> int:
         return 0
 
 
-def _route(method: str, found: re.Match[str] | None) -> str:
+def _route(method: str, path: str, found: re.Match[str] | None) -> str:
+    if path in REALTIME:
+        return REALTIME[path] if method == "POST" else "unknown"
     if found is None:
         return "unknown"
     tail = found.group("tail")
@@ -696,6 +845,16 @@ def _texts(value: Any) -> Iterator[tuple[str, bool]]:
             yield "", True
 
 
+def _tool_texts(tools: Any) -> Iterator[tuple[str, bool]]:
+    """Tool definitions, which come first in the prompt, as their JSON; a marked one closes a prefix."""
+    if not isinstance(tools, list):
+        return
+    for tool in tools:
+        if isinstance(tool, dict):
+            plain = {k: v for k, v in tool.items() if k != "cache_control"}
+            yield json.dumps(plain, sort_keys=True), bool(tool.get("cache_control"))
+
+
 def _digest(custom_id: str, params: dict[str, Any]) -> tuple[_Request, int | None]:
     """What to keep of one request, and a key for its cached prefix when it marks one."""
     messages = params.get("messages")
@@ -714,7 +873,8 @@ def _digest(custom_id: str, params: dict[str, Any]) -> tuple[_Request, int | Non
     hasher = hashlib.blake2b(digest_size=8)
     chars = cached_chars = 0
     prefix_key = None
-    for text, marked in _texts([params.get("system"), messages]):
+    pieces = chain(_tool_texts(params.get("tools")), _texts([params.get("system"), messages]))
+    for text, marked in pieces:
         chars += len(text)
         hasher.update(text.encode("utf-8", "replace"))
         if marked:
@@ -752,6 +912,11 @@ def _last_user_text(messages: Any) -> str:
     return ""
 
 
+def _input_tokens(req: _Request) -> tuple[int, int]:
+    """The prompt's tokens after the last cache marker, and up to it (written or read alike)."""
+    return max(1, (req.prompt_chars - req.cached_chars) // 4), req.cached_chars // 4
+
+
 def _message(batch_id: str, req: _Request) -> dict[str, Any]:
     # An ordinary answer ends on its own well within max_tokens; a "long" one runs into the limit.
     n = req.max_tokens if req.long else min(8 + req.prompt_hash % 40, max(1, int(req.max_tokens / 1.3)))
@@ -759,7 +924,7 @@ def _message(batch_id: str, req: _Request) -> dict[str, Any]:
     words = [WORDS[(start + i) % len(WORDS)] for i in range(n)]
     output_tokens = max(1, min(req.max_tokens, math.ceil(n * 1.3)))
     stop = "max_tokens" if req.long else "end_turn"
-    cached = req.cached_chars // 4
+    fresh, cached = _input_tokens(req)
     return {
         "id": _stable_id("msg_01", batch_id, req.custom_id, n=22),
         "type": "message",
@@ -769,7 +934,7 @@ def _message(batch_id: str, req: _Request) -> dict[str, Any]:
         "stop_reason": stop,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": max(1, (req.prompt_chars - req.cached_chars) // 4),
+            "input_tokens": fresh,
             "output_tokens": output_tokens,
             "cache_creation_input_tokens": 0 if req.cache_read else cached,
             "cache_read_input_tokens": cached if req.cache_read else 0,
@@ -881,6 +1046,17 @@ class EmulatorServer:
         self.stop()
 
 
+def _mix(text: str) -> list[tuple[float, float]]:
+    """`0.9:30,0.1:7200` as [(0.9, 30.0), (0.1, 7200.0)]."""
+    try:
+        mix = [(float(w), float(sec)) for w, sec in (part.split(":") for part in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected weight:seconds,... not {text!r}") from None
+    if any(w < 0 or sec < 0 for w, sec in mix) or sum(w for w, _ in mix) <= 0:
+        raise argparse.ArgumentTypeError(f"negative values, or no weight at all: {text!r}")
+    return mix
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m relay_local.emulator", description=__doc__.split("\n\n")[0]
@@ -888,6 +1064,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--latency", type=float, default=5.0, help="seconds a batch stays in_progress")
+    parser.add_argument(
+        "--latency-mix",
+        type=_mix,
+        default=None,
+        metavar="W:S,...",
+        help="weighted batch durations instead of --latency, e.g. 0.9:30,0.1:7200 (one batch in ten late)",
+    )
+    parser.add_argument(
+        "--realtime-seconds", type=float, default=0.0, help="seconds a realtime message takes to answer"
+    )
+    parser.add_argument(
+        "--realtime-rate-limit-per-minute", type=int, default=None, help="realtime messages (429 past it)"
+    )
     parser.add_argument("--errored-share", type=float, default=0.0, help="share of requests errored")
     parser.add_argument("--expired-share", type=float, default=0.0, help="share of requests expired")
     parser.add_argument("--seed", type=int, default=0)
@@ -913,9 +1102,12 @@ def main(argv: list[str] | None = None) -> None:
         cancel_seconds=args.cancel_seconds,
         max_queued_requests=args.max_queued_requests,
         rate_limit_per_minute=args.rate_limit_per_minute,
+        latency_mix=args.latency_mix,
+        realtime_seconds=args.realtime_seconds,
+        realtime_rate_limit_per_minute=args.realtime_rate_limit_per_minute,
     )
     server = EmulatorServer(emu, args.host, args.port).start()
-    print(f"Anthropic batch emulator on {server.url} (set ANTHROPIC_BASE_URL to it); Ctrl-C stops it")
+    print(f"Anthropic API emulator on {server.url} (set ANTHROPIC_BASE_URL to it); Ctrl-C stops it")
     try:
         server.thread.join()
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import anthropic
 import pytest
-from relay_local.emulator import Emulator, EmulatorServer, SimClock
+from relay_local.emulator import Emulator, EmulatorServer, MessageCall, SimClock
 
 pytestmark = pytest.mark.integration
 
@@ -441,8 +441,21 @@ def test_the_command_line_documents_its_options():
     out = subprocess.run(
         [sys.executable, "-m", "relay_local.emulator", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for option in ("--port", "--latency", "--errored-share", "--rate-limit-per-minute", "--max-bytes"):
+    for option in (
+        "--port",
+        "--latency",
+        "--errored-share",
+        "--rate-limit-per-minute",
+        "--max-bytes",
+        "--latency-mix",
+        "--realtime-seconds",
+        "--realtime-rate-limit-per-minute",
+    ):
         assert option in out
+    assert "0.9:30,0.1:7200" in out
+    command = [sys.executable, "-m", "relay_local.emulator", "--latency-mix", "0.9-30"]
+    bad = subprocess.run(command, capture_output=True, text=True)
+    assert bad.returncode == 2 and "weight:seconds" in bad.stderr
 
 
 def test_the_processing_queue_has_a_limit(clock):
@@ -523,3 +536,255 @@ def test_configured_mix_is_deterministic(clock):
             kinds["errored"],
             kinds["expired"],
         )
+
+
+def params(text="Summarise this ticket.", **extra):
+    """Keyword arguments for `client.messages.create`."""
+    return req("rt", text, **extra)["params"]
+
+
+def test_a_realtime_message_is_answered_at_list_price(client, emu):
+    first = client.messages.create(**params())
+    assert first.id.startswith("msg_01") and first.type == "message" and first.role == "assistant"
+    assert first.model == "claude-haiku-4-5" and first.content[0].text and first.stop_reason == "end_turn"
+    usage = first.usage
+    assert usage.service_tier == "standard" and usage.input_tokens == len("Summarise this ticket.") // 4
+    assert 1 <= usage.output_tokens <= 100
+    assert usage.cache_creation_input_tokens == 0 == usage.cache_read_input_tokens
+    again = client.messages.create(**params())
+    assert again.id != first.id and again.content[0].text == first.content[0].text
+    long = client.messages.create(**params("go on [[emulate:long]]", max_tokens=20))
+    assert long.stop_reason == "max_tokens" and long.usage.output_tokens == 20
+    # Batch-only directives mean nothing to a realtime call: it is answered.
+    for directive in ("[[emulate:expired]]", "[[emulate:canceled]]"):
+        assert client.messages.create(**params(directive)).type == "message"
+    assert emu.calls[("POST", "message")] == 5 and emu.batch_ids() == []
+    assert len(emu.messages_created) == 5
+    assert emu.messages_created[0] == MessageCall("claude-haiku-4-5", usage.input_tokens, usage.output_tokens)
+    assert emu.messages_created[2] == MessageCall("claude-haiku-4-5", long.usage.input_tokens, 20)
+
+
+def test_realtime_params_are_checked_at_once(client, emu):
+    for bad in ({"model": "gpt-4o"}, {"max_tokens": 0}, {"messages": []}, {"stream": True}):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            client.messages.create(**params() | bad)
+        assert refused.value.body["error"]["type"] == "invalid_request_error"
+        assert next(iter(bad)) in refused.value.body["error"]["message"]
+    # The SDK will not send a create without a model: below it, the API's own answer.
+    url = str(client.base_url).rstrip("/") + "/v1/messages"
+    no_model = json.dumps({k: v for k, v in params().items() if k != "model"}).encode()
+    key = {"x-api-key": "k", "content-type": "application/json"}
+    status, _, body = raw(url, "POST", key, no_model)
+    assert status == 400 and json.loads(body)["error"]["message"] == "model: Field required"
+    status, _, body = raw(url, "POST", key, b"[1]")
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
+    # The key and the version header are checked as for the batch endpoints.
+    good = json.dumps(params()).encode()
+    assert raw(url, "POST", {}, good)[0] == 401
+    assert raw(url, "POST", key, good, version=False)[0] == 400
+    assert raw(url, "POST", key, good)[0] == 200
+    assert len(emu.messages_created) == 1
+
+
+def test_unknown_paths_and_methods_are_not_found(emu):
+    with EmulatorServer(emu) as server:
+        key = {"x-api-key": "k"}
+        for method, path in [
+            ("GET", "/v1/messages"),
+            ("GET", "/v1/messages/count_tokens"),
+            ("POST", "/v1/complete"),
+            ("POST", "/v1/messages/other"),
+        ]:
+            status, _, body = raw(server.url + path, method, key, b"{}" if method == "POST" else None)
+            assert (status, json.loads(body)["error"]["type"]) == (404, "not_found_error"), (method, path)
+    assert emu.calls[("GET", "unknown")] == 2 and emu.calls[("POST", "unknown")] == 2
+
+
+def test_a_forced_error_answers_its_http_status(client, emu):
+    with pytest.raises(OVERLOADED) as overloaded:
+        client.messages.create(**params("x [[emulate:errored:overloaded_error]]"))
+    assert overloaded.value.status_code == 529
+    assert overloaded.value.body["error"]["type"] == "overloaded_error"
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        client.messages.create(**params("[[emulate:errored:rate_limit_error]]"))
+    assert limited.value.response.headers["retry-after"] == "1"
+    for error, status, exc in [
+        ("api_error", 500, anthropic.InternalServerError),
+        ("invalid_request_error", 400, anthropic.BadRequestError),
+        ("timeout_error", 504, anthropic.InternalServerError),
+        ("billing_error", 402, anthropic.APIStatusError),
+    ]:
+        with pytest.raises(exc) as raised:
+            client.messages.create(**params(f"[[emulate:errored:{error}]]"))
+        assert raised.value.status_code == status and raised.value.body["error"]["type"] == error
+    assert emu.messages_created == []
+
+
+def test_faults_aim_at_realtime_or_batch_calls(client, emu):
+    emu.inject("POST", "/v1/messages", 429, retry_after=3, route="message")
+    # A batch create passes untouched: the fault waits for a realtime call.
+    assert client.messages.batches.create(requests=[req("a")]).processing_status == "in_progress"
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        client.messages.create(**params())
+    assert limited.value.response.headers["retry-after"] == "3"
+    assert client.messages.create(**params()).type == "message"
+    # Faults aimed at the batch endpoints, by prefix or by the "create" route, miss realtime calls.
+    emu.inject("POST", "/v1/messages/batches", 500)
+    emu.inject("POST", "/v1/messages", 503, route="create")
+    assert client.messages.create(**params()).type == "message"
+    assert client.messages.count_tokens(model="claude-haiku-4-5", messages=params()["messages"])
+    with pytest.raises(anthropic.InternalServerError) as first:
+        client.messages.batches.create(requests=[req("b")])
+    with pytest.raises(anthropic.InternalServerError) as second:
+        client.messages.batches.create(requests=[req("b")])
+    assert (first.value.status_code, second.value.status_code) == (500, 503)
+    emu.inject("POST", "/v1/messages/count_tokens", 529, route="count_tokens")
+    assert client.messages.create(**params()).type == "message"
+    with pytest.raises(OVERLOADED):
+        client.messages.count_tokens(model="claude-haiku-4-5", messages=params()["messages"])
+    assert len(emu.messages_created) == 3 and len(emu.batch_ids()) == 1
+
+
+def test_realtime_calls_have_their_own_rate_limit(clock):
+    emu = Emulator(clock=clock, rate_limit_per_minute=1, realtime_rate_limit_per_minute=2)
+    with EmulatorServer(emu) as server:
+        client = anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0)
+        client.messages.batches.list()
+        with pytest.raises(anthropic.RateLimitError):
+            client.messages.batches.list()
+        # The batch allowance is spent, the realtime one is not.
+        client.messages.create(**params())
+        clock.advance(15)
+        client.messages.create(**params())
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            client.messages.create(**params())
+        assert limited.value.body["error"]["type"] == "rate_limit_error"
+        assert limited.value.response.headers["retry-after"] == "45"
+        # Counting tokens is free and limited by neither.
+        assert client.messages.count_tokens(model="claude-haiku-4-5", messages=params()["messages"])
+        clock.advance(45)
+        assert client.messages.create(**params()).type == "message"
+        assert len(emu.messages_created) == 3
+
+
+def test_realtime_without_credit_is_refused(client, emu):
+    emu.credit = False
+    with pytest.raises(anthropic.BadRequestError, match="credit balance is too low") as refused:
+        client.messages.create(**params())
+    assert refused.value.body["error"]["type"] == "invalid_request_error"
+    assert emu.messages_created == []
+    emu.credit = True
+    assert client.messages.create(**params()).usage.service_tier == "standard"
+
+
+def test_realtime_answers_take_realtime_seconds(client, emu):
+    emu.realtime_seconds = 0.3
+    started = time.monotonic()
+    client.messages.create(**params())
+    assert time.monotonic() - started >= 0.3
+    emu.realtime_seconds = 0.0
+    started = time.monotonic()
+    client.messages.create(**params())
+    assert time.monotonic() - started < 0.3
+
+
+def test_count_tokens_is_the_whole_prompt_a_message_reports(client, emu):
+    policy = "policy " * 400
+    marked = {"type": "text", "text": policy, "cache_control": {"type": "ephemeral"}}
+    tools = [{"name": "lookup", "description": "find a ticket", "input_schema": {"type": "object"}}]
+    cases = {
+        "plain": {},
+        "system": {"system": "You triage support tickets."},
+        "cached system": {"system": [marked]},
+        "cached block": {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "rules " * 300, "cache_control": {"type": "ephemeral"}},
+                        {"type": "text", "text": "ticket 7 " * 20},
+                    ],
+                }
+            ]
+        },
+        "tools": {"tools": tools},
+    }
+    counted = {}
+    for name, extra in cases.items():
+        call = params(f"{name}: summarise this ticket.") | extra
+        options = {k: call[k] for k in ("system", "tools") if k in call}
+        count = client.messages.count_tokens(model=call["model"], messages=call["messages"], **options)
+        counted[name] = count.input_tokens
+        # Twice: the first writes the cached prefix, the second reads it; the total is the same.
+        written, read = (client.messages.create(**call).usage for _ in range(2))
+        for usage in (written, read):
+            total = usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens
+            assert counted[name] == total, name
+        if name.startswith("cached"):
+            assert written.cache_creation_input_tokens > 0 and read.cache_read_input_tokens > 0, name
+    assert counted["plain"] == len("plain: summarise this ticket.") // 4
+    assert counted["system"] > counted["plain"] and counted["tools"] > counted["plain"] + 10
+    assert counted["cached system"] > 700
+    assert emu.calls[("POST", "count_tokens")] == len(cases)
+    assert len(emu.messages_created) == 2 * len(cases)  # counting is free: not a message
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.count_tokens(model="gpt-4o", messages=params()["messages"])
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.count_tokens(model="claude-haiku-4-5", messages=[])
+
+
+def test_realtime_calls_write_and_read_the_prompt_cache(client):
+    system = [{"type": "text", "text": "policy " * 400, "cache_control": {"type": "ephemeral"}}]
+    first = client.messages.create(**params("ticket 1", system=system)).usage
+    second = client.messages.create(**params("ticket 2", system=system)).usage
+    assert first.cache_creation_input_tokens == 700 and first.cache_read_input_tokens == 0
+    assert second.cache_read_input_tokens == 700 and second.cache_creation_input_tokens == 0
+    assert second.input_tokens == len("ticket 2") // 4
+
+
+def durations(seed, count=40):
+    """How long each of `count` batches took, in creation order, under a mix of 30 s and 2 h."""
+    clock = SimClock(start=1_800_000_000.0)
+    emu = Emulator(clock=clock, seed=seed, latency_mix=[(0.9, 30.0), (0.1, 7200.0)])
+    with EmulatorServer(emu) as server:
+        client = anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0)
+        ids = [client.messages.batches.create(requests=[req("a")]).id for _ in range(count)]
+        clock.advance(31)
+        early = {b.id for b in client.messages.batches.list(limit=100).data if b.processing_status == "ended"}
+        clock.advance(7200)
+        ended = {b.id: b for b in client.messages.batches.list(limit=100).data}
+    assert {b.processing_status for b in ended.values()} == {"ended"} and len(ended) == count
+    taken = [round((ended[i].ended_at - ended[i].created_at).total_seconds()) for i in ids]
+    # Each batch ended when its own latency said, not at a common time.
+    assert [seconds == 30 for seconds in taken] == [i in early for i in ids]
+    return taken
+
+
+def test_a_latency_mix_spreads_batch_durations_deterministically():
+    taken = durations(seed=11)
+    assert set(taken) == {30, 7200}
+    assert 1 <= taken.count(7200) <= 12  # about one in ten
+    assert durations(seed=11) == taken
+
+
+def test_make_late_makes_exactly_the_next_batches_late(client, emu, clock):
+    emu.latency_mix = [(1.0, 10.0)]
+    emu.make_late(1, 7200)
+    late = client.messages.batches.create(requests=[req("late")])
+    others = [client.messages.batches.create(requests=[req(f"o{i}")]) for i in range(3)]
+    clock.advance(11)
+    assert client.messages.batches.retrieve(late.id).processing_status == "in_progress"
+    assert {client.messages.batches.retrieve(b.id).processing_status for b in others} == {"ended"}
+    emu.latency_mix = None
+    emu.make_late(2, 100)
+    later = [client.messages.batches.create(requests=[req(f"l{i}")]) for i in range(3)]
+    clock.advance(61)
+    assert [client.messages.batches.retrieve(b.id).processing_status for b in later] == [
+        "in_progress",
+        "in_progress",
+        "ended",
+    ]
+    clock.advance(7200)
+    ended = client.messages.batches.retrieve(late.id)
+    assert ended.processing_status == "ended"
+    assert ended.ended_at - ended.created_at == timedelta(seconds=7200)
