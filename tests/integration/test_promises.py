@@ -430,7 +430,7 @@ def test_a_claim_stops_at_its_time_budget_and_submits_what_it_has(loaded, emulat
 
     stack, inbox, ids = loaded
     real_pages, real_journal = Store.pages, Payloads.journal
-    monkeypatch.setattr(Store, "pages", lambda self, part, size=1000: real_pages(self, part, 5))
+    monkeypatch.setattr(Store, "pages", lambda self, part, size=1000, **kw: real_pages(self, part, 5, **kw))
 
     def slow_page(self, ref, number, ids):
         stack.advance(400)  # each page "takes" 400 s of a 900 s invocation

@@ -25,7 +25,11 @@ INLINE_BUDGET = SNS_MAX_BYTES - 16 * 1024
 
 
 def encode(completion: Completion) -> str:
-    return completion.model_dump_json(exclude_none=True)
+    text = completion.model_dump_json(exclude_none=True)
+    if completion.batch_id is None and completion.status != "rejected":
+        # Said even when null: a realtime answer has no batch, and says so.
+        text = '{"batch_id":null,' + text[1:]
+    return text
 
 
 def attributes(completion: Completion) -> dict[str, dict[str, str]]:

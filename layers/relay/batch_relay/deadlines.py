@@ -37,6 +37,9 @@ PERCENTILE = 0.95
 POLL_SHARE = 0.1
 # Rescues due within this long of one another are done together, in one check.
 RESCUE_GROUP_SECONDS = 60
+# A tier is flushed this long before a batch would be too late: submitter runs come a minute
+# apart and a claim takes time.
+FLUSH_LEAD_SECONDS = 300
 
 
 def deadline_of(item: dict[str, Any]) -> float | None:
@@ -55,7 +58,11 @@ def sort_key(received_at: str, deadline: str | None, tier: Tier, settings: Setti
     its tier must be flushed for a batch to make it (at most its tier's max wait after receipt)."""
     if deadline is None:
         return received_at
-    latest = clock.parse(deadline) - batch_seconds(settings.default_turnaround_seconds, settings)
+    latest = (
+        clock.parse(deadline)
+        - batch_seconds(settings.default_turnaround_seconds, settings)
+        - FLUSH_LEAD_SECONDS
+    )
     return BY + clock.iso(min(clock.parse(received_at) + tier.max_wait_seconds, latest))
 
 

@@ -112,6 +112,14 @@ class RequestMessage(BaseModel):
         "tier or model), values of at most 256 characters",
     )
 
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        # pydantic would also take a number as a Unix time; the contract is an RFC 3339 string.
+        if value is not None and not isinstance(value, str):
+            raise ValueError("deadline must be an RFC 3339 date-time string with an offset")
+        return value
+
     @field_validator("metadata", mode="before")
     @classmethod
     def _metadata(cls, value: Any) -> Any:

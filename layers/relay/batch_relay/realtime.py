@@ -46,7 +46,7 @@ from .payloads import Bodies, Payloads
 from .pricing import bound, input_tokens_of, realtime_cost_of
 from .results import Settler, errored
 from .settings import Settings
-from .store import Store, held_by, request_key
+from .store import Store, dynamo, held_by, request_key
 
 # Kept at the end of an invocation for settling and publishing after the call.
 SAFETY_SECONDS = 30.0
@@ -127,7 +127,7 @@ class Realtime:
                 self.settler.flush(ref)  # settled by a try that died before publishing
             return "answered"
         now = clock.now()
-        free = Attr("rt_until").not_exists() | Attr("rt_until").lt(now)
+        free = Attr("rt_until").not_exists() | Attr("rt_until").lt(dynamo(now))
         if not self.store.update_if(
             key,
             Attr("status").eq("claimed") & Attr("batch_ref").eq(ref) & free,

@@ -149,7 +149,7 @@ class Store:
     ) -> Iterator[dict[str, Any]]:
         """Items of one index partition, oldest first."""
         seen = 0
-        for page in self.pages(partition, min(limit, 1000) if limit else 1000, span):
+        for page in self.pages(partition, min(limit, 1000) if limit else 1000, span=span):
             for item in page:
                 yield item
                 seen += 1

@@ -598,8 +598,6 @@ class Submitter:
     def _recover_realtime(self, record: dict[str, Any], idle: float) -> bool:
         """A realtime record ends once none of its requests is still waiting for an answer; those
         that are get their message again (lost, or sent by a run that died)."""
-        if idle < RESEND_SECONDS / 3:
-            return False
         ref = record["ref"]
         ids = list(self.payloads.journaled(ref))
         items = self.store.get_many(request_key(rid) for rid in ids)
