@@ -52,6 +52,11 @@ def invoke(function: str, event_path: str) -> int:
         if isinstance(event, dict) and {"batch_id", "ref"} <= event.keys():
             # A poller step's event names a batch: make it exist, as the submitter would have.
             stack.seed_batch(event["batch_id"], event["ref"], emulator)
+        if function == "RealtimeFunction":
+            # Each realtime message names a request waiting for its answer: make it wait.
+            for record in event.get("Records", []):
+                body = json.loads(record["body"])
+                stack.seed_realtime(body["request_id"], body["ref"])
         try:
             result = stack.invoke(function, event)
         except Exception as exc:  # shown as Lambda reports an unhandled error

@@ -675,6 +675,67 @@ class LocalStack:
             emulator.preload(batch_id, [{"custom_id": rid, "params": params} for rid in ids])
         return ids
 
+    def seed_realtime(self, request_id: str, ref: str) -> None:
+        """Make request <request_id> wait for a realtime answer under realtime record <ref>, as the
+        submitter leaves it when a batch cannot make its deadline: its line in S3, its item claimed
+        by the record, the record and its claim journal."""
+        from batch_relay import clock
+        from batch_relay.payloads import Payloads, request_line
+        from batch_relay.settings import settings
+        from batch_relay.store import LIVE, Store, batch_key, request_key
+
+        config = settings()
+        store, payloads = Store(config.table_name), Payloads(config.bucket_name)
+        now, ttl = clock.iso(), int(clock.now()) + config.retention_days * 86400
+        params = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 256,
+            "messages": [{"role": "user", "content": "Summarise the ticket: export to CSV does nothing."}],
+        }
+        line = request_line(request_id, params)
+        key = f"bodies/seed/{ref}.jsonl"
+        payloads.put_lines(key, [line + b"\n"])
+        payloads.journal(ref, 0, [request_id])
+        store.put_many(
+            [
+                {
+                    "pk": request_key(request_id),
+                    "kind": "request",
+                    "request_id": request_id,
+                    "tier": config.default_tier,
+                    "model": params["model"],
+                    "status": "claimed",
+                    "batch_ref": ref,
+                    "route": "realtime",
+                    "attempts": 1,
+                    "max_tokens": params["max_tokens"],
+                    "deadline": clock.iso(clock.now() + 600),
+                    "received_at": now,
+                    "submitted_at": now,
+                    "body_key": key,
+                    "body_at": 0,
+                    "body_len": len(line),
+                    "ttl": ttl,
+                }
+            ]
+        )
+        store.add(
+            {
+                "pk": batch_key(ref),
+                "kind": "batch",
+                "ref": ref,
+                "tier": config.default_tier,
+                "route": "realtime",
+                "status": "realtime",
+                "pending_tier": LIVE,
+                "pending_since": now,
+                "claimed_at": now,
+                "updated_at": now,
+                "request_count": 1,
+                "ttl": ttl,
+            }
+        )
+
     def subscribe(self, filter_policy: dict[str, Any] | None = None, scope: str = "MessageAttributes") -> str:
         """A queue subscribed to the completion topic with raw delivery (and a filter policy if given)."""
         url = self.sqs.create_queue(QueueName=f"completions-{uuid.uuid4().hex[:8]}")["QueueUrl"]

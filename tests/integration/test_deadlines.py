@@ -105,7 +105,9 @@ def test_a_deadline_flushes_its_tier_before_its_max_wait(stack, emulator):
     stack.deliver()
     stack.tick()
     assert emulator.batch_ids() == [], "flushed before its tier or its deadline asked"
-    flush_in = 3 * 3600 - batch_seconds(settings().default_turnaround_seconds, settings()) - FLUSH_LEAD_SECONDS
+    flush_in = (
+        3 * 3600 - batch_seconds(settings().default_turnaround_seconds, settings()) - FLUSH_LEAD_SECONDS
+    )
     assert 0 < flush_in < 3600
     stack.advance(flush_in + 30)
     stack.tick()
@@ -150,7 +152,7 @@ def test_a_late_batch_gives_up_its_deadline_requests_to_realtime_exactly_once(ma
     assert {c["route"] for c in rest.values()} == {"batch"}
     assert len(emulator.messages_created) == len(due)
     assert emitted(capsys)["DeadlineRescues"] == len(due)
-    record = [b for b in items(stack, "batch#").values() if b.get("batch_id") == batch_id][0]
+    record = next(b for b in items(stack, "batch#").values() if b.get("batch_id") == batch_id)
     assert int(record["n_rescued"]) == len(due) and record["status"] == "collected"
 
 
@@ -170,13 +172,15 @@ def test_a_batch_whose_requests_all_went_realtime_is_canceled(make_stack, emulat
     assert {c["route"] for c in got.values()} == {"realtime"}
     view = emulator._view(emulator._batches[batch_id])
     assert view["processing_status"] == "ended" and view["cancel_initiated_at"]
-    record = [b for b in items(stack, "batch#").values() if b.get("batch_id") == batch_id][0]
+    record = next(b for b in items(stack, "batch#").values() if b.get("batch_id") == batch_id)
     assert record["status"] == "collected"
     # What the canceled batch still ran is counted once, on the batch and on the request
     ran = view["request_counts"]["succeeded"]
     both = [i for i in items(stack).values() if "both_ways_usd" in i]
     assert len(both) == ran
-    assert float(record.get("both_ways_usd", 0)) == pytest.approx(sum(float(i["both_ways_usd"]) for i in both))
+    assert float(record.get("both_ways_usd", 0)) == pytest.approx(
+        sum(float(i["both_ways_usd"]) for i in both)
+    )
 
 
 def test_realtime_honours_retry_after_and_answers_once(make_stack, emulator):
@@ -241,7 +245,9 @@ def test_a_deadline_that_is_not_rfc3339_with_an_offset_is_rejected(stack, emulat
     stack.send([request("bad-deadline", deadline=deadline), request("fine")])
     stack.pump()
     got = once(stack, inbox, ["bad-deadline", "fine"])
-    assert got["bad-deadline"]["status"] == "rejected" and "deadline" in got["bad-deadline"]["error"]["message"]
+    assert (
+        got["bad-deadline"]["status"] == "rejected" and "deadline" in got["bad-deadline"]["error"]["message"]
+    )
     assert got["fine"]["status"] == "succeeded"
 
 

@@ -44,3 +44,31 @@ def test_a_seeded_batch_is_collected_like_a_submitted_one(stack, emulator) -> No
     completions = stack.drain(queue)
     assert sorted(c["request_id"] for c in completions) == sorted(ids)
     assert {(c["status"], c["batch_id"]) for c in completions} == {("succeeded", event["batch_id"])}
+
+
+def test_invoke_answers_the_realtime_sample_event(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    status = cli.main(["invoke", "RealtimeFunction", str(EVENTS / "realtime.json")])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert json.loads(out[out.index("{\n") :]) == {"batchItemFailures": []}
+    assert '"route":"realtime"' not in out  # completions go to SNS, never to the log
+
+
+def test_a_seeded_realtime_request_is_answered_once_at_list_price(stack, emulator) -> None:
+    event = load_event("realtime.json")
+    body = json.loads(event["Records"][0]["body"])
+    queue = stack.subscribe()
+    stack.seed_realtime(body["request_id"], body["ref"])
+    # Delivered twice, as SQS may: one call to the Messages API, one completion
+    assert stack.invoke("RealtimeFunction", event) == {"batchItemFailures": []}
+    assert stack.invoke("RealtimeFunction", event) == {"batchItemFailures": []}
+    [completion] = stack.drain(queue)
+    assert completion["request_id"] == body["request_id"]
+    assert (completion["status"], completion["route"], completion["batch_id"]) == (
+        "succeeded",
+        "realtime",
+        None,
+    )
+    assert completion["cost"]["saved_usd"] == 0
+    assert len(emulator.messages_created) == 1

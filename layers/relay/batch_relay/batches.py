@@ -189,7 +189,7 @@ def message(params: dict[str, Any], deadline: float) -> dict[str, Any]:
     known = {k: v for k, v in params.items() if k in _CREATE_PARAMS}
     extra = {k: v for k, v in params.items() if k not in _CREATE_PARAMS}
     answer = _call(bounded.messages.create, **known, **({"extra_body": extra} if extra else {}))
-    return answer.to_dict()  # type: ignore[no-any-return]
+    return answer.to_dict()
 
 
 _CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters) - {

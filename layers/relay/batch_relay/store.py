@@ -123,7 +123,7 @@ class Store:
         """Items of one index partition, oldest first, a page at a time (eventually consistent).
         `span`: "plain" for requests without a deadline only, "by" for those with one only;
         `until`: sort keys up to this one."""
-        cond = Key("pending_tier").eq(partition)
+        cond: Any = Key("pending_tier").eq(partition)
         sort = Key("pending_since")
         if span == "by":
             cond &= sort.between(BY, until) if until else sort.begins_with(BY)
