@@ -292,3 +292,15 @@ def _ts(stamp: str) -> float:
 
 def _rescued(stack) -> bool:
     return any(b.get("status") == "realtime" for b in items(stack, "batch#").values())
+
+
+def test_a_request_dearer_than_the_whole_budget_is_answered_not_left_blocking(make_stack, emulator):
+    stack = make_stack(DailyBudgetUSD="0.01")
+    inbox = stack.subscribe()
+    dear = request("dear", model="claude-opus-4-1")
+    dear["params"]["max_tokens"] = 100_000  # up to 3.75 USD at batch price
+    stack.send([dear, request("cheap")])
+    stack.pump()
+    got = once(stack, inbox, ["dear", "cheap"])
+    assert got["dear"]["status"] == "errored" and got["dear"]["error"]["type"] == "budget_exceeded"
+    assert got["cheap"]["status"] == "succeeded"

@@ -276,6 +276,7 @@ class Submitter:
         giants: list[dict[str, Any]] = []
         lost: list[dict[str, Any]] = []
         late: list[dict[str, Any]] = []
+        dear: list[tuple[dict[str, Any], float]] = []
         schedule: list[tuple[float, str]] = []
         models: set[str] = set()
         allowance = self.budget.left()
@@ -312,6 +313,9 @@ class Submitter:
                         full = True
                         break
                     cost = self._bound(item, line)
+                    if cost > self.settings.daily_budget_usd > 0:
+                        dear.append((item, cost))  # no day's budget can ever hold it
+                        continue
                     if estimate + cost > allowance:
                         full = self.over_budget = True  # the rest waits for the next UTC day
                         break
@@ -339,8 +343,11 @@ class Submitter:
             )
         for item in lost:
             self.refuse_alone(tier, item, "request_unavailable", "the request's body could not be read back")
+        for item, cost in dear:
+            message = f"the request may cost up to {cost:.4f} USD, more than the whole daily budget"
+            self.refuse_alone(tier, item, "budget_exceeded", message)
         routed = self.handoff.route(tier, late, why="late") if late else 0
-        answered = len(giants) + len(lost) + routed
+        answered = len(giants) + len(lost) + len(dear) + routed
         if writer.count == 0:
             self.store.update(
                 batch_key(record["ref"]), status="empty", remove=("pending_tier", "pending_since")
