@@ -132,21 +132,26 @@ class Rescuer:
         at = self.rescue_at(record)
         return at is not None and now >= at
 
-    def rescue(self, record: dict[str, Any], now: float, send: Any) -> int:
+    def rescue(self, record: dict[str, Any], now: float, send: Any, until: float = float("inf")) -> int:
         """Move the batch's requests whose deadline is near to a realtime record and hand them to
-        `send(record, ids)`; returns how many moved. The caller holds the batch's collect lease."""
+        `send` (a `handoff.Handoff`); returns how many moved. The caller holds the batch's collect
+        lease. What `until` leaves no time for stays due, for the next check."""
         ref = record["ref"]
         margin = self.settings.deadline_margin_seconds
-        schedule = [(float(d), rid) for d, rid in self.payloads.read_json(f"deadlines/{ref}.json")]
+        schedule = [(float(d) - margin, rid) for d, rid in self.payloads.read_json(f"deadlines/{ref}.json")]
         cut = now + RESCUE_GROUP_SECONDS
-        due = [rid for d, rid in schedule if d - margin <= cut]
-        later = [d - margin for d, _ in schedule if d - margin > cut]
+        due = [(at, rid) for at, rid in schedule if at <= cut]
+        later = [at for at, _ in schedule if at > cut]
         moved: list[str] = []
+        done = 0
         target: dict[str, Any] | None = None
         if due:
             target = send.record(record["tier"], rescued_from=ref)
-            self.payloads.journal(target["ref"], 0, due)
-            for rid in due:
+            self.payloads.journal(target["ref"], 0, [rid for _, rid in due])
+            for _, rid in due:
+                if clock.now() >= until:
+                    break
+                done += 1
                 taken = self.store.update_if(
                     request_key(rid),
                     Attr("status").eq("claimed") & Attr("batch_ref").eq(ref),
@@ -156,12 +161,13 @@ class Rescuer:
                 )
                 if taken:
                     moved.append(rid)
+        left = [at for at, _ in due[done:]] + later
         fields: dict[str, Any] = {"updated_at": clock.iso(now)}
-        if later:
-            fields["rescue_at"] = min(later)
+        if left:
+            fields["rescue_at"] = min(left)
         self.store.update(
             batch_key(ref),
-            remove=() if later else ("rescue_at",),
+            remove=() if left else ("rescue_at",),
             add={"n_rescued": len(moved)} if moved else None,
             **fields,
         )

@@ -64,7 +64,7 @@ class Poller:
         wait = next_wait(batch.created_at.timestamp(), self.settings)
         record = self.store.get(batch_key(event["ref"])) or {}
         if not ended:
-            record = self._rescue(record)
+            record = self._rescue(record, deadline)
             rescuer = Rescuer(self.settings, self.store, self.payloads)
             at = rescuer.rescue_at(record)
             if at is not None:
@@ -97,7 +97,7 @@ class Poller:
         self.store.update(batch_key(event["ref"]), **fields)
         return out
 
-    def _rescue(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _rescue(self, record: dict[str, Any], deadline: float | None) -> dict[str, Any]:
         """Take out for realtime the requests whose deadline is near; returns the record as it is now."""
         rescuer = Rescuer(self.settings, self.store, self.payloads)
         now = clock.now()
@@ -109,7 +109,8 @@ class Poller:
         if not self.store.lease(f"collect#{ref}", holder, now + LEASE_MARGIN_SECONDS * 5, now):
             return record
         try:
-            rescuer.rescue(record, now, Handoff(self.settings, self.store, self.payloads))
+            until = (deadline or now + LEASE_MARGIN_SECONDS) - 5
+            rescuer.rescue(record, now, Handoff(self.settings, self.store, self.payloads), until)
         finally:
             self.store.unlease(f"collect#{ref}", holder)
         return self.store.get(batch_key(ref)) or record

@@ -80,7 +80,10 @@ class Realtime:
     budget: Budget = field(init=False)
     handoff: Handoff = field(init=False)
     bodies: Bodies = field(init=False)
-    processor: BatchProcessor = field(default_factory=lambda: BatchProcessor(event_type=EventType.SQS))
+    # A request waiting out a retry-after is an expected outcome, not the function failing.
+    processor: BatchProcessor = field(
+        default_factory=lambda: BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    )
     until: float = field(default=float("inf"), init=False)
 
     def __post_init__(self) -> None:

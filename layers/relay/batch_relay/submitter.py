@@ -598,7 +598,7 @@ class Submitter:
         try:
             fresh = self.store.get(batch_key(record["ref"])) or record
             if fresh.get("status") in IN_FLIGHT and rescuer.due(fresh, now):
-                rescuer.rescue(fresh, now, self.handoff)
+                rescuer.rescue(fresh, now, self.handoff, self.create_until)
         finally:
             self.store.unlease(f"collect#{record['ref']}", holder)
 
