@@ -561,8 +561,13 @@ class LocalStack:
         return {"delivered": delivered, "failed": failed, "waiting": len(waiting)}
 
     def tick(self) -> Any:
-        """Fire the submitter as its schedule would."""
-        return self.invoke("SubmitterFunction", json.loads((ROOT / "events" / "submitter.json").read_text()))
+        """Fire the submitter as its schedule would; then, as Lambda polls the realtime queue all
+        the while, deliver what the run sent realtime."""
+        report = self.invoke(
+            "SubmitterFunction", json.loads((ROOT / "events" / "submitter.json").read_text())
+        )
+        self.deliver_realtime()
+        return report
 
     def executions(self) -> list[dict[str, Any]]:
         sfn = boto3.client("stepfunctions", region_name=REGION)
@@ -570,11 +575,14 @@ class LocalStack:
         return [e for page in pages for e in page["executions"]]
 
     def settle(self, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """Wait until no poller execution is running; returns them all."""
+        """Wait until no poller execution is running, delivering what they send realtime meanwhile;
+        returns them all."""
         end = time.monotonic() + timeout
         while True:
             runs = self.executions()
+            self.deliver_realtime()
             if all(r["status"] != "RUNNING" for r in runs):
+                self.deliver_realtime()
                 return runs
             if time.monotonic() > end:
                 raise TimeoutError(
@@ -608,9 +616,7 @@ class LocalStack:
         for n in range(1, rounds + 1):
             self.deliver()
             self.tick()
-            self.deliver_realtime()
             self.settle(timeout)
-            self.deliver_realtime()
             work = self.open_work()
             if not work["pending"] and not work["live_batches"]:
                 return n
