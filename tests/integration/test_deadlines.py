@@ -156,7 +156,7 @@ def test_a_late_batch_gives_up_its_deadline_requests_to_realtime_exactly_once(ma
     assert int(record["n_rescued"]) == len(due) and record["status"] == "collected"
 
 
-def test_a_batch_whose_requests_all_went_realtime_is_canceled(make_stack, emulator):
+def test_a_batch_whose_requests_all_went_realtime_is_canceled(make_stack, emulator, capsys):
     stack = rescue_stack(make_stack)
     inbox = stack.subscribe()
     emulator.make_late(1, 7200)
@@ -265,7 +265,9 @@ def test_the_budget_holds_a_tier_until_the_next_utc_day(make_stack, emulator, ca
     stack.tick()
     assert [len(emulator.custom_ids(b)) for b in emulator.batch_ids()] == [1]
     assert stack.open_work()["pending"] == 2
-    assert emitted(capsys)["BudgetHeld"] >= 1
+    metrics = emitted(capsys)
+    assert metrics["BudgetHeld"] >= 1
+    assert 0 < metrics["BudgetCommittedUSD"] <= one * 1.5
     # The requests wait; the next UTC day (the relay's clock) lets them go
     stack.pump()
     once(stack, inbox, ids)

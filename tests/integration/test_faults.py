@@ -322,8 +322,15 @@ def test_a_stale_index_page_never_claims_a_request_twice(loaded, emulator, monke
     stack.tick()
     assert len(emulator.batch_ids()) == 1
     # The index still lists every request as pending, as a lagging GSI may after a claim.
+    # (These requests have no deadline: they are listed in the index's "plain" range.)
     monkeypatch.setattr(
-        Store, "pages", lambda self, part, size=1000: iter(stale) if part == "urgent" else real(self, part)
+        Store,
+        "pages",
+        lambda self, part, size=1000, span=None, until=None: (
+            iter(stale)
+            if part == "urgent" and span != "by"
+            else real(self, part, size, span=span, until=until)
+        ),
     )
     stack.tick()
     assert len(emulator.batch_ids()) == 1, "a request listed as pending by a stale page was claimed again"
@@ -338,7 +345,7 @@ def test_a_claim_that_dies_between_pages_is_released_from_its_journal(loaded, em
 
     stack, inbox, ids = loaded
     real = Store.pages
-    monkeypatch.setattr(Store, "pages", lambda self, part, size=1000: real(self, part, 5))
+    monkeypatch.setattr(Store, "pages", lambda self, part, size=1000, **kw: real(self, part, 5, **kw))
     fail_once(monkeypatch, Payloads, "journal", RuntimeError("crash after two pages were claimed"), nth=3)
     with pytest.raises(RuntimeError):
         stack.tick()

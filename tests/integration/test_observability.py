@@ -42,6 +42,7 @@ def test_every_custom_metric_of_the_alarms_and_dashboard_is_emitted(stack, emula
             request("m-err", text="x [[emulate:errored:invalid_request_error]]"),
             request("m-retry", text="x [[emulate:expired]]"),
             {**request("m-bad"), "tier": "nope"},
+            request("m-late", deadline="2020-01-01T00:00:00Z"),  # answered realtime, after its deadline
         ]
     )
     emulator.inject("POST", "/v1/messages/batches", 401)
@@ -58,7 +59,18 @@ def test_every_custom_metric_of_the_alarms_and_dashboard_is_emitted(stack, emula
     # Cache metrics appear only when the API reports cache tokens; the emulator reports none. The
     # fault metrics are checked where their faults are made (test_promises.py).
     faults = {"WrongAdoptions", "AccountHolds", "ReconcileFailures"}
-    missing = watched - emitted - {"CacheReadTokens", "CacheWriteTokens", "Results_canceled"} - faults
+    # Rescues from a late batch and the daily budget are checked where they are made (test_deadlines.py).
+    deadlines = {
+        "DeadlineRescues",
+        "BatchesCanceled",
+        "BothWaysUSD",
+        "BudgetHeld",
+        "BudgetExceeded",
+        "BudgetCommittedUSD",
+    }
+    missing = (
+        watched - emitted - {"CacheReadTokens", "CacheWriteTokens", "Results_canceled"} - faults - deadlines
+    )
     assert missing == set()
 
 
@@ -76,9 +88,13 @@ def test_each_alarm_watches_the_resource_it_names_and_notifies_the_alarm_topic()
         "StalledBatchAlarm",
         "AccountHoldAlarm",
         "ReconcileFailureAlarm",
+        "DeadlineMissAlarm",
+        "RealtimeDeadLetterAlarm",
+        "BudgetHoldAlarm",
     }
     watched = {
         "DeadLetterAlarm": {"Fn::GetAtt": ["RequestDeadLetterQueue", "QueueName"]},
+        "RealtimeDeadLetterAlarm": {"Fn::GetAtt": ["RealtimeDeadLetterQueue", "QueueName"]},
         "PollerFailedAlarm": {"Ref": "PollerStateMachine"},
         "SubmitterErrorAlarm": {"Ref": "SubmitterFunction"},
     }
