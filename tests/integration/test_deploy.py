@@ -39,7 +39,13 @@ from samtranslator.yaml_helper import yaml_parse
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-FUNCTIONS = ["BufferFunction", "SubmitterFunction", "CheckBatchFunction", "CollectResultsFunction"]
+FUNCTIONS = [
+    "BufferFunction",
+    "SubmitterFunction",
+    "CheckBatchFunction",
+    "CollectResultsFunction",
+    "RealtimeFunction",
+]
 # The translator fills AWS::Region and friends from the session, as `sam deploy` does.
 ENV = {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0b9d3c1e-5a4f-4c8e-9d3a-1f2e3d4c5b6a"
@@ -68,10 +74,13 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
         ("s3:GetObject", "{data}/claims/*", ""),
         ("s3:GetObject", "{data}/input/*", ""),
         ("s3:GetObject", "{data}/outbox/*", ""),
+        ("s3:GetObject", "{data}/deadlines/*", ""),
         ("s3:PutObject", "{data}/claims/*", ""),
         ("s3:PutObject", "{data}/input/*", ""),
         ("s3:PutObject", "{data}/outbox/*", ""),
+        ("s3:PutObject", "{data}/deadlines/*", ""),
         ("s3:AbortMultipartUpload", "{data}/input/*", ""),
+        ("sqs:SendMessage", "{realtime_queue}", ""),
         ("s3:ListBucket", "{data}", "prefix claims/* outbox/*"),
         ("states:StartExecution", "{state_machine}", ""),
         ("states:DescribeExecution", "{executions}", ""),
@@ -79,7 +88,16 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
         ("secretsmanager:GetSecretValue", "{secret}", ""),
     },
     "CheckBatchFunctionRole": {
+        ("dynamodb:GetItem", "{table}", "LeadingKeys batch#*"),
+        ("dynamodb:PutItem", "{table}", "LeadingKeys batch#*"),
         ("dynamodb:UpdateItem", "{table}", "LeadingKeys batch#*"),
+        ("dynamodb:UpdateItem", "{table}", "LeadingKeys req#*"),
+        ("dynamodb:PutItem", "{table}", "LeadingKeys lease#collect#*"),
+        ("dynamodb:DeleteItem", "{table}", "LeadingKeys lease#collect#*"),
+        ("dynamodb:PutItem", "{table}", "LeadingKeys turn#*"),
+        ("s3:GetObject", "{data}/deadlines/*", ""),
+        ("s3:PutObject", "{data}/claims/*", ""),
+        ("sqs:SendMessage", "{realtime_queue}", ""),
         ("secretsmanager:GetSecretValue", "{secret}", ""),
     },
     "CollectResultsFunctionRole": {
@@ -96,6 +114,21 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
         ("s3:PutObject", "{data}/messages/*", ""),
         ("s3:PutObject", "{data}/outbox/*", ""),
         ("sns:Publish", "{topic}", ""),
+        ("secretsmanager:GetSecretValue", "{secret}", ""),
+    },
+    "RealtimeFunctionRole": {
+        ("dynamodb:GetItem", "{table}", "LeadingKeys req#*"),
+        ("dynamodb:UpdateItem", "{table}", "LeadingKeys req#*"),
+        ("dynamodb:BatchGetItem", "{table}", "LeadingKeys req#*"),
+        ("dynamodb:BatchWriteItem", "{table}", "LeadingKeys req#*"),
+        ("dynamodb:UpdateItem", "{table}", "LeadingKeys batch#* budget#* hold#*"),
+        ("s3:GetObject", "{data}/bodies/*", ""),
+        ("s3:GetObject", "{data}/outbox/*", ""),
+        ("s3:ListBucket", "{data}", "prefix outbox/*"),
+        ("s3:PutObject", "{data}/outbox/*", ""),
+        ("s3:PutObject", "{data}/messages/*", ""),
+        ("sns:Publish", "{topic}", ""),
+        ("sqs:ChangeMessageVisibility", "{realtime_queue}", ""),
         ("secretsmanager:GetSecretValue", "{secret}", ""),
     },
     "PollerStateMachineRole": {
@@ -119,7 +152,12 @@ ROLES: dict[str, set[tuple[str, str, str]]] = {
 }
 # Granted only when the secret is encrypted with a customer-managed key (ApiKeyKmsKeyArn).
 DECRYPT = ("kms:Decrypt", KEY_ARN, "ViaService secretsmanager")
-DECRYPTING_ROLES = {"SubmitterFunctionRole", "CheckBatchFunctionRole", "CollectResultsFunctionRole"}
+DECRYPTING_ROLES = {
+    "SubmitterFunctionRole",
+    "CheckBatchFunctionRole",
+    "CollectResultsFunctionRole",
+    "RealtimeFunctionRole",
+}
 
 
 class _NoManagedPolicies:
@@ -195,6 +233,9 @@ def deployed() -> Iterator[dict[str, Any]]:
 def _names(deployed: dict[str, Any]) -> dict[str, str]:
     p = deployed["physical"]
     lam = boto3.client("lambda", region_name=REGION)
+    realtime_queue = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=p["RealtimeQueue"], AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
     names = {
         "table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{p['RequestTable']}",
         "inbox": f"arn:aws:s3:::{p['InboxBucket']}",
@@ -203,6 +244,7 @@ def _names(deployed: dict[str, Any]) -> dict[str, str]:
         "state_machine": p["PollerStateMachine"],
         "secret": deployed["secret"],
         "executions": p["PollerStateMachine"].replace(":stateMachine:", ":execution:") + ":*",
+        "realtime_queue": realtime_queue,
     }
     for fn in FUNCTIONS:
         names[fn] = lam.get_function_configuration(FunctionName=p[fn])["FunctionArn"]
@@ -224,6 +266,7 @@ def test_stack_is_created_with_every_output(deployed: dict[str, Any]) -> None:
         "PayloadBucketName": p["PayloadBucket"],
         "InboxBucketName": p["InboxBucket"],
         "PollerStateMachineArn": p["PollerStateMachine"],
+        "RealtimeQueueUrl": p["RealtimeQueue"],
         "DashboardName": p["RelayDashboard"],
     }
     assert p["InboxBucket"] != p["PayloadBucket"]
@@ -240,11 +283,13 @@ def test_each_function_has_its_environment_role_and_event_source(deployed: dict[
         "DEFAULT_TIER": "standard",
         "POWERTOOLS_SERVICE_NAME": "batch-relay",
     }
+    realtime = {"REALTIME_QUEUE_URL": p["RealtimeQueue"]}
     own = {
         "BufferFunction": {"INBOX_BUCKET_NAME": p["InboxBucket"]},
-        "SubmitterFunction": {"STATE_MACHINE_ARN": p["PollerStateMachine"]},
-        "CheckBatchFunction": {},
+        "SubmitterFunction": {"STATE_MACHINE_ARN": p["PollerStateMachine"]} | realtime,
+        "CheckBatchFunction": realtime,
         "CollectResultsFunction": {"COLLECT_BUDGET_SECONDS": "600"},
+        "RealtimeFunction": realtime,
     }
     roles = boto3.client("iam", region_name=REGION)
     for fn in FUNCTIONS:
@@ -255,6 +300,10 @@ def test_each_function_has_its_environment_role_and_event_source(deployed: dict[
         # Only the buffer reads the inbox; only the submitter starts pollers.
         assert ("INBOX_BUCKET_NAME" in env) == (fn == "BufferFunction"), fn
         assert ("STATE_MACHINE_ARN" in env) == (fn == "SubmitterFunction"), fn
+        # The realtime queue: sent to by the submitter and the check step, and the realtime
+        # function hides a message there for a retry-after.
+        uses_realtime = fn in ("SubmitterFunction", "CheckBatchFunction", "RealtimeFunction")
+        assert ("REALTIME_QUEUE_URL" in env) == uses_realtime, fn
         assert config["Role"] == roles.get_role(RoleName=p[f"{fn}Role"])["Role"]["Arn"], fn
         assert config["Runtime"] == "python3.13", fn
         props = deployed["translated"]["Resources"][fn]["Properties"]
@@ -269,6 +318,21 @@ def test_each_function_has_its_environment_role_and_event_source(deployed: dict[
         (s["EventSourceArn"], s["BatchSize"], s["MaximumBatchingWindowInSeconds"], s["FunctionResponseTypes"])
         for s in sources
     ] == [(queue["QueueArn"], 100, 5, ["ReportBatchItemFailures"])]
+    # The realtime function takes one request a message, no faster than its reserved concurrency.
+    sources = lam.list_event_source_mappings(FunctionName=p["RealtimeFunction"])["EventSourceMappings"]
+    assert [(s["EventSourceArn"], s["BatchSize"], s["FunctionResponseTypes"]) for s in sources] == [
+        (names["realtime_queue"], 1, ["ReportBatchItemFailures"])
+    ]
+    resources = deployed["translated"]["Resources"]
+    (mapping,) = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping"
+        and r["Properties"]["FunctionName"] == {"Ref": "RealtimeFunction"}
+    ]
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "RealtimeConcurrency"}}
+    realtime_props = resources["RealtimeFunction"]["Properties"]
+    assert realtime_props["ReservedConcurrentExecutions"] == {"Ref": "RealtimeConcurrency"}
     for fn in ("SubmitterFunction", "CheckBatchFunction", "CollectResultsFunction"):
         assert lam.list_event_source_mappings(FunctionName=p[fn])["EventSourceMappings"] == [], fn
 
@@ -314,6 +378,12 @@ def test_timeouts_fit_the_queue_and_the_collect_budget(deployed: dict[str, Any])
     )["Attributes"]["VisibilityTimeout"]
     # Lambda's advice for SQS sources: six times the function's timeout, or messages come back twice.
     assert int(visibility) >= 6 * buffer["Timeout"]
+    # A realtime call runs up to the function's timeout: its message stays hidden meanwhile.
+    realtime = lam.get_function_configuration(FunctionName=p["RealtimeFunction"])
+    hidden = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=p["RealtimeQueue"], AttributeNames=["VisibilityTimeout"]
+    )["Attributes"]["VisibilityTimeout"]
+    assert int(hidden) > realtime["Timeout"]
     collect = lam.get_function_configuration(FunctionName=p["CollectResultsFunction"])
     budget = int(collect["Environment"]["Variables"]["COLLECT_BUDGET_SECONDS"])
     # collect stops SAFETY_MS (60 s) before its timeout to write its last chunk.
@@ -359,13 +429,15 @@ def test_each_role_grants_exactly_its_table(deployed: dict[str, Any]) -> None:
             want.add(DECRYPT)
         assert granted == want, role
     # What SAM adds as managed policies: logs for each function, X-Ray for all, and the SQS event
-    # source's receive/delete (SAM grants it on every queue; the mapping only reads RequestQueue).
+    # source's receive/delete (SAM grants it on every queue; each mapping reads one queue). Hiding a
+    # realtime message for a retry-after is not part of it: the realtime role grants that itself.
     basic, xray = "service-role/AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"
     managed = {
         "BufferFunctionRole": {basic, xray, "service-role/AWSLambdaSQSQueueExecutionRole"},
         "SubmitterFunctionRole": {basic, xray},
         "CheckBatchFunctionRole": {basic, xray},
         "CollectResultsFunctionRole": {basic, xray},
+        "RealtimeFunctionRole": {basic, xray, "service-role/AWSLambdaSQSQueueExecutionRole"},
         "PollerStateMachineRole": {xray},
     }
     resources = deployed["translated"]["Resources"]
@@ -397,7 +469,12 @@ def test_topic_buckets_and_logs_as_cloudformation_receives_them(deployed: dict[s
         {"Fn::GetAtt": ["BufferFunctionRole", "Arn"]},
         {"Fn::GetAtt": ["SubmitterFunctionRole", "Arn"]},
         {"Fn::GetAtt": ["CollectResultsFunctionRole", "Arn"]},
+        {"Fn::GetAtt": ["RealtimeFunctionRole", "Arn"]},
     ]
+    # Exactly the roles granted sns:Publish on the topic: one granted it but left out here would
+    # have every publish denied by OnlyTheRelayPublishes.
+    publishers = {role for role, grants in ROLES.items() if ("sns:Publish", "{topic}", "") in grants}
+    assert {e["Fn::GetAtt"][0] for e in expected} == publishers
     deny = by_sid["OnlyTheRelayPublishes"]
     assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "sns:Publish")
     assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": expected}}
