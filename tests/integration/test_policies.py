@@ -747,20 +747,17 @@ def _refused_for_the_account(stack: Any, emulator: Any, rid: str) -> None:
 def test_a_request_sent_realtime_again_after_an_account_hold_is_held_to_the_budget(
     make_stack: Any, emulator: Any
 ) -> None:
-    """Known bug, found on the realtime account-hold path above (budget accounting, not IAM): a
-    realtime request the API refuses for the account is settled `held`, which gives its whole
-    budget commitment back and marks it settled but leaves `budget_day` on the item. When the
-    request is sent realtime again, `Realtime._result` sees `budget_day` and neither checks nor
-    commits the budget: the call goes out past a spent budget, and its cost is committed to no day."""
-    stack = make_stack(DailyBudgetUSD="5")
-    from batch_relay.realtime import SAFETY_SECONDS
+    """A realtime request the API refused for the account went back to its tier, its commitment
+    given back: when it is sent realtime again (its tier's hold over), the budget is checked and
+    committed afresh, never skipped because the first try's commitment is still named on it."""
+    from batch_relay.results import HOLD_BASE_SECONDS
 
+    stack = make_stack(DailyBudgetUSD="5")
     inbox = stack.subscribe()
     _refused_for_the_account(stack, emulator, "again")
-    stack.tick()  # the held tier sends its late request realtime again
-    # (past the first try's lease on the item, which outlives it: see the next test)
-    stack.advance(stack.functions["RealtimeFunction"].timeout + SAFETY_SECONDS)
     _spend_elsewhere(stack, 5)  # the rest of the day's budget is spent
+    stack.advance(HOLD_BASE_SECONDS + 1)
+    stack.tick()  # the hold is over: the late request is sent realtime again
     stack.deliver_realtime()
     [c] = by_id(stack.drain(inbox))["again"]
     assert emulator.messages_created == [], "sent realtime past a spent daily budget"
@@ -770,15 +767,14 @@ def test_a_request_sent_realtime_again_after_an_account_hold_is_held_to_the_budg
 def test_a_request_sent_realtime_again_after_an_account_hold_is_not_kept_waiting(
     stack: Any, emulator: Any
 ) -> None:
-    """Known bug, found on the same path: the realtime try that was refused settles the item
-    (`held`) with its lease (`rt_until`, the whole invocation's timeout ahead) still on it. When
-    the held tier sends the late request realtime again, every delivery finds the lease taken
-    ("another invocation is answering this request") and hides the message for a minute, until
-    the dead try's lease runs out about 15 minutes later: past the default DeadlineMarginSeconds
-    (600), so the relay itself makes the request miss its deadline."""
+    """The refused try's lease on the item ends with its outcome: the next try, once the tier's
+    hold is over, is not kept waiting for it (it would outlive the deadline margin)."""
+    from batch_relay.results import HOLD_BASE_SECONDS
+
     inbox = stack.subscribe()
     _refused_for_the_account(stack, emulator, "again")
-    stack.tick()  # the held tier sends its late request realtime again
+    stack.advance(HOLD_BASE_SECONDS + 1)
+    stack.tick()
     stack.deliver_realtime()
     assert stack.hidden_for == [], "the request's own earlier, finished try still holds its lease"
     [c] = by_id(stack.drain(inbox))["again"]

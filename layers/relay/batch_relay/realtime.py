@@ -161,7 +161,9 @@ class Realtime:
                 raise
             return errored(rid, "request_unavailable", "the request's body could not be read back")["result"]
         params: dict[str, Any] = json.loads(line)["params"]
-        if self.budget.capped and not item.get("budget_day"):
+        # A commitment is made once per try of the request: one given back (a try that went
+        # back to its tier) is made again.
+        if self.budget.capped and (not item.get("budget_day") or item.get("budget_settled")):
             usd = bound(
                 item["model"], self._input_tokens(params, line), int(params["max_tokens"]), batch=False
             )
@@ -171,8 +173,9 @@ class Realtime:
                 message = f"answering it in realtime (up to {usd:.4f} USD) would pass the daily budget"
                 return errored(rid, "budget_exceeded", message)["result"]
             day = today()
-            self.store.update(request_key(rid), budget_usd=usd, budget_day=day)
+            self.store.update(request_key(rid), budget_usd=usd, budget_day=day, remove=("budget_settled",))
             item.update(budget_usd=usd, budget_day=day)
+            item.pop("budget_settled", None)
         return self._call(item, params, tries)
 
     def _input_tokens(self, params: dict[str, Any], line: bytes) -> int:

@@ -238,7 +238,9 @@ class Settler:
                 type="canceled", message="the batch was canceled before this request was processed"
             )
         now = clock.now()
-        base = {k: v for k, v in item.items() if k not in ("pending_tier", "pending_since", "batch_ref")}
+        # A realtime try's lease ends with its outcome, whatever it is.
+        dropped = ("pending_tier", "pending_since", "batch_ref", "rt_until")
+        base = {k: v for k, v in item.items() if k not in dropped}
         base["last_batch_id"] = record.get("batch_id")
         again = {"status": "pending", "pending_tier": item["tier"], "pending_since": self._sort_key(item)}
         if account_level(error):

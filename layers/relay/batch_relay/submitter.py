@@ -190,8 +190,7 @@ class Submitter:
             if held is not None and clock.now() < held:
                 logger.warning("tier held after an account problem", extra={"tier": name, "until": held})
                 metrics.add_metric(name="TierHeld", unit=MetricUnit.Count, value=1)
-                self.route_late(name)
-                return
+                return  # the realtime API refuses the same account: nothing to send it
             # A batch made after a hold ends it, if the API answers it (see `Poller._finish`).
             self.after_hold = held is not None
             if clock.now() >= self.claim_until:
