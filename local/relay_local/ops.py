@@ -1,8 +1,9 @@
 """`batch-relay`: drive a deployed relay from an operator's machine.
 
+    batch-relay estimate requests.jsonl     # what it will cost, at batch and at list price
     batch-relay --stack batch-relay send requests.jsonl
     batch-relay --stack batch-relay status ticket-4711
-    batch-relay --stack batch-relay batches
+    batch-relay --stack batch-relay batches   # and the batch turnaround the relay has learned
     batch-relay --stack batch-relay report --by day,tier,model --format table|csv|json
     batch-relay --stack batch-relay report --html report.html   # the savings page, with charts
     batch-relay --stack batch-relay cancel msgbatch_...
@@ -22,6 +23,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
+from relay_local import estimate as costs
 from relay_local import savings, smoke, term
 
 OUTPUTS = {
@@ -57,8 +60,9 @@ class Stack:
     dlq_url: str | None = None
     table: str | None = None
     topic_arn: str | None = None
-    # The deployment's TierPolicy parameter (JSON), when read from the stack.
+    # The deployment's TierPolicy and DefaultTurnaroundSeconds parameters, when read from the stack.
     tier_policy: str | None = None
+    default_turnaround: str | None = None
 
     @classmethod
     def resolve(cls, args: argparse.Namespace) -> Stack:
@@ -75,6 +79,7 @@ class Stack:
                 p["ParameterKey"]: p.get("ParameterValue") for p in answer["Stacks"][0].get("Parameters", [])
             }
             given["tier_policy"] = parameters.get("TierPolicy")
+            given["default_turnaround"] = parameters.get("DefaultTurnaroundSeconds")
         return cls(**given)
 
     def need(self, name: str) -> str:
@@ -85,33 +90,44 @@ class Stack:
         return str(value)
 
 
-def show(rows: list[dict[str, Any]], columns: list[str], title: str, numeric: list[str]) -> None:
-    out = term.console()
-    term.show(out, term.table(rows, columns, plain=not out.is_terminal, title=title, numeric=numeric))
-
-
 # commands
 
 
-def send(stack: Stack, args: argparse.Namespace) -> int:
-    """Validate each line locally, then send the valid ones ten a call."""
+def requests_in(path: str) -> tuple[list[tuple[int, bytes, RequestMessage]], list[tuple[int, str]]]:
+    """The request lines of a JSONL file, each validated as the queue's message: the valid ones
+    (line number, bytes, message) and the rejected ones (line number, reason). Lines end at "\\n"
+    only: a JSON string may hold U+2028 or other characters Python would also split lines on."""
     try:
-        text = open(args.file, encoding="utf-8").read()  # noqa: SIM115 - read whole, small files
+        data = Path(path).read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read {args.file}: {exc.strerror}") from None
-    valid: list[str] = []
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    valid: list[tuple[int, bytes, RequestMessage]] = []
     rejected: list[tuple[int, str]] = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        line = raw.removesuffix(b"\r")
         if not line.strip():
             continue
         try:
-            RequestMessage.model_validate_json(line)
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            rejected.append((n, f"not UTF-8 (byte {exc.start + 1})"))
+            continue
+        try:
+            message = RequestMessage.model_validate_json(line)
         except ValidationError as exc:
             first = exc.errors(include_input=False)[0]
             where = ".".join(str(p) for p in first["loc"]) or "line"
             rejected.append((n, f"{where}: {first['msg']}"))
             continue
-        valid.append(line)
+        valid.append((n, line, message))
+    return valid, rejected
+
+
+def send(stack: Stack, args: argparse.Namespace) -> int:
+    """Validate each line locally, then send the valid ones ten a call."""
+    checked, rejected = requests_in(args.file)
+    valid = [line.decode("utf-8") for _, line, _ in checked]
+    numbers = [n for n, _, _ in checked]
     url = stack.need("queue_url")
     sqs = boto3.client("sqs")
     sent = 0
@@ -134,13 +150,88 @@ def send(stack: Stack, args: argparse.Namespace) -> int:
             sent += len(answer.get("Successful", []))
             for failed in answer.get("Failed", []):
                 rejected.append(
-                    (start + int(failed["Id"]) + 1, f"SQS: {failed.get('Message', failed['Code'])}")
+                    (numbers[start + int(failed["Id"])], f"SQS: {failed.get('Message', failed['Code'])}")
                 )
             bar.advance(task, len(chunk))
-    for n, reason in rejected:
+    for n, reason in sorted(rejected):
         print(f"line {n}: {reason}", file=sys.stderr)
     print(json.dumps({"sent": sent, "rejected": len(rejected)}))
     return 1 if rejected else 0
+
+
+def estimate(stack: Stack, args: argparse.Namespace) -> int:
+    """What a JSONL file of requests will cost, per model and in total, before any of it is sent."""
+    checked, rejected = requests_in(args.file)
+    counter = costs.Counter.for_environment(_count_tokens, ask=not args.no_count)
+    priced: list[costs.Priced] = []
+    err = term.console(sys.stderr)
+    with Progress(
+        TextColumn("counting tokens"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        disable=args.quiet or not err.is_terminal or counter.stopped is not None,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("count", total=len(checked))
+        for n, line, message in checked:
+            params = message.params.payload()
+            tokens, why = counter(params, line)
+            priced.append(costs.Priced(n, params["model"], tokens, int(params["max_tokens"]), why))
+            bar.advance(task)
+    rows, total = costs.rows(priced)
+    estimated: dict[str, list[int]] = {}
+    for p in priced:
+        if p.estimated:
+            estimated.setdefault(p.estimated, []).append(p.n)
+    for n, reason in rejected:
+        print(f"line {n}: {reason}", file=sys.stderr)
+    for why, lines in estimated.items():
+        print(f"input tokens estimated from bytes ({why}): lines {costs.spans(lines)}", file=sys.stderr)
+    for row in rows:
+        if row["price"] == "dearest":
+            print(f"model {row['model']!r} has no known price: priced as the dearest model", file=sys.stderr)
+    if args.format == "json":
+        print(
+            json.dumps(
+                {
+                    "models": rows,
+                    "total": total,
+                    "estimated_lines": sorted(p.n for p in priced if p.estimated),
+                    "rejected_lines": [n for n, _ in rejected],
+                },
+                indent=2,
+            )
+        )
+    elif args.format == "csv":
+        write_csv([*rows, total], costs.COLUMNS)
+    else:
+        out = term.console()
+        title = (
+            f"Expected cost of {total['requests']} requests, output at max_tokens (an upper bound)"
+            if rows
+            else "No request to price"
+        )
+        table = term.table(
+            rows, costs.COLUMNS, plain=not out.is_terminal, title=title, numeric=costs.NUMERIC, total=total
+        )
+        term.show(out, table)
+    return 1 if rejected else 0
+
+
+def _count_tokens(params: dict[str, Any]) -> int:
+    """The API's count of a request's input tokens, through the relay's own client."""
+    from batch_relay import batches, clock
+
+    return batches.count_tokens(params, deadline=clock.now() + batches.CALL_SECONDS)
+
+
+def write_csv(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    print(buffer.getvalue(), end="")
 
 
 def status(stack: Stack, args: argparse.Namespace) -> int:
@@ -171,11 +262,19 @@ def status(stack: Stack, args: argparse.Namespace) -> int:
 
 
 def list_batches(stack: Stack, args: argparse.Namespace) -> int:
+    """The batches, newest first, and the turnaround the relay has learned from them per model."""
     now = time.time()
+    store = Store(stack.need("table"))
+    records: list[dict[str, Any]] = []
+    models: set[str] = set()
+    for item in store.scan():
+        if item.get("kind") == "batch":
+            records.append(item)
+            models.update(item.get("models") or [])
+        elif item.get("kind") == "turnaround" and item.get("model"):
+            models.add(item["model"])
     rows = []
-    for b in sorted(
-        Store(stack.need("table")).scan("batch"), key=lambda b: b.get("claimed_at", ""), reverse=True
-    ):
+    for b in sorted(records, key=lambda b: b.get("claimed_at", ""), reverse=True):
         if not b.get("batch_id") and not args.all:
             continue
         rows.append(
@@ -204,12 +303,74 @@ def list_batches(stack: Stack, args: argparse.Namespace) -> int:
         "batch_usd",
         "saved_usd",
     ]
+    learned = turnaround(store, sorted(models), default_turnaround(args, stack))
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
-    else:
-        numeric = [c for c in columns if c not in ("batch_id", "tier", "status")]
-        show(rows, columns, "Batches, newest first", numeric)
+        print(json.dumps({"batches": rows, "turnaround": learned}, indent=2))
+        return 0
+    out = term.console()
+    plain = not out.is_terminal
+    numeric = [c for c in columns if c not in ("batch_id", "tier", "status")]
+    term.show(
+        out,
+        term.table(rows, columns, plain=plain, title="Batches, newest first", numeric=numeric),
+        "",
+        term.table(
+            learned,
+            TURNAROUND_COLUMNS,
+            plain=plain,
+            title="Turnaround per model, created to ended, last 7 days (p95 from 3 samples; default before)",
+            numeric=TURNAROUND_COLUMNS[1:5],
+        ),
+    )
     return 0
+
+
+TURNAROUND_COLUMNS = ["model", "samples", "p50_seconds", "p95_seconds", "expected_seconds", "source"]
+
+
+def turnaround(store: Store, models: list[str], default: int | None) -> list[dict[str, Any]]:
+    """Per model: the batch turnaround samples in the relay's window, their p50 and p95, and the
+    value deadlines use now (`Turnaround.expected`: the p95, or the default until 3 samples)."""
+    from batch_relay.deadlines import MIN_SAMPLES, Turnaround
+    from batch_relay.settings import Settings
+
+    # Turnaround reads only the table and the default; the rest of a function's settings is not
+    # known (nor needed) on an operator's machine.
+    fields: dict[str, Any] = {"table_name": store.table.name}
+    if default is not None:
+        fields["default_turnaround_seconds"] = default
+    learned = Turnaround(store, Settings.model_construct(**fields))
+    rows = []
+    for model in models:
+        seen = sorted(learned.samples(model))
+        rows.append(
+            {
+                "model": model,
+                "samples": len(seen),
+                "p50_seconds": round(savings.percentile(seen, 0.5), 3) if seen else None,
+                "p95_seconds": round(savings.percentile(seen, 0.95), 3) if seen else None,
+                "expected_seconds": round(learned.expected(model), 3),
+                "source": "learned" if len(seen) >= MIN_SAMPLES else "default",
+            }
+        )
+    return rows
+
+
+def default_turnaround(args: argparse.Namespace, stack: Stack) -> int | None:
+    """DefaultTurnaroundSeconds: given, the stack's parameter, the environment's (the local stack
+    sets it), or None for the relay's own default."""
+    given = (
+        args.default_turnaround or stack.default_turnaround or os.environ.get("DEFAULT_TURNAROUND_SECONDS")
+    )
+    if given is None:
+        return None
+    try:
+        seconds = int(given)
+    except ValueError:
+        raise UserError(f"--default-turnaround: expected seconds, not {given!r}") from None
+    if not 60 <= seconds <= 86_400:
+        raise UserError("--default-turnaround: between 60 and 86400 seconds")
+    return seconds
 
 
 def report(stack: Stack, args: argparse.Namespace) -> int:
@@ -221,19 +382,56 @@ def report(stack: Stack, args: argparse.Namespace) -> int:
     items = list(Store(stack.need("table")).scan())
     if args.html:
         return write_page(items, args.html, max_waits(args.tier_policy or stack.tier_policy))
-    rows = savings.group(savings.completed(items), by)
-    columns = [*by, "requests", "input_tokens", "output_tokens", "batch_usd", "list_usd", "saved_usd"]
+    done = savings.completed(items)
+    rows = savings.group(done, by)
+    columns = [*by, "requests", *REPORT_COLUMNS]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     elif args.format == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        print(buffer.getvalue(), end="")
+        write_csv(rows, columns)
     else:
-        show(rows, columns, f"Completed requests by {', '.join(by)}", columns[len(by) :])
+        # On screen, two tables: the rows asked for, then by route with what deadlines cost.
+        [total] = savings.group(done, []) or [None]
+        out = term.console()
+        plain = not out.is_terminal
+        shown = [*by, "requests", "realtime", "input_tokens", "output_tokens", *savings.USD]
+        routes = ["route", "requests", *savings.USD, "both_ways", "both_ways_usd"]
+        term.show(
+            out,
+            term.table(
+                rows,
+                shown,
+                plain=plain,
+                title=f"Completed requests by {', '.join(by)}",
+                numeric=shown[len(by) :],
+                total=({by[0]: "total"} | total) if by and total else None,
+            ),
+            "",
+            term.table(
+                savings.group(done, ["route"]),
+                routes,
+                plain=plain,
+                title="By route: paid (batch_usd), and batch copies paid on top (both_ways_usd)",
+                numeric=routes[1:],
+                total={"route": "total"} | total if total else None,
+            ),
+        )
     return 0
+
+
+# After the grouping keys and `requests`: tokens, what was paid, what list price would have cost,
+# what batching saved, then what deadlines cost (realtime answers, and batch copies also paid).
+REPORT_COLUMNS = [
+    "input_tokens",
+    "output_tokens",
+    "batch_usd",
+    "list_usd",
+    "saved_usd",
+    "realtime",
+    "realtime_usd",
+    "both_ways",
+    "both_ways_usd",
+]
 
 
 def max_waits(policy: str | None) -> dict[str, float]:
@@ -369,6 +567,7 @@ def _gist(c: dict[str, Any], words: int) -> str:
 
 COMMANDS = {
     "send": send,
+    "estimate": estimate,
     "status": status,
     "batches": list_batches,
     "report": report,
@@ -390,11 +589,28 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("send", help="validate a JSONL file of requests and send it to the queue")
     p.add_argument("file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser(
+        "estimate", help="what a JSONL file of requests will cost, at batch and at list price, before sending"
+    )
+    p.add_argument("file")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument(
+        "--no-count", action="store_true", help="estimate input tokens from each line's bytes; ask no API"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser("status", help="where one request is")
     p.add_argument("request_id")
     p = sub.add_parser("batches", help="the batches the relay made, newest first")
     p.add_argument("--all", action="store_true", help="also claims that never became a batch")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument(
+        "--default-turnaround",
+        dest="default_turnaround",
+        type=int,
+        metavar="SECONDS",
+        help="the DefaultTurnaroundSeconds parameter, used until a model has 3 samples (read from --stack "
+        "otherwise)",
+    )
     p = sub.add_parser("report", help="tokens, cost and savings of completed requests")
     p.add_argument(
         "--by", default="day,tier,model", help="grouping: day, tier, model, status, route (comma-separated)"

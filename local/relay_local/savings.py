@@ -19,21 +19,56 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batch_relay.clock import parse
+from batch_relay.pricing import BATCH_DISCOUNT
 
 FINAL = ("succeeded", "errored", "expired", "canceled")
 FAILED = ("errored", "expired", "canceled")
 USD = ("batch_usd", "list_usd", "saved_usd")
+# What deadlines cost: requests answered in realtime (at list price) and those that ran both ways.
+ROUTE_COUNTS = ("realtime", "both_ways")
+ROUTE_USD = ("realtime_usd", "both_ways_usd")
 TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 GROUPS = ("day", "tier", "model", "status", "route")
-# Chart colours: what was paid, what was saved, what list price would have cost.
-PAID, SAVED, LIST = "#4c78a8", "#54a24b", "#e45756"
+# Chart colours: what was paid (at batch price, at list price), what was saved, what list price
+# would have cost, and what batch copies of realtime answers cost.
+PAID, REALTIME, SAVED, LIST, BOTH = "#4c78a8", "#f58518", "#54a24b", "#e45756", "#b279a2"
 
 
 def completed(items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Requests with a final outcome (rejected messages never reached a batch: no cost, no wait)."""
+    """Requests with a final outcome (rejected messages never reached a batch: no cost, no wait),
+    each with `both_ways_usd` as `both_ways` finds it (None for a request that ran one way) and
+    `both_ways_estimated` (its batch copy may still run)."""
+    items = list(items)
+    collected = {
+        i.get("ref") or str(i.get("pk", "")).removeprefix("batch#")
+        for i in items
+        if i.get("kind") == "batch" and i.get("status") == "collected"
+    }
     return [
-        i for i in items if i.get("kind") == "request" and i.get("status") in FINAL and i.get("completed_at")
+        {
+            **i,
+            "both_ways_usd": both_ways(i, collected),
+            "both_ways_estimated": i.get("both_ways_usd") is None and both_ways(i, collected) is not None,
+        }
+        for i in items
+        if i.get("kind") == "request" and i.get("status") in FINAL and i.get("completed_at")
     ]
+
+
+def both_ways(item: Mapping[str, Any], collected: set[str]) -> float | None:
+    """What the batch copy of a request answered in realtime cost as well, or None.
+
+    The completion's `cost.both_ways_usd` is an estimate while the batch it was taken from runs,
+    and stays on the item after. The batch's results record what the copy really cost on the item
+    (`both_ways_usd`); once that batch is collected without recording it, the copy was never
+    billed (canceled before it ran, or errored).
+    """
+    if item.get("both_ways_usd") is not None:
+        return float(item["both_ways_usd"])
+    estimate = (item.get("cost") or {}).get("both_ways_usd")
+    if estimate is None or item.get("rescued_from") in collected:
+        return None
+    return float(estimate)
 
 
 def keys(item: Mapping[str, Any]) -> dict[str, str]:
@@ -47,7 +82,11 @@ def keys(item: Mapping[str, Any]) -> dict[str, str]:
 
 
 def group(requests: Iterable[Mapping[str, Any]], by: list[str]) -> list[dict[str, Any]]:
-    """Requests, tokens and cost of completed requests, one row per value of the `by` keys."""
+    """Requests, tokens and cost of completed requests, one row per value of the `by` keys.
+
+    `batch_usd` is what was paid: the batch price, or for a realtime answer its list price (its
+    `realtime_usd` too, never added twice); `both_ways_usd` is paid on top, for batch copies of
+    requests answered in realtime (`completed` resolves it)."""
     sums: dict[tuple[str, ...], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for item in requests:
         values = keys(item)
@@ -58,13 +97,27 @@ def group(requests: Iterable[Mapping[str, Any]], by: list[str]) -> list[dict[str
             row[k] += int(usage.get(k) or 0)
         for k in USD:
             row[k] += float(cost.get(k) or 0.0)
+        if values["route"] == "realtime":
+            row["realtime"] += 1
+            row["realtime_usd"] += float(cost.get("list_usd") or 0.0)
+        both = item.get("both_ways_usd")
+        if both:
+            row["both_ways"] += 1
+            row["both_ways_usd"] += float(both)
     return [
         dict(zip(by, key, strict=True))
         | {"requests": int(row["requests"])}
         | {k: int(row[k]) for k in TOKENS}
         | {k: round(row[k], 6) for k in USD}
+        | {k: int(row[k]) for k in ROUTE_COUNTS}
+        | {k: round(row[k], 6) for k in ROUTE_USD}
         for key, row in sorted(sums.items())
     ]
+
+
+def deadline_usd(row: Mapping[str, Any]) -> float:
+    """What deadlines cost: the saving realtime answers gave up, and the batch copies also paid."""
+    return round(row["realtime_usd"] * (1 - BATCH_DISCOUNT) + row["both_ways_usd"], 6)
 
 
 def percentile(ordered: list[float], p: float) -> float:
@@ -78,6 +131,8 @@ class Savings:
     by_day: list[dict[str, Any]]
     by_tier: list[dict[str, Any]]
     by_model: list[dict[str, Any]]
+    # Batch and realtime: requests and what they cost, apart.
+    by_route: list[dict[str, Any]]
     # Per tier: receipt-to-completion seconds (p50, p95, max) against its max wait.
     waits: list[dict[str, Any]]
     # Per batch the API ended: created to ended, in seconds.
@@ -91,7 +146,15 @@ def gather(items: Iterable[Mapping[str, Any]], max_wait: Mapping[str, float] | N
     """The report from the table's items; `max_wait` is each tier's max_wait_seconds, when known."""
     items = list(items)
     done = completed(items)
-    [totals] = group(done, []) or [{"requests": 0, **dict.fromkeys(TOKENS, 0), **dict.fromkeys(USD, 0.0)}]
+    [totals] = group(done, []) or [
+        {
+            "requests": 0,
+            **dict.fromkeys(TOKENS, 0),
+            **dict.fromkeys(USD, 0.0),
+            **dict.fromkeys(ROUTE_COUNTS, 0),
+            **dict.fromkeys(ROUTE_USD, 0.0),
+        }
+    ]
     statuses = Counter(i["status"] for i in done)
     retried = sum(1 for i in done if int(i.get("attempts") or 1) > 1)
     rejected = sum(1 for i in items if i.get("kind") == "request" and i.get("status") == "rejected")
@@ -154,10 +217,14 @@ def gather(items: Iterable[Mapping[str, Any]], max_wait: Mapping[str, float] | N
             "batches": len({i["batch_id"] for i in items if i.get("kind") == "batch" and i.get("batch_id")}),
             "p50_seconds": round(percentile(all_waits, 0.5), 3) if all_waits else None,
             "p95_seconds": round(percentile(all_waits, 0.95), 3) if all_waits else None,
+            "deadline_usd": deadline_usd(totals),
+            # Realtime answers whose batch copy may still run: their both-ways cost is estimated.
+            "both_ways_estimated": sum(1 for i in done if i.get("both_ways_estimated")),
         },
         by_day=group(done, ["day"]),
         by_tier=sorted(group(done, ["tier"]), key=lambda r: order.get(r["tier"], len(order))),
         by_model=group(done, ["model"]),
+        by_route=group(done, ["route"]),
         waits=waits,
         turnaround=turnaround,
         shares=shares,
@@ -173,9 +240,23 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
 
     def spend(rows: list[dict[str, Any]], key: str, label: str) -> Any:
         x = [r[key] for r in rows]
+        # Paid at batch price, paid at list price (realtime) and saved stack up to the list price.
         fig = go.Figure(
             [
-                go.Bar(name="paid (batch price)", x=x, y=[r["batch_usd"] for r in rows], marker_color=PAID),
+                go.Bar(
+                    name="paid (batch price)",
+                    x=x,
+                    y=[round(r["batch_usd"] - r["realtime_usd"], 6) for r in rows],
+                    marker_color=PAID,
+                ),
+                go.Bar(
+                    name="paid (list price, realtime)",
+                    x=x,
+                    y=[r["realtime_usd"] for r in rows],
+                    customdata=[r["realtime"] for r in rows],
+                    marker_color=REALTIME,
+                    hovertemplate="%{x}: $%{y:.4f} (%{customdata} requests)<extra>realtime</extra>",
+                ),
                 go.Bar(name="saved", x=x, y=[r["saved_usd"] for r in rows], marker_color=SAVED),
                 go.Scatter(
                     name="list price",
@@ -276,8 +357,33 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
     outcomes.update_layout(barmode="group", xaxis={"type": "category", "title": "tier"})
     outcomes.update_yaxes(title="% of completed requests", rangemode="tozero")
 
+    days = [r["day"] for r in s.by_day]
+    deadlines = go.Figure(
+        [
+            go.Bar(
+                name="saving given up (realtime)",
+                x=days,
+                y=[round(r["realtime_usd"] * (1 - BATCH_DISCOUNT), 6) for r in s.by_day],
+                customdata=[r["realtime"] for r in s.by_day],
+                marker_color=REALTIME,
+                hovertemplate="%{x}: $%{y:.4f} (%{customdata} answered in realtime)<extra></extra>",
+            ),
+            go.Bar(
+                name="batch copy also paid (both ways)",
+                x=days,
+                y=[r["both_ways_usd"] for r in s.by_day],
+                customdata=[r["both_ways"] for r in s.by_day],
+                marker_color=BOTH,
+                hovertemplate="%{x}: $%{y:.4f} (%{customdata} requests ran both ways)<extra></extra>",
+            ),
+        ]
+    )
+    deadlines.update_layout(barmode="stack", xaxis={"type": "category", "title": "day (UTC)"})
+    deadlines.update_yaxes(title="USD", tickformat="$.4~f", rangemode="tozero")
+
     return [
-        ("spend-by-day", "Spend per day", "Paid at batch price, and saved against list price.", spend(
+        ("spend-by-day", "Spend per day", "Paid at batch price, paid at list price for realtime answers, "
+         "and saved against list price.", spend(
             s.by_day, "day", "day (UTC)"
         )),
         ("spend-by-tier", "Spend by tier", "The same, for each latency tier.", spend(
@@ -293,7 +399,12 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
         ("outcomes", "Errored and retried", "Share of completed requests that ended errored, expired or "
          "canceled, and that needed more than one batch (transient errors and expiries are retried).",
          outcomes),
-    ]  # fmt: skip
+    ] + ([
+        # Only when a deadline cost something: a relay that batches everything has nothing to show.
+        ("deadlines", "What deadlines cost", "Per day: the saving given up by requests answered in realtime "
+         "(at list price, since no batch could make their deadline), and the batch price of the copies "
+         "that also ran in the batch they were taken out of.", deadlines),
+    ] if s.totals["realtime"] or s.totals["both_ways"] else [])  # fmt: skip
 
 
 def _unit(seconds: list[float]) -> tuple[float, str]:
@@ -314,11 +425,22 @@ def page(s: Savings, title: str = "Batch relay: savings report") -> str:
     saved_pct = _share(t["saved_usd"], t["list_usd"]) if t["list_usd"] else 0.0
     cards = [
         ("requests completed", f"{t['requests']:,}", f"{t['rejected']:,} rejected at intake"),
-        ("paid (batch price)", f"${t['batch_usd']:,.4f}", f"list price ${t['list_usd']:,.4f}"),
+        (
+            "paid",
+            f"${t['batch_usd']:,.4f}",
+            f"list price ${t['list_usd']:,.4f}"
+            + (f"; ${t['both_ways_usd']:,.4f} more for batch copies" if t["both_ways"] else ""),
+        ),
         ("saved", f"${t['saved_usd']:,.4f}", f"{saved_pct:.0f}% of list price"),
         ("errored", f"{_share(t['errored'], t['requests']):.1f}%", f"{t['errored']:,} requests"),
         ("retried", f"{_share(t['retried'], t['requests']):.1f}%", f"{t['retried']:,} needed another batch"),
         ("batches", f"{t['batches']:,}", _latency(t)),
+        (
+            "answered in realtime",
+            f"{t['realtime']:,}",
+            f"{t['requests'] - t['realtime']:,} by batch; ${t['realtime_usd']:,.4f} paid at list price",
+        ),
+        ("cost of deadlines", f"${t['deadline_usd']:,.4f}", _both_ways(t)),
     ]
     sections = []
     for chart_id, heading, text, fig in charts(s):
@@ -356,6 +478,13 @@ def _latency(t: Mapping[str, Any]) -> str:
     )
 
 
+def _both_ways(t: Mapping[str, Any]) -> str:
+    note = f"{t['both_ways']:,} ran both ways: ${t['both_ways_usd']:,.4f} paid for batch copies"
+    if t.get("both_ways_estimated"):
+        note += f" ({t['both_ways_estimated']:,} estimated, their batch still running)"
+    return note
+
+
 def _script_json(text: str) -> str:
     """JSON safe inside a <script> element: no `<`, `>` or `&` can end it or start markup."""
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -371,7 +500,7 @@ body {{ font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color:
 main {{ max-width: 1100px; margin: 0 auto; padding: 24px; }}
 h1 {{ font-size: 24px; margin: 0 0 4px; }} h2 {{ font-size: 18px; margin: 0 0 2px; }}
 .sub {{ color: #52606d; margin: 0 0 20px; }}
-.cards {{ display: grid; grid-template-columns: repeat(3, 1fr); gap: 12px;
+.cards {{ display: grid; grid-template-columns: repeat(4, 1fr); gap: 12px;
   margin-bottom: 20px; }}
 .card, section {{ background: #fff; border: 1px solid #e4e7eb; border-radius: 8px; padding: 14px 16px; }}
 .card .label {{ color: #52606d; font-size: 13px; }} .card .value {{ font-size: 24px; font-weight: 600; }}
@@ -382,7 +511,8 @@ section {{ margin-bottom: 16px; }} section p {{ color: #52606d; margin: 0 0 6px;
 </head><body><main>
 <h1>{title}</h1>
 <p class="sub">From the relay's request table, {generated}. Each request is priced from its token
-usage; the Message Batches API charges half the list price.</p>
+usage; the Message Batches API charges half the list price, and a request no batch could answer by its
+deadline is answered in realtime, at list price.</p>
 <div class="cards">{cards}</div>
 {sections}
 <script type="application/json" id="report-data">{totals}</script>

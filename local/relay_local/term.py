@@ -48,8 +48,10 @@ def table(
     plain: bool,
     title: str | None = None,
     numeric: Iterable[str] = (),
+    total: Mapping[str, Any] | None = None,
 ) -> Table:
-    """Rows as a table; `numeric` columns are right-aligned."""
+    """Rows as a table; `numeric` columns are right-aligned; `total`, if given, is a last row set
+    apart (a rule above it on a terminal)."""
     right = set(numeric)
     out = Table(
         title=None if plain else title,
@@ -63,6 +65,9 @@ def table(
         out.add_column(c, justify="right" if c in right else "left", no_wrap=plain)
     for r in rows:
         out.add_row(*(_cell(c, r.get(c)) for c in columns))
+    if total is not None:
+        out.add_section()
+        out.add_row(*(_cell(c, total.get(c)) for c in columns), style=None if plain else "bold")
     return out
 
 

@@ -1,4 +1,4 @@
-"""The savings report's arithmetic, on table items written out by hand."""
+"""The savings report's arithmetic, and the estimate's, on table items and lines written out by hand."""
 
 from __future__ import annotations
 
@@ -89,3 +89,134 @@ def test_text_from_the_table_cannot_end_the_page_s_scripts():
 )
 def test_chart_units_follow_the_largest_value(seconds, unit):
     assert savings._unit(seconds)[1] == unit
+
+
+def realtime(rid, list_usd, **extra):
+    """A request answered in realtime: it paid the list price, it saved nothing."""
+    return req(rid, "succeeded", route="realtime", **extra) | {
+        "cost": {"batch_usd": list_usd, "list_usd": list_usd, "saved_usd": 0.0}
+    }
+
+
+def rescued(rid, list_usd, ref, estimate, billed=None):
+    """Answered in realtime after it was taken out of batch <ref>; `billed`: what its copy cost."""
+    item = realtime(rid, list_usd, rescued_from=ref)
+    item["cost"]["both_ways_usd"] = estimate
+    return item | ({"both_ways_usd": billed} if billed is not None else {})
+
+
+def batch_record(ref, status):
+    return {
+        "kind": "batch",
+        "pk": f"batch#{ref}",
+        "ref": ref,
+        "status": status,
+        "batch_id": f"msgbatch_{ref}",
+    }
+
+
+def test_realtime_answers_count_once_at_list_price_and_batch_copies_on_top():
+    items = [
+        req("b", "succeeded", cost=0.5),  # batch: paid 0.5 of 1.0
+        realtime("r", 1.0),  # realtime at claim: paid 1.0
+        rescued("billed", 2.0, "done", estimate=1.0, billed=0.75),  # its batch ran it: 0.75
+        rescued("never-ran", 2.0, "done", estimate=1.0),  # its batch was collected without it
+        rescued("running", 4.0, "late", estimate=2.0),  # its batch has not ended: the estimate
+        batch_record("done", "collected"),
+        batch_record("late", "polling"),
+    ]
+    s = savings.gather(items)
+    t = s.totals
+    assert t["requests"] == 5 and t["realtime"] == 4
+    # Paid: the batch price, or the list price for realtime; never both
+    assert (t["batch_usd"], t["list_usd"], t["saved_usd"]) == (9.5, 10.0, 0.5)
+    assert t["realtime_usd"] == 9.0
+    # Both ways: what the batch billed, or the estimate while the batch may still run it
+    assert (t["both_ways"], t["both_ways_usd"], t["both_ways_estimated"]) == (2, 2.75, 1)
+    assert t["deadline_usd"] == 9.0 * 0.5 + 2.75
+    routes = {r["route"]: r for r in s.by_route}
+    batch = routes["batch"]
+    assert (batch["requests"], batch["realtime"], batch["batch_usd"]) == (1, 0, 0.5)
+    assert (routes["realtime"]["requests"], routes["realtime"]["batch_usd"]) == (4, 9.0)
+    assert routes["batch"]["both_ways"] == 0 and routes["realtime"]["both_ways_usd"] == 2.75
+
+
+def test_spend_stacks_up_to_list_price_with_realtime_apart():
+    items = [
+        req("b", "succeeded", cost=0.5),
+        realtime("r", 1.0),
+        realtime("s", 3.0, model="claude-sonnet-4-5"),
+    ]
+    charts = {chart_id: fig for chart_id, _, _, fig in savings.charts(savings.gather(items))}
+    spend = {t.name: list(t.y) for t in charts["spend-by-model"].data}
+    assert spend["paid (batch price)"] == [0.5, 0.0]
+    assert spend["paid (list price, realtime)"] == [1.0, 3.0]
+    assert spend["saved"] == [0.5, 0.0]
+    assert spend["list price"] == [2.0, 3.0]
+    deadlines = {t.name: (list(t.y), list(t.customdata)) for t in charts["deadlines"].data}
+    assert deadlines["saving given up (realtime)"] == ([2.0], [2])
+    assert deadlines["batch copy also paid (both ways)"] == ([0.0], [0])
+    # The page draws what deadlines cost only when they cost something
+    assert savings.page(savings.gather(items)).count('class="figure"') == 7
+    assert savings.page(savings.gather(items[:1])).count('class="figure"') == 6
+
+
+# The estimate's arithmetic (`batch-relay estimate`)
+
+
+def test_an_estimate_prices_input_and_max_tokens_per_model():
+    from batch_relay.pricing import DEAREST
+    from relay_local.estimate import Priced, rows
+
+    priced = [
+        Priced(1, "claude-haiku-4-5", 1000, 200),
+        Priced(2, "claude-haiku-4-5", 3000, 800, estimated="no key"),
+        Priced(3, "claude-nobody-1", 10, 10),
+    ]
+    models, total = rows(priced)
+    haiku, nobody = models
+    # haiku: 4000 input tokens at $1/M and 1000 output tokens at $5/M, halved in a batch
+    assert (haiku["requests"], haiku["input_tokens"], haiku["max_output_tokens"], haiku["estimated"]) == (
+        2, 4000, 1000, 1
+    )  # fmt: skip
+    assert haiku["list_usd"] == pytest.approx(0.004 + 0.005) and haiku["batch_usd"] == pytest.approx(0.0045)
+    assert haiku["saved_usd"] == pytest.approx(0.0045) and haiku["price"] == "list"
+    assert nobody["price"] == "dearest"
+    assert nobody["list_usd"] == pytest.approx(10 * (DEAREST.input_usd + DEAREST.output_usd) / 1e6)
+    assert total["requests"] == 3
+    assert total["list_usd"] == pytest.approx(haiku["list_usd"] + nobody["list_usd"])
+
+
+def test_counting_stops_on_a_refused_key_or_a_run_of_failures_but_not_on_one_bad_request():
+    from batch_relay.errors import ApiAccessError, BatchRefusedError, TransientError
+    from batch_relay.pricing import input_tokens_of
+    from relay_local.estimate import Counter, spans
+
+    answers = iter([BatchRefusedError("400: model"), 7, TransientError("500"), TransientError("500"), 9,
+                    TransientError("529"), TransientError("529"), TransientError("529")])  # fmt: skip
+    asked = []
+
+    def count(params):
+        asked.append(params)
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    counter = Counter(count)
+    line, guess = b"x" * 30, input_tokens_of(30)
+    got = [counter({"n": n}, line) for n in range(8)]
+    assert [t for t, _ in got] == [guess, 7, guess, guess, 9, guess, guess, guess]
+    assert got[0][1] == "count_tokens failed: 400: model" and got[1][1] is None
+    # Two transient failures and a success: counting goes on; three in a row: it stops
+    assert counter({"n": 8}, line)[1] == counter.stopped and "3 times in a row" in counter.stopped
+    assert len(asked) == 8
+    # The same request is counted once
+    again = Counter(lambda p: asked.append(p) or 5)
+    asked.clear()
+    assert again({"a": 1}, line) == again({"a": 1}, line) == (5, None) and len(asked) == 1
+    # A refused key stops at once
+    refused = Counter(lambda p: (_ for _ in ()).throw(ApiAccessError("401")))
+    refused({}, line)
+    assert refused.stopped and refused({"b": 2}, line) == (guess, refused.stopped)
+    assert spans([9, 1, 4, 5, 6, 2]) == "1-2, 4-6, 9"
