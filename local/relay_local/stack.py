@@ -10,6 +10,7 @@ tasks call the handlers named in the template.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -132,6 +133,7 @@ class LocalStack:
         self.hidden_for: list[float] = []
         self._hidden: dict[str, float] = {}
         self._receipts: dict[str, str] = {}
+        self._parked: dict[str, str] = {}
 
     # lifecycle
 
@@ -410,7 +412,8 @@ class LocalStack:
                 seconds = float(params["VisibilityTimeout"])
                 stack.hidden_for.append(seconds)
                 stack._hidden[stack._receipts[params["ReceiptHandle"]]] = clock.now() + seconds
-                params = {**params, "VisibilityTimeout": 0}
+                # Hidden until the relay's clock passes it (see `deliver_realtime`), not real time.
+                params = {**params, "VisibilityTimeout": 43_200}
             answer = real_call(self, operation, params)
             if stack.after is not None:
                 stack.after(function, operation)
@@ -527,17 +530,26 @@ class LocalStack:
         from batch_relay import clock
 
         url, arn = self.queue_url("RealtimeQueue"), self.arns["RealtimeQueue"]
+        # Messages waiting out their time stay received (invisible) until it has passed, so a
+        # wait costs one receive, as in AWS, not one per delivery round.
+        for mid, handle in list(self._parked.items()):
+            if self._hidden.get(mid, 0.0) <= clock.now():
+                del self._parked[mid]
+                self._visible(url, handle)
         delivered = failed = 0
-        waiting: dict[str, str] = {}  # message id -> receipt handle, put back visible at the end
         for _ in range(rounds):
             got = self.sqs.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], MessageAttributeNames=["All"]
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+                VisibilityTimeout=43_200,
             ).get("Messages", [])
             if not got:
                 break
             for m in got:
                 if self._hidden.get(m["MessageId"], 0.0) > clock.now():
-                    waiting[m["MessageId"]] = m["ReceiptHandle"]
+                    self._parked[m["MessageId"]] = m["ReceiptHandle"]
                     continue
                 self._receipts[m["ReceiptHandle"]] = m["MessageId"]
                 try:
@@ -551,14 +563,14 @@ class LocalStack:
                     continue
                 failed += 1
                 if self._hidden.get(m["MessageId"], 0.0) > clock.now():
-                    waiting[m["MessageId"]] = m["ReceiptHandle"]
+                    self._parked[m["MessageId"]] = m["ReceiptHandle"]
                 else:
-                    self.sqs.change_message_visibility(
-                        QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0
-                    )
-        for handle in waiting.values():
+                    self._visible(url, m["ReceiptHandle"])
+        return {"delivered": delivered, "failed": failed, "waiting": len(self._parked)}
+
+    def _visible(self, url: str, handle: str) -> None:
+        with contextlib.suppress(self.sqs.exceptions.ReceiptHandleIsInvalid):  # dead-lettered meanwhile
             self.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=0)
-        return {"delivered": delivered, "failed": failed, "waiting": len(waiting)}
 
     def tick(self) -> Any:
         """Fire the submitter as its schedule would; then, as Lambda polls the realtime queue all
@@ -800,11 +812,12 @@ def _tiers() -> list[Any]:
 def _reset() -> None:
     """Forget cached clients and settings, which belong to one stack."""
     from batch_relay import aws, batches
-    from batch_relay.settings import settings
+    from batch_relay.settings import api_settings, settings
 
     aws.reset()
     batches.reset()
     settings.cache_clear()
+    api_settings.cache_clear()
 
 
 def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ try:  # the SDK moved to the httpx2 fork; older releases use httpx
     import httpx2 as httpx
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
-from .settings import settings
+from .settings import api_settings
 
 SECRET_MAX_AGE = 300
 # A create refused with 429/529 and no retry-after is tried again after this long.
@@ -47,10 +47,11 @@ def _client_for(api_key: str | None) -> anthropic.Anthropic:
 def reset() -> None:
     """Forget the client, so a changed environment (base URL, key) takes effect."""
     _client_for.cache_clear()
+    api_settings.cache_clear()
 
 
 def client() -> anthropic.Anthropic:
-    arn = settings().api_key_secret_arn
+    arn = api_settings().api_key_secret_arn
     key = _secret_key(arn) if arn else None
     return _client_for(key)
 

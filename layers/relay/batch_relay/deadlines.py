@@ -37,6 +37,8 @@ PERCENTILE = 0.95
 POLL_SHARE = 0.1
 # Rescues due within this long of one another are done together, in one check.
 RESCUE_GROUP_SECONDS = 60
+# Requests moved, then sent, at a time: a check that runs out of time has sent what it moved.
+RESCUE_CHUNK = 100
 # A tier is flushed this long before a batch would be too late: submitter runs come a minute
 # apart and a claim takes time.
 FLUSH_LEAD_SECONDS = 300
@@ -134,60 +136,65 @@ class Rescuer:
 
     def rescue(self, record: dict[str, Any], now: float, send: Any, until: float = float("inf")) -> int:
         """Move the batch's requests whose deadline is near to a realtime record and hand them to
-        `send` (a `handoff.Handoff`); returns how many moved. The caller holds the batch's collect
-        lease. What `until` leaves no time for stays due, for the next check."""
+        `send` (a `handoff.Handoff`), a chunk at a time; returns how many moved. The caller holds
+        the batch's collect lease. The record keeps how far down the schedule it got, so what
+        `until` leaves no time for is taken up by the next check, not done again."""
         ref = record["ref"]
         margin = self.settings.deadline_margin_seconds
-        schedule = [(float(d) - margin, rid) for d, rid in self.payloads.read_json(f"deadlines/{ref}.json")]
+        stored = self.payloads.read_json(f"deadlines/{ref}.json")
+        start = int(record.get("rescue_from", 0))
+        schedule = [(float(d) - margin, rid) for d, rid in stored[start:]]
         cut = now + RESCUE_GROUP_SECONDS
-        due = [(at, rid) for at, rid in schedule if at <= cut]
-        later = [at for at, _ in schedule if at > cut]
-        moved: list[str] = []
-        done = 0
+        due = [rid for at, rid in schedule if at <= cut]
+        moved = done = 0
         target: dict[str, Any] | None = None
-        if due:
-            target = send.record(record["tier"], rescued_from=ref)
-            self.payloads.journal(target["ref"], 0, [rid for _, rid in due])
-            for _, rid in due:
-                if clock.now() >= until:
-                    break
-                done += 1
-                taken = self.store.update_if(
-                    request_key(rid),
-                    Attr("status").eq("claimed") & Attr("batch_ref").eq(ref),
-                    batch_ref=target["ref"],
-                    rescued_from=ref,
-                    route="realtime",
-                )
-                if taken:
-                    moved.append(rid)
-        left = [at for at, _ in due[done:]] + later
-        fields: dict[str, Any] = {"updated_at": clock.iso(now)}
-        if left:
-            fields["rescue_at"] = min(left)
-        self.store.update(
-            batch_key(ref),
-            remove=() if left else ("rescue_at",),
-            add={"n_rescued": len(moved)} if moved else None,
-            **fields,
-        )
-        if target is not None:
-            send.dispatch(target, moved)
+        while done < len(due) and clock.now() < until:
+            chunk = due[done : done + RESCUE_CHUNK]
+            if target is None:
+                target = send.record(record["tier"], rescued_from=ref)
+            self.payloads.journal(target["ref"], done // RESCUE_CHUNK, chunk)
+            taken = [rid for rid in chunk if self._take(rid, ref, target["ref"])]
+            done += len(chunk)
+            moved += len(taken)
+            left = [at for at, _ in schedule[done:]]
+            fields: dict[str, Any] = {"updated_at": clock.iso(), "rescue_from": start + done}
+            if left:
+                fields["rescue_at"] = min(left)
+            if moved and moved + int(record.get("n_rescued", 0)) >= int(record.get("request_count", 0)):
+                fields["cancel_wanted"] = True
+            self.store.update(
+                batch_key(ref),
+                remove=() if left else ("rescue_at",),
+                add={"n_rescued": len(taken)} if taken else None,
+                **fields,
+            )
+            target["request_count"] = moved
+            send.dispatch(target, taken)
         if moved:
             logger.warning(
                 "requests taken out of a batch that has not ended, to meet their deadline",
-                extra={"ref": ref, "batch_id": record.get("batch_id"), "n": len(moved)},
+                extra={"ref": ref, "batch_id": record.get("batch_id"), "n": moved},
             )
-            metrics.add_metric(name="DeadlineRescues", unit=MetricUnit.Count, value=len(moved))
-        rescued = int(record.get("n_rescued", 0)) + len(moved)
+            metrics.add_metric(name="DeadlineRescues", unit=MetricUnit.Count, value=moved)
+        rescued = int(record.get("n_rescued", 0)) + moved
         if moved and rescued >= int(record.get("request_count", 0)) and record.get("batch_id"):
             # Nothing of this batch is still ours to answer: stop paying for what it has not run.
+            # (A cancel that fails is sent again by the next check: `cancel_wanted`.)
             from . import batches  # the SDK, loaded only where the API is called (not the buffer)
 
             batches.cancel(record["batch_id"], deadline=clock.now() + batches.CALL_SECONDS)
             logger.info("every request of a batch went realtime; batch canceled", extra={"ref": ref})
             metrics.add_metric(name="BatchesCanceled", unit=MetricUnit.Count, value=1)
-        return len(moved)
+        return moved
+
+    def _take(self, rid: str, ref: str, target: str) -> bool:
+        """Move one request from batch <ref> to realtime record <target>, if the batch still holds it."""
+        key = request_key(rid)
+        fields: dict[str, Any] = {"batch_ref": target, "rescued_from": ref, "route": "realtime"}
+        if self.store.update_if(key, Attr("status").eq("claimed") & Attr("batch_ref").eq(ref), **fields):
+            return True
+        # A write retried behind our back after it applied reads as refused: it is ours then.
+        return (self.store.get(key) or {}).get("batch_ref") == target
 
 
 def schedule_of(taken: list[tuple[float, str]]) -> str:

@@ -7,6 +7,7 @@ validate against exactly what the buffer accepts.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,6 +27,8 @@ from .errors import excerpt
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TIER_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 RequestId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+DEADLINE_MIN = datetime(2000, 1, 1, tzinfo=UTC)
+DEADLINE_MAX = datetime(9998, 12, 31, tzinfo=UTC)
 
 # SNS allows ten message attributes; three are ours (status, tier, model).
 MAX_METADATA_KEYS = 7
@@ -118,6 +121,14 @@ class RequestMessage(BaseModel):
         # pydantic would also take a number as a Unix time; the contract is an RFC 3339 string.
         if value is not None and not isinstance(value, str):
             raise ValueError("deadline must be an RFC 3339 date-time string with an offset")
+        return value
+
+    @field_validator("deadline")
+    @classmethod
+    def _in_range(cls, value: datetime | None) -> datetime | None:
+        # Far outside any batch's life, and outside what the relay's timestamps can hold in UTC.
+        if value is not None and not DEADLINE_MIN <= value.astimezone(UTC) <= DEADLINE_MAX:
+            raise ValueError("deadline must be between 2000-01-01 and 9998-12-31 (UTC)")
         return value
 
     @field_validator("metadata", mode="before")

@@ -65,6 +65,9 @@ class Poller:
         record = self.store.get(batch_key(event["ref"])) or {}
         if not ended:
             record = self._rescue(record, deadline)
+            if record.get("cancel_wanted") and batch.cancel_initiated_at is None:
+                # Every request went realtime but the cancel did not go through: again.
+                batches.cancel(batch.id, deadline=deadline)
             rescuer = Rescuer(self.settings, self.store, self.payloads)
             at = rescuer.rescue_at(record)
             if at is not None:
@@ -175,7 +178,8 @@ class Poller:
         """Mark the batch collected once every journaled request has been answered: the tallies say
         so, or else the journal is swept and those the API returned no line for are answered."""
         record = self.store.get(batch_key(ref)) or {}
-        if _answered(record) < int(record.get("request_count", 0)):
+        short = _answered(record) < int(record.get("request_count", 0))
+        if short:
             # A try died between writing items and counting them, or the API left some out.
             self.settler.flush(ref)
             self.settler.unresolved(record, "api_error", "no result returned for this request")
@@ -185,11 +189,14 @@ class Poller:
             and not int(record.get("n_held", 0))
         ):
             self.store.unhold(record["tier"])  # the account works again: the tier's pauses end
-        # What the batch committed of its day's budget and did not spend goes back to that day.
-        record = self.store.get(batch_key(ref)) or record
-        spent = float(record.get("batch_usd", 0) or 0) + float(record.get("both_ways_usd", 0) or 0)
-        committed, day = Budget.terms(record)
-        Budget(self.settings, self.store).settle(batch_key(ref), committed, day, spent)
+        # What the batch committed of its day's budget and did not spend goes back to that day;
+        # tallies short of the batch (a try died between its items and its tallies) may have
+        # missed spending, so nothing is given back then.
+        if not short:
+            record = self.store.get(batch_key(ref)) or record
+            spent = float(record.get("batch_usd", 0) or 0) + float(record.get("both_ways_usd", 0) or 0)
+            committed, day = Budget.terms(record)
+            Budget(self.settings, self.store).settle(batch_key(ref), committed, day, spent)
         self.store.update(
             batch_key(ref),
             status="collected",

@@ -69,8 +69,8 @@ def realtime_cost_of(model: str, usage: dict[str, Any] | None) -> Cost | None:
 
 # Before a request runs, its cost has an upper bound: its input tokens (counted by the API, or
 # estimated as a byte of its request line in three: English runs about four characters a token,
-# CJK about three UTF-8 bytes) and max_tokens of output. A model with no known price is priced as
-# the dearest one.
+# CJK about three UTF-8 bytes), each priced as a cache write, and max_tokens of output. A model
+# with no known price is priced as the dearest one.
 BYTES_PER_TOKEN = 3
 DEAREST = max(PRICES.values(), key=lambda p: p.input_usd + p.output_usd)
 
@@ -82,5 +82,6 @@ def input_tokens_of(line_bytes: int) -> int:
 def bound(model: str, input_tokens: int, max_tokens: int, batch: bool) -> float:
     """The most one request can cost, in USD, at batch price or at list price."""
     price = price_of(model) or DEAREST
-    usd = input_tokens * price.input_usd / 1e6 + max_tokens * price.output_usd / 1e6
+    # Every input token may be a cache write, the dearest kind.
+    usd = input_tokens * price.input_usd * CACHE_WRITE_FACTOR / 1e6 + max_tokens * price.output_usd / 1e6
     return usd * BATCH_DISCOUNT if batch else usd

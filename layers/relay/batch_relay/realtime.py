@@ -20,6 +20,8 @@ answered `errored` / `budget_exceeded`.
 from __future__ import annotations
 
 import json
+import uuid
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,9 @@ from .store import Store, dynamo, held_by, request_key
 
 # Kept at the end of an invocation for settling and publishing after the call.
 SAFETY_SECONDS = 30.0
+# A try that failed otherwise (an AWS fault, a bug) comes back this soon, not after the queue's
+# visibility timeout (longer than the function's).
+FAILED_AGAIN_SECONDS = 15
 # A wait the API asks for up to this long is slept in place; a longer one goes back to the queue.
 WAIT_IN_PLACE_SECONDS = 20.0
 BACKOFF_BASE_SECONDS = 5.0
@@ -117,6 +122,11 @@ class Realtime:
         except Later as later:
             self.handoff.later(record.receipt_handle, later.seconds)
             raise TransientError(f"{later} (again in {later.seconds:.0f} s)") from None
+        except Exception:
+            # Back soon, not after the queue's visibility timeout: deadlines are near.
+            with suppress(Exception):
+                self.handoff.later(record.receipt_handle, FAILED_AGAIN_SECONDS)
+            raise
 
     def answer(self, rid: str, ref: str) -> str:
         key = request_key(rid)
@@ -130,14 +140,31 @@ class Realtime:
                 self.settler.flush(ref)  # settled by a try that died before publishing
             return "answered"
         now = clock.now()
+        wait = float(item.get("rt_not_before", 0)) - now
+        if wait > 0:
+            raise Later(wait, "the API asked for a pause")  # a message sent again meanwhile
+        token = uuid.uuid4().hex
         free = Attr("rt_until").not_exists() | Attr("rt_until").lt(dynamo(now))
-        if not self.store.update_if(
+        taken = self.store.update_if(
             key,
             Attr("status").eq("claimed") & Attr("batch_ref").eq(ref) & free,
             add={"rt_tries": 1},
             rt_until=self.until + SAFETY_SECONDS,
-        ):
+            rt_holder=token,
+        )
+        if not taken and (self.store.get(key) or {}).get("rt_holder") != token:
+            # (A write retried behind our back after it applied reads as refused: ours, then.)
             raise Later(60, "another invocation is answering this request")
+        try:
+            return self._answer(item, record)
+        except Exception as exc:
+            # A failed try keeps no one else waiting; one the API asked to pause makes any
+            # message of this request (a resend) wait as long.
+            self._unlease(rid, token, pause=exc.seconds if isinstance(exc, Later) else 0.0)
+            raise
+
+    def _answer(self, item: dict[str, Any], record: dict[str, Any]) -> str:
+        rid, key = item["request_id"], request_key(item["request_id"])
         tries = int(item.get("rt_tries", 0)) + 1
         result = self._result(item, tries)
         self.settler.settle(record, [{"custom_id": rid, "result": result}], None)
@@ -167,12 +194,12 @@ class Realtime:
             usd = bound(
                 item["model"], self._input_tokens(params, line), int(params["max_tokens"]), batch=False
             )
-            if not self.budget.commit(usd):
+            day = today()
+            if not self.budget.commit(usd, day):
                 logger.warning("realtime request over the day's budget", extra={"request_id": rid})
                 metrics.add_metric(name="BudgetExceeded", unit=MetricUnit.Count, value=1)
                 message = f"answering it in realtime (up to {usd:.4f} USD) would pass the daily budget"
                 return errored(rid, "budget_exceeded", message)["result"]
-            day = today()
             self.store.update(request_key(rid), budget_usd=usd, budget_day=day, remove=("budget_settled",))
             item.update(budget_usd=usd, budget_day=day)
             item.pop("budget_settled", None)
@@ -201,7 +228,6 @@ class Realtime:
                 if tries >= MAX_TRIES:
                     kind = "overloaded_error" if "529" in str(exc) else "api_error"
                     return errored(rid, kind, f"realtime call failed {tries} times: {exc}")["result"]
-                self._unlease(rid)
                 raise Later(wait, f"realtime call not answered: {exc}") from None
             except BatchTooLargeError as exc:
                 return errored(rid, "request_too_large", str(exc))["result"]
@@ -209,10 +235,13 @@ class Realtime:
                 # Settled like a batch's account-level result: back to its tier, which is held.
                 return errored(rid, "billing_error", str(exc))["result"]
             except ApiAccessError as exc:
-                self._unlease(rid)
                 raise Later(300, str(exc)) from None
             except BatchRefusedError as exc:
                 return errored(rid, "invalid_request_error", str(exc))["result"]
 
-    def _unlease(self, rid: str) -> None:
-        self.store.update(request_key(rid), remove=("rt_until",))
+    def _unlease(self, rid: str, token: str, pause: float = 0.0) -> None:
+        """End this try's lease; with `pause`, no try starts before it has passed."""
+        fields: dict[str, Any] = {"rt_not_before": clock.now() + pause} if pause else {}
+        self.store.update_if(
+            request_key(rid), Attr("rt_holder").eq(token), remove=("rt_until", "rt_holder"), **fields
+        )

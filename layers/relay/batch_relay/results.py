@@ -43,6 +43,10 @@ from .pricing import BATCH_DISCOUNT, cost_of, realtime_cost_of
 from .settings import Settings
 from .store import Store, batch_key, dynamo, held_by, released, request_key
 
+# States of a batch record whose results may still come (its both-ways cost is not known yet).
+LIVE_STATES = frozenset(
+    {"claiming", "uploaded", "creating", "created", "polling", "failed", "collecting", "closing"}
+)
 # Transient per-request errors are tried again in a later batch; anything else is final.
 RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error", "results_unavailable"})
 CHUNK = 100
@@ -127,7 +131,19 @@ class Settler:
         done = [c for c, _, _ in outcomes if c is not None]
         calls = groups([entry(c) for c in done])
         box = self.payloads.outbox(record["ref"], uuid.uuid4().hex, calls) if calls else None
-        self.store.put_many(item | {"outbox": box} if c is not None else item for c, item, _ in outcomes)
+        written = [item | {"outbox": box} if c is not None else item for c, item, _ in outcomes]
+        if record.get("route") == "realtime":
+            # One request, whose batch's collector may record a both-ways cost on it meanwhile:
+            # written only if that has not changed since it was read.
+            [(_, read, _)] = outcomes
+            both = read.get("both_ways_usd")
+            same = (
+                Attr("both_ways_usd").not_exists() if both is None else Attr("both_ways_usd").eq(dynamo(both))
+            )
+            if not self.store.put_if(written[0], same & Attr("batch_ref").eq(record["ref"])):
+                raise TransientError("a request changed while it was settled; settled again")
+        else:
+            self.store.put_many(written)
         tally = Counter(kind for _, _, kind in outcomes)
         tokens: Counter[str] = Counter()
         totals = {"batch_usd": 0.0, "list_usd": 0.0, "saved_usd": 0.0}
@@ -239,7 +255,7 @@ class Settler:
             )
         now = clock.now()
         # A realtime try's lease ends with its outcome, whatever it is.
-        dropped = ("pending_tier", "pending_since", "batch_ref", "rt_until")
+        dropped = ("pending_tier", "pending_since", "batch_ref", "rt_until", "rt_holder")
         base = {k: v for k, v in item.items() if k not in dropped}
         base["last_batch_id"] = record.get("batch_id")
         again = {"status": "pending", "pending_tier": item["tier"], "pending_since": self._sort_key(item)}
@@ -263,8 +279,7 @@ class Settler:
         if cost is not None and realtime and item.get("rescued_from"):
             # Also billed in the batch it was taken from, if that ran it: known once its results
             # are in, estimated from this answer until then.
-            both = item.get("both_ways_usd")
-            cost.both_ways_usd = round(float(both) if both is not None else cost.list_usd * BATCH_DISCOUNT, 8)
+            cost.both_ways_usd = self._both_ways_of(item, cost.list_usd * BATCH_DISCOUNT)
         completion = Completion(
             request_id=item["request_id"],
             status=kind,
@@ -299,6 +314,16 @@ class Settler:
             results_key=results_key,
         )
         return completion, _dynamo_ready(base), kind
+
+    def _both_ways_of(self, item: dict[str, Any], estimate: float) -> float | None:
+        """What the batch a realtime request was taken from spent on its copy: as its results
+        recorded it, nothing once it was collected without it, this answer's estimate until then."""
+        if item.get("both_ways_usd") is not None:
+            return round(float(item["both_ways_usd"]), 8)
+        batch = self.store.get(batch_key(item["rescued_from"])) or {}
+        if batch.get("status") not in (None, *LIVE_STATES):
+            return None  # its batch has ended and been collected: the copy was never billed
+        return round(estimate, 8)
 
     def _sort_key(self, item: dict[str, Any]) -> str:
         tier = self.settings.tiers.get(item["tier"]) or self.settings.tiers[self.settings.default_tier]

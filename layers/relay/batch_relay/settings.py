@@ -115,3 +115,22 @@ class Settings(BaseModel):
 def settings() -> Settings:
     """The process-wide settings; handlers call this at import so a bad deployment fails at cold start."""
     return Settings.from_env()
+
+
+class ApiSettings(BaseModel):
+    """What calling the Anthropic API needs, and nothing else: an operator's machine that counts
+    tokens for `batch-relay estimate` has no table, bucket or topic."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    api_key_secret_arn: str | None = Field(default=None, alias="API_KEY_SECRET_ARN")
+
+    @field_validator("api_key_secret_arn", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return value or None
+
+
+@cache
+def api_settings() -> ApiSettings:
+    return ApiSettings.model_validate(dict(os.environ))

@@ -111,6 +111,14 @@ class Store:
                 request = answer.get("UnprocessedKeys") or {}
         return out
 
+    def put_if(self, item: dict[str, Any], condition: Any) -> bool:
+        """Replace an item only when `condition` holds on the one stored; False when it does not."""
+        try:
+            self.table.put_item(Item=dynamo(item), ConditionExpression=condition)
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def put_many(self, items: Iterable[dict[str, Any]]) -> None:
         """Unconditional writes, 25 a call; only for items no one else may change meanwhile."""
         with self.table.batch_writer() as writer:

@@ -53,7 +53,7 @@ from botocore.exceptions import ClientError
 from . import batches, clock, executions
 from .budget import Budget, today
 from .completions import Topic
-from .deadlines import Rescuer, Turnaround, flush_by, schedule_of
+from .deadlines import FLUSH_LEAD_SECONDS, Rescuer, Turnaround, flush_by, schedule_of
 from .errors import (
     AccountError,
     ApiAccessError,
@@ -91,6 +91,8 @@ BATCH_LIFETIME_SECONDS = 24 * 3600
 IN_FLIGHT = frozenset({"claiming", "uploaded", "creating", "created", "polling", "failed"})
 # A realtime record still holding requests this long after its last send sends them again.
 RESEND_SECONDS = 180
+# Deadline requests of a tier looked at for a flush the learned turnaround brings forward.
+URGENT_PAGE = 25
 # A batch whose rescue is this overdue has a poller that is not doing it: the submitter does.
 RESCUE_GRACE_SECONDS = 120
 
@@ -176,10 +178,15 @@ class Submitter:
         oldest = next(self.store.waiting(name, limit=1, span="plain"), None)
         if oldest is not None and clock.now() - clock.parse(oldest["pending_since"]) >= tier.max_wait_seconds:
             return True
-        urgent = next(self.store.waiting(name, limit=1, span="by"), None)
-        if urgent is not None and clock.now() >= (flush_by(urgent["pending_since"]) or 0.0):
+        urgent = list(self.store.waiting(name, limit=URGENT_PAGE, span="by"))
+        now = clock.now()
+        if urgent and now >= (flush_by(urgent[0]["pending_since"]) or 0.0):
             return True
-        if oldest is None and urgent is None:
+        # The flush moments assume the default turnaround; batches learned to be slower bring
+        # them forward (the most urgent requests are looked at, not every one).
+        if any(self.turnaround.late(item, now + FLUSH_LEAD_SECONDS) for item in urgent):
+            return True
+        if oldest is None and not urgent:
             return False
         return self.store.count(name, tier.min_requests) >= tier.min_requests
 
@@ -476,6 +483,10 @@ class Submitter:
         fields["close_status"] = status
         self.store.update(batch_key(record["ref"]), status="closing", **fields)
         self.close(record | fields)
+        if status == "refused":
+            # Never created, so nothing of what it committed was spent.
+            committed, day = Budget.terms(record)
+            self.budget.settle(batch_key(record["ref"]), committed, day, 0.0)
 
     def created(self, record: dict[str, Any], batch: Any) -> None:
         ref = record["ref"]
@@ -493,6 +504,11 @@ class Submitter:
         )
         record.update(status="created", batch_id=batch.id, submitted_at=now)
         metrics.add_metric(name="BatchesCreated", unit=MetricUnit.Count, value=1)
+        fresh = self.store.get(batch_key(ref)) or record
+        if int(fresh.get("n_rescued", 0)) >= int(record["request_count"]):
+            # Adopted after every one of its requests went realtime: nothing in it is ours to wait for.
+            batches.cancel(batch.id, deadline=self.create_until)
+            metrics.add_metric(name="BatchesCanceled", unit=MetricUnit.Count, value=1)
         logger.info(
             "batch created",
             extra={
@@ -608,6 +624,9 @@ class Submitter:
         ids = list(self.payloads.journaled(ref))
         items = self.store.get_many(request_key(rid) for rid in ids)
         waiting = [rid for rid in ids if held_by(items.get(request_key(rid)), ref)]
+        now = clock.now()
+        # One the API asked to pause (a retry-after) is not sent before the pause is over.
+        ready = [rid for rid in waiting if float(items[request_key(rid)].get("rt_not_before", 0)) <= now]
         if not waiting:
             self.store.update(
                 batch_key(ref),
@@ -616,11 +635,11 @@ class Submitter:
                 remove=("pending_tier", "pending_since"),
             )
             return True
-        if idle < RESEND_SECONDS:
+        if idle < RESEND_SECONDS or not ready:
             return False
-        logger.warning("realtime requests sent again", extra={"ref": ref, "n": len(waiting)})
-        metrics.add_metric(name="RealtimeResent", unit=MetricUnit.Count, value=len(waiting))
-        self.handoff.dispatch(record, waiting)
+        logger.warning("realtime requests sent again", extra={"ref": ref, "n": len(ready)})
+        metrics.add_metric(name="RealtimeResent", unit=MetricUnit.Count, value=len(ready))
+        self.handoff.dispatch(record, ready)
         return True
 
     def _recover_claiming(self, record: dict[str, Any], idle: float) -> bool:
@@ -633,7 +652,20 @@ class Submitter:
     def _recover_uploaded(self, record: dict[str, Any], idle: float) -> bool:
         if idle < STALE_SECONDS:
             return False
+        if self._rescued_from(record):
+            return True
         self.submit(record)
+        return True
+
+    def _rescued_from(self, record: dict[str, Any]) -> bool:
+        """A batch never created whose deadline requests went realtime meanwhile: its input still
+        holds them, so it is not created from it. What it holds goes back to its tier instead, to be
+        claimed afresh (with its own deadlines, now sooner)."""
+        fresh = self.store.get(batch_key(record["ref"])) or record
+        if not int(fresh.get("n_rescued", 0)):
+            return False
+        n = self.settler.release(fresh, status="released")
+        logger.warning("a batch lost requests to realtime before its create; released", extra={"n": n})
         return True
 
     def _recover_creating(self, record: dict[str, Any], idle: float) -> bool:
@@ -646,6 +678,8 @@ class Submitter:
             return False
         if found is None:
             # No batch of the window can be this one: nothing was created, so create it now.
+            if self._rescued_from(record):
+                return True
             self.store.update(batch_key(record["ref"]), status="uploaded", updated_at=clock.iso())
             self.submit(record | {"status": "uploaded"})
             return True
