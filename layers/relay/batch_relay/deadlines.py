@@ -40,8 +40,8 @@ RESCUE_GROUP_SECONDS = 60
 # Requests moved, then sent, at a time: a check that runs out of time has sent what it moved.
 RESCUE_CHUNK = 100
 # A tier is flushed this long before a batch would be too late: submitter runs come a minute
-# apart and a claim takes time.
-FLUSH_LEAD_SECONDS = 300
+# apart and a claim of 100,000 requests takes minutes.
+FLUSH_LEAD_SECONDS = 600
 
 
 def deadline_of(item: dict[str, Any]) -> float | None:
@@ -153,8 +153,13 @@ class Rescuer:
             if target is None:
                 target = send.record(record["tier"], rescued_from=ref)
             self.payloads.journal(target["ref"], done // RESCUE_CHUNK, chunk)
-            taken = [rid for rid in chunk if self._take(rid, ref, target["ref"])]
-            done += len(chunk)
+            taken = []
+            for rid in chunk:
+                if clock.now() >= until:
+                    break
+                done += 1
+                if self._take(rid, ref, target["ref"]):
+                    taken.append(rid)
             moved += len(taken)
             left = [at for at, _ in schedule[done:]]
             fields: dict[str, Any] = {"updated_at": clock.iso(), "rescue_from": start + done}

@@ -127,7 +127,11 @@ class RequestMessage(BaseModel):
     @classmethod
     def _in_range(cls, value: datetime | None) -> datetime | None:
         # Far outside any batch's life, and outside what the relay's timestamps can hold in UTC.
-        if value is not None and not DEADLINE_MIN <= value.astimezone(UTC) <= DEADLINE_MAX:
+        try:
+            inside = value is None or DEADLINE_MIN <= value.astimezone(UTC) <= DEADLINE_MAX
+        except OverflowError:  # past year 9999 once in UTC
+            inside = False
+        if not inside:
             raise ValueError("deadline must be between 2000-01-01 and 9998-12-31 (UTC)")
         return value
 

@@ -4,7 +4,9 @@ Layout: `bodies/` the request lines the buffer accepted (one object per buffer i
 request's item points at its bytes), `claims/` the ids each batch claimed, page by page, written
 before the claim, `input/` the JSONL each batch was created from, `results/` the raw results of each
 batch, `messages/` completions too large for SNS, `outbox/` completions written before they are
-published, with a marker for each PublishBatch call that went out (see `results`).
+published, with a marker for each PublishBatch call that went out (see `results`), `deadlines/`
+each batch's deadline requests in the order they are taken out for realtime, `answers/` realtime
+answers kept between the call and their settling.
 """
 
 from __future__ import annotations

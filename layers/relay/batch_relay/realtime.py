@@ -156,17 +156,26 @@ class Realtime:
             # (A write retried behind our back after it applied reads as refused: ours, then.)
             raise Later(60, "another invocation is answering this request")
         try:
-            return self._answer(item, record)
+            return self._answer(item, record, token)
         except Exception as exc:
             # A failed try keeps no one else waiting; one the API asked to pause makes any
             # message of this request (a resend) wait as long.
             self._unlease(rid, token, pause=exc.seconds if isinstance(exc, Later) else 0.0)
             raise
 
-    def _answer(self, item: dict[str, Any], record: dict[str, Any]) -> str:
-        rid, key = item["request_id"], request_key(item["request_id"])
+    def _answer(self, item: dict[str, Any], record: dict[str, Any], token: str) -> str:
+        rid, key, ref = item["request_id"], request_key(item["request_id"]), record["ref"]
         tries = int(item.get("rt_tries", 0)) + 1
-        result = self._result(item, tries)
+        kept = str(item.get("rt_answer") or "")
+        if kept.startswith(f"answers/{ref}/"):
+            result = self.payloads.read_json(kept)  # a try that died after the call paid for it
+        else:
+            result = self._result(item, tries)
+            if result["type"] == "succeeded":
+                # Kept before it is settled: a try that dies from here on is settled from it.
+                kept = f"answers/{ref}/{rid}.json"
+                self.payloads.put_json(kept, result)
+                self.store.update_if(key, Attr("rt_holder").eq(token), rt_answer=kept)
         self.settler.settle(record, [{"custom_id": rid, "result": result}], None)
         message = result.get("message") or {}
         cost = realtime_cost_of(item["model"], message.get("usage")) if message else None
