@@ -140,6 +140,12 @@ class Payloads:
             for obj in page.get("Contents", []):
                 yield from self.read(self.bucket, obj["Key"]).decode().split()
 
+    def exists(self, key: str) -> bool:
+        """Whether an object is there, asked by listing (a role without list rights on the whole
+        bucket would read a missing object as refused, not missing)."""
+        found = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+        return any(obj["Key"] == key for obj in found)
+
     def read_json(self, key: str) -> Any:
         return json.loads(self.read(self.bucket, key))
 

@@ -167,6 +167,9 @@ class Realtime:
         rid, key, ref = item["request_id"], request_key(item["request_id"]), record["ref"]
         tries = int(item.get("rt_tries", 0)) + 1
         kept = str(item.get("rt_answer") or "")
+        if not kept.startswith(f"answers/{ref}/") and tries > 1:
+            # An earlier try may have died between keeping its answer and naming it on the item.
+            kept = f"answers/{ref}/{rid}.json" if self.payloads.exists(f"answers/{ref}/{rid}.json") else ""
         if kept.startswith(f"answers/{ref}/"):
             result = self.payloads.read_json(kept)  # a try that died after the call paid for it
         else:
