@@ -444,12 +444,13 @@ def _answered(stack: Any, ids: list[str]) -> bool:
 def _spend_elsewhere(stack: Any, usd: float) -> None:
     """Add to (or, negative, take from) what today has committed, as another spender would."""
     from batch_relay.budget import today
+    from batch_relay.store import MICROS
 
     boto3.client("dynamodb").update_item(
         TableName=stack.physical["RequestTable"],
         Key={"pk": {"S": f"budget#{today()}"}},
-        UpdateExpression="ADD committed :usd",
-        ExpressionAttributeValues={":usd": {"N": str(usd)}},
+        UpdateExpression="ADD committed_micros :n",
+        ExpressionAttributeValues={":n": {"N": str(round(usd * MICROS))}},
     )
 
 
@@ -469,14 +470,25 @@ def run_deadline_paths(stack: Any, emulator: Any) -> dict[str, list[dict[str, An
     long["params"]["max_tokens"] = 60_000
     stack.send([request("rt-claim", deadline=at(100)), long])
     stack.deliver()
-    stack.tick()
-    [record] = [r for r in _realtime_records(stack).values() if r["status"] == "realtime"]
-    stack.after = _kill_once("RealtimeFunction", "BatchWriteItem")
-    stack.deliver_realtime()
+    stack.after = _kill_once("RealtimeFunction", "PutItem")
+    stack.tick()  # sends them realtime, and Lambda delivers them
     stack.after = None
+    [record] = [r for r in _realtime_records(stack).values() if r["status"] == "realtime"]
+    stack.deliver_realtime()
     stack.tick()
     assert _items(stack, record["pk"])[record["pk"]]["status"] == "answered"
     completions += stack.drain(inbox)
+
+    # A try that dies right after keeping its answer: the next one finds it (listing answers/) and
+    # settles from it, never calling the API again.
+    stack.send([request("rt-kept", deadline=at(100))])
+    stack.deliver()
+    calls = len(emulator.messages_created)
+    stack.after = _kill_once("RealtimeFunction", "PutObject")
+    stack.tick()
+    stack.after = None
+    stack.deliver_realtime()
+    assert len(emulator.messages_created) == calls + 1, "a kept answer was paid for twice"
 
     # A 429 with a retry-after longer than the function waits in place: the message is hidden.
     emulator.inject("POST", "/v1/messages", 429, count=1, retry_after=120, route="message")
@@ -589,6 +601,8 @@ WITNESSES = [
     ("RealtimeFunction", "s3:GetObject", "", "/bodies/"),
     ("RealtimeFunction", "s3:PutObject", "", "/outbox/"),
     ("RealtimeFunction", "s3:GetObject", "", "/outbox/"),
+    ("RealtimeFunction", "s3:GetObject", "", "/answers/"),
+    ("RealtimeFunction", "s3:ListBucket", "answers/", ""),
     ("RealtimeFunction", "s3:PutObject", "", "/messages/rt-long/"),
     ("RealtimeFunction", "s3:ListBucket", "outbox/", ""),
     ("RealtimeFunction", "sns:Publish", "", "CompletionTopic"),
@@ -625,7 +639,19 @@ def test_every_call_is_allowed_and_every_grant_is_used(recorded: Any) -> None:
 
     # The scenarios did what they are there for.
     assert {k: len(v) for k, v in got.items() if len(v) != 1} == {}, "a request was answered twice"
-    realtime = ["rt-claim", "rt-long", "rt-429", "rt-lost", "dl0", "dl1", "all0", "all1", "od0", "rt-broke"]
+    realtime = [
+        "rt-claim",
+        "rt-long",
+        "rt-kept",
+        "rt-429",
+        "rt-lost",
+        "dl0",
+        "dl1",
+        "all0",
+        "all1",
+        "od0",
+        "rt-broke",
+    ]
     for rid in realtime:
         [c] = got[rid]
         assert (rid, c["route"], c["status"], c["batch_id"]) == (rid, "realtime", "succeeded", None)

@@ -42,7 +42,7 @@ def committed(stack: Any, day: str | None = None) -> float:
     from batch_relay.budget import today
 
     item = table(stack).get_item(Key={"pk": f"budget#{day or today()}"}, ConsistentRead=True).get("Item")
-    return float(item["committed"]) if item else 0.0
+    return int(item["committed_micros"]) / 1e6 if item else 0.0
 
 
 def kill_once(function: str, operation: str, nth: int = 1) -> Any:
@@ -239,6 +239,7 @@ def test_a_rescue_too_large_for_one_check_goes_on_where_it_stopped(make_stack, e
     checks = stack.invocations.get("CheckBatchFunction", 0)
     stack.before = slow
     stack.advance(1800 - 600 + 5)
+
     # Six checks move the clock about 6 x 65 s: still well before the deadline, and enough to
     # move all forty ten at a time.
     def rescued() -> set[str]:
@@ -359,8 +360,8 @@ def test_a_second_realtime_try_is_committed_to_the_budget(make_stack, emulator):
 
     table(stack).update_item(
         Key={"pk": f"budget#{today()}"},
-        UpdateExpression="SET committed = :c",
-        ExpressionAttributeValues={":c": Decimal("1")},
+        UpdateExpression="SET committed_micros = :c",
+        ExpressionAttributeValues={":c": Decimal("1000000")},
     )
     emulator.credit = True
     got: dict[str, Any] = {}

@@ -11,7 +11,7 @@ One table holds two kinds of item:
 - `hold#<tier>`: a tier paused after an account problem, until when, and how many times in a row;
 - `turn#<model>#<batch_id>`: how long one of the relay's batches of that model took (a sample the
   relay learns turnaround from, indexed under `turn#<model>` by when it ended, kept a week);
-- `budget#<day>`: what the relay has committed to spend on that UTC day.
+- `budget#<day>`: what the relay has committed to spend on that UTC day (`committed_micros`).
 
 The sparse `pending` index is the relay's work list. Its partition says what an item waits for:
 a tier name (a pending request) or `live` (a batch not yet collected). Within a tier, a request
@@ -25,6 +25,7 @@ Items stay under 1 KB (request bodies live in S3), so each write costs one write
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from decimal import Decimal
@@ -36,6 +37,8 @@ from . import aws, clock
 
 INDEX = "pending"
 LIVE = "live"
+# Budget amounts are counted in millionths of a dollar.
+MICROS = 1_000_000
 # Sort-key prefix of requests with a deadline: after every ISO timestamp ("2...").
 BY = "by:"
 
@@ -190,18 +193,21 @@ class Store:
         return True
 
     def commit(self, day: str, usd: float, cap: float) -> bool:
-        """Add `usd` to what day <day> has committed, unless that would pass `cap`."""
-        if usd > cap:
+        """Add `usd` to what day <day> has committed, unless that would pass `cap`. Amounts are
+        kept in whole micro-dollars (commitments rounded up), so sums stay exact."""
+        amount, limit = math.ceil(usd * MICROS), math.floor(cap * MICROS)
+        if amount > limit:
             return False
         try:
             self.table.update_item(
                 Key={"pk": f"budget#{day}"},
-                UpdateExpression="SET kind = :k, #ttl = :ttl ADD committed :usd",
-                ConditionExpression=Attr("committed").not_exists() | Attr("committed").lte(dynamo(cap - usd)),
+                UpdateExpression="SET kind = :k, #ttl = :ttl ADD committed_micros :n",
+                ConditionExpression=Attr("committed_micros").not_exists()
+                | Attr("committed_micros").lte(limit - amount),
                 ExpressionAttributeNames={"#ttl": "ttl"},
                 ExpressionAttributeValues={
                     ":k": "budget",
-                    ":usd": dynamo(usd),
+                    ":n": amount,
                     ":ttl": int(clock.parse(f"{day}T00:00:00Z")) + 40 * 86400,
                 },
             )
@@ -210,16 +216,18 @@ class Store:
         return True
 
     def uncommit(self, day: str, usd: float) -> None:
-        """Give back what a commitment did not spend."""
-        self.table.update_item(
-            Key={"pk": f"budget#{day}"},
-            UpdateExpression="ADD committed :usd",
-            ExpressionAttributeValues={":usd": dynamo(-usd)},
-        )
+        """Give back what a commitment did not spend (rounded down)."""
+        amount = math.floor(usd * MICROS)
+        if amount > 0:
+            self.table.update_item(
+                Key={"pk": f"budget#{day}"},
+                UpdateExpression="ADD committed_micros :n",
+                ExpressionAttributeValues={":n": -amount},
+            )
 
     def committed(self, day: str) -> float:
         item = self.get(f"budget#{day}")
-        return float(item.get("committed", 0)) if item else 0.0
+        return int(item.get("committed_micros", 0)) / MICROS if item else 0.0
 
     def lease(self, name: str, holder: str, until: float, now: float) -> bool:
         """Take lease <name> for `holder` until `until`, unless another holder's is still running."""
@@ -348,7 +356,9 @@ class Store:
 def dynamo(value: Any) -> Any:
     """Floats are refused by boto3's DynamoDB serializer; Decimal keeps them exact."""
     if isinstance(value, float):
-        return Decimal(str(value))
+        text = str(value)
+        # Written out, never in exponent form (tiny amounts of USD): moto's ADD parses no exponent.
+        return Decimal(f"{value:.12f}" if "e" in text else text)
     if isinstance(value, dict):
         return {k: dynamo(v) for k, v in value.items()}
     if isinstance(value, list):
