@@ -369,11 +369,12 @@ def counted(emulator, params):
 
 
 def bound_usd(model, input_tokens, max_tokens, batch):
-    """The cost bound, from the price table directly: input tokens and max_tokens of output."""
-    from batch_relay.pricing import BATCH_DISCOUNT, DEAREST, price_of
+    """The cost bound, from the price table directly: input tokens (each priced as a cache write,
+    the dearest kind) and max_tokens of output."""
+    from batch_relay.pricing import BATCH_DISCOUNT, CACHE_WRITE_FACTOR, DEAREST, price_of
 
     price = price_of(model) or DEAREST
-    usd = (input_tokens * price.input_usd + max_tokens * price.output_usd) / 1e6
+    usd = (input_tokens * price.input_usd * CACHE_WRITE_FACTOR + max_tokens * price.output_usd) / 1e6
     return usd * BATCH_DISCOUNT if batch else usd
 
 
