@@ -31,8 +31,10 @@ def test_calls_per_request_stay_within_target_and_below_the_naive_relay(runs):
     assert calls["sns.PublishBatch"] == N // 10
     # Request lines: one object per buffer invocation (100 records), read once by the submitter.
     assert calls["s3.GetObject"] <= N // 100 + 2
-    # The outbox adds a marker a publish call (0.1 a request) and the claim journal's read at collect.
-    assert relay["calls_total"] / N <= 1.5
+    # The outbox adds a marker a publish call (0.1 a request) and the claim journal's read at collect;
+    # deadlines add a few calls a run and a poll (the deadline range of each tier, the batch's
+    # record at each check, its turnaround sample), which 200 requests share.
+    assert relay["calls_total"] / N <= 1.6
     assert naive["calls_total"] == 5 * N
     assert naive["calls_total"] / relay["calls_total"] >= 1.5
 

@@ -328,7 +328,6 @@ class Intake:
             "pending_since": sort_key(
                 parsed.received_at, parsed.deadline, self.settings.tiers[parsed.tier], self.settings
             ),
-            "max_tokens": parsed.max_tokens,
             "body_key": parsed.key,
             "body_at": parsed.offset,
             "body_len": parsed.length,
@@ -339,6 +338,8 @@ class Intake:
             item["params_digest"] = parsed.digest
         if parsed.deadline:
             item["deadline"] = parsed.deadline
+        if self.settings.daily_budget_usd:
+            item["max_tokens"] = parsed.max_tokens  # for the budget's bound, without reading the line
         return item
 
     def _reject(self, refused: Refused) -> str:

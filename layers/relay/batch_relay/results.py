@@ -302,9 +302,11 @@ class Settler:
             pointer = self.payloads.put_json(f"messages/{item['request_id']}/{attempts}.json", message)
             completion = completion.model_copy(update={"message": pointer})
         base.pop("held_since", None)
+        base.pop("route", None)  # an earlier try's
+        if realtime:
+            base["route"] = "realtime"  # (a batch's answer says nothing: items stay under 1 KB)
         base.update(
             status=kind,
-            route=completion.route,
             batch_id=record.get("batch_id"),
             completed_at=completion.completed_at,
             notified=True,
