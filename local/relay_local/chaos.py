@@ -99,11 +99,12 @@ REFUSALS = (
     ("InternalError", 500),
     ("ServiceUnavailable", 503),
 )
-# Real seconds a hidden realtime message stays out of the queue (it is put back when due).
-HIDDEN_SECONDS = 900
+# Real seconds a hidden realtime message stays out of the queue (it is put back when due): longer
+# than any run, within SQS's 12 hours.
+HIDDEN_SECONDS = 6 * 3600
 # What made a deadline be missed, by the faults on the request's path, most telling first.
 MISS_CAUSES = (
-    ("realtime function faulted (its lease outlives it)", ("(RealtimeFunction)",)),
+    ("realtime function failed (its message back after the visibility timeout)", ("(RealtimeFunction)",)),
     ("realtime call refused by the API", ("API POST /v1/messages ",)),
     ("check killed during a rescue", ("in a rescue",)),
     ("poller faulted", ("(CheckBatchFunction)", "(CollectResultsFunction)", "API GET")),
@@ -610,8 +611,7 @@ class Drive:
         self.ticks = self.rounds = 0
         # When each request was sent (the relay's receipt can come later, after faults).
         self.sent_at: dict[str, float] = {}
-        # Realtime messages the function hid for a retry-after, kept out of the queue until then.
-        self.hidden: dict[str, str] = {}
+        self.realtime = RealtimeDelivery(stack, self.sqs)
 
     def storm(
         self, rng: random.Random, seed: int, requests: int, rounds: int, retry_after_share: float
@@ -716,7 +716,7 @@ class Drive:
         wake = self.sim.next_wake()
         if wake is not None:
             ahead.append(wake)
-        ahead += [t for m in self.hidden if (t := self.stack._hidden.get(m, 0.0)) > now]
+        ahead += self.realtime.returns(now)
         self.sim.advance(min(ahead, default=now + CALM_STRIDE_SECONDS) - now)
 
     # what is there
@@ -749,56 +749,12 @@ class Drive:
         )
 
     def realtime_due(self) -> bool:
-        """Whether the realtime queue holds a message to deliver: a visible one, or one whose
-        retry-after has run out."""
-        now = _clock_now()
-        return bool(self.queued("RealtimeQueue")) or any(
-            self.stack._hidden.get(m, 0.0) <= now for m in self.hidden
-        )
-
-    # queues
+        return self.realtime.due(self.queued("RealtimeQueue"))
 
     def deliver_realtime(self) -> None:
-        """Deliver the realtime queue to its function as `stack.deliver_realtime` does (one message
-        an invocation, a failed one back at once, one the function hid for a retry-after back when
-        the relay's clock passes it), except that a hidden message stays out of the queue until
-        then instead of being received (and counted towards the dead-letter queue) by every
-        delivery meanwhile, and that a message moved to the dead-letter queue does not end the
-        delivery with ReceiptHandleIsInvalid (see test_deadline_faults, `test_bug_stack_...`)."""
-        from relay_local.stack import sqs_record
+        self.realtime.deliver()
 
-        stack, sqs = self.stack, self.sqs
-        url, arn = stack.queue_url("RealtimeQueue"), stack.arns["RealtimeQueue"]
-        now = _clock_now()
-        for mid, handle in list(self.hidden.items()):
-            if stack._hidden.get(mid, 0.0) <= now:
-                del self.hidden[mid]
-                with contextlib.suppress(ClientError):  # gone to the dead-letter queue
-                    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=0)
-        for _ in range(1000):
-            got = sqs.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], MessageAttributeNames=["All"]
-            ).get("Messages", [])
-            if not got:
-                break
-            for m in got:
-                mid, handle = m["MessageId"], m["ReceiptHandle"]
-                stack._receipts[handle] = mid
-                try:
-                    answer = stack.invoke("RealtimeFunction", {"Records": [sqs_record(m, arn)]})
-                    ok = not answer.get("batchItemFailures")
-                except (Exception, FunctionKilled):
-                    ok = False
-                if ok:
-                    sqs.delete_message(QueueUrl=url, ReceiptHandle=handle)
-                    continue
-                # Failed: back at once, or (hidden for a retry-after) when the relay's clock says.
-                hidden = stack._hidden.get(mid, 0.0) > _clock_now()
-                if hidden:
-                    self.hidden[mid] = handle
-                sqs.change_message_visibility(
-                    QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=HIDDEN_SECONDS if hidden else 0
-                )
+    # queues
 
     def redrive(self) -> None:
         dlq = self.stack.queue_url("RequestDeadLetterQueue")
@@ -806,6 +762,84 @@ class Drive:
             self.stack.send(m["Body"] for m in got)
             for m in got:
                 self.sqs.delete_message(QueueUrl=dlq, ReceiptHandle=m["ReceiptHandle"])
+
+
+class RealtimeDelivery:
+    """The realtime queue delivered to its function as Lambda's event source does, on the relay's
+    clock: one message an invocation; a message whose invocation failed back once the queue's
+    visibility timeout has passed (16 minutes, longer than the function's timeout), or, when the
+    function hid it for a retry-after, once that has. A hidden message is kept out of the queue
+    until then, so it is not received, nor counted towards the dead-letter queue, meanwhile.
+
+    (`stack.deliver_realtime` returns a failed message at once, receives hidden messages on every
+    delivery, and ends with ReceiptHandleIsInvalid when one moves to the dead-letter queue: see
+    `test_deadline_faults.test_bug_stack_...`.)"""
+
+    def __init__(self, stack: Any, sqs: Any = None):
+        self.stack = stack
+        self.sqs = sqs or boto3.client("sqs")
+        self.url, self.arn = stack.queue_url("RealtimeQueue"), stack.arns["RealtimeQueue"]
+        attrs = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["VisibilityTimeout"])
+        self.visibility = int(attrs["Attributes"]["VisibilityTimeout"])
+        self.hidden: dict[str, str] = {}  # message id -> receipt handle, while out of the queue
+
+    def returns(self, now: float) -> list[float]:
+        """When hidden messages come back, of those still to come."""
+        return [t for m in self.hidden if (t := self.stack._hidden.get(m, 0.0)) > now]
+
+    def due(self, visible: int) -> bool:
+        now = _clock_now()
+        return bool(visible) or any(self.stack._hidden.get(m, 0.0) <= now for m in self.hidden)
+
+    def deliver(self) -> int:
+        """Deliver what is due; returns how many messages were answered (deleted)."""
+        from relay_local.stack import sqs_record
+
+        stack, sqs = self.stack, self.sqs
+        now = _clock_now()
+        for mid, handle in list(self.hidden.items()):
+            if stack._hidden.get(mid, 0.0) <= now:
+                del self.hidden[mid]
+                with contextlib.suppress(ClientError):  # gone to the dead-letter queue
+                    sqs.change_message_visibility(
+                        QueueUrl=self.url, ReceiptHandle=handle, VisibilityTimeout=0
+                    )
+        done = 0
+        for _ in range(1000):
+            got = sqs.receive_message(
+                QueueUrl=self.url,
+                MaxNumberOfMessages=10,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            if not got:
+                break
+            for m in got:
+                mid, handle = m["MessageId"], m["ReceiptHandle"]
+                if stack._hidden.get(mid, 0.0) > _clock_now():  # not due yet: out again
+                    self.hidden[mid] = handle
+                    sqs.change_message_visibility(
+                        QueueUrl=self.url, ReceiptHandle=handle, VisibilityTimeout=HIDDEN_SECONDS
+                    )
+                    continue
+                stack._receipts[handle] = mid
+                try:
+                    answer = stack.invoke("RealtimeFunction", {"Records": [sqs_record(m, self.arn)]})
+                    ok = not answer.get("batchItemFailures")
+                except (Exception, FunctionKilled):
+                    ok = False
+                if ok:
+                    sqs.delete_message(QueueUrl=self.url, ReceiptHandle=handle)
+                    done += 1
+                    continue
+                if stack._hidden.get(mid, 0.0) <= _clock_now():
+                    # Not hidden by the function: back after the queue's visibility timeout.
+                    stack._hidden[mid] = _clock_now() + self.visibility
+                self.hidden[mid] = handle
+                sqs.change_message_visibility(
+                    QueueUrl=self.url, ReceiptHandle=handle, VisibilityTimeout=HIDDEN_SECONDS
+                )
+        return done
 
 
 # the promises
