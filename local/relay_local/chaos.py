@@ -616,7 +616,7 @@ class Drive:
     def storm(
         self, rng: random.Random, seed: int, requests: int, rounds: int, retry_after_share: float
     ) -> dict[str, str]:
-        """Rounds of requests a few minutes apart; faults on until an hour after the last."""
+        """Rounds of requests a few minutes apart; faults on until STORM_TAIL_SECONDS after the last."""
         ids = [f"c{seed}-{n:02d}" for n in range(requests)]
         kinds = {rid: _kind(rng) for rid in ids}
         kinds[f"c{seed}-past"] = "past"
@@ -717,7 +717,7 @@ class Drive:
         if wake is not None:
             ahead.append(wake)
         ahead += self.realtime.returns(now)
-        self.sim.advance(min(ahead, default=now + CALM_STRIDE_SECONDS) - now)
+        self.sim.advance(min([*ahead, now + CALM_STRIDE_SECONDS]) - now)
 
     # what is there
 
@@ -905,11 +905,11 @@ def _check(drive: Drive, log: FaultLog, inbox: str, kinds: dict[str, str], outco
             outcome.missed_excused.append(rid)
             outcome.miss_causes[_cause(touched)] += 1
             if log.trace:
-                outcome.notes += _explain(rid, kinds[rid], c, items.get(rid, {}), log)
+                outcome.notes += _explain(rid, kinds[rid], received, c, items.get(rid, {}), log)
         else:
             outcome.missed.append(rid)
             if log.trace:
-                outcome.notes += _explain(rid, kinds[rid], c, items.get(rid, {}), log)
+                outcome.notes += _explain(rid, kinds[rid], received, c, items.get(rid, {}), log)
 
 
 def _cause(kinds: list[str]) -> str:
@@ -920,11 +920,13 @@ def _cause(kinds: list[str]) -> str:
     return "other"
 
 
-def _explain(rid: str, kind: str, c: dict[str, Any], item: dict[str, Any], log: FaultLog) -> list[str]:
-    """A missed deadline, and what happened on the request's path (seconds from its receipt)."""
+def _explain(
+    rid: str, kind: str, received: float, c: dict[str, Any], item: dict[str, Any], log: FaultLog
+) -> list[str]:
+    """A missed deadline, and what happened on the request's path (seconds from when it was sent)."""
     from batch_relay import clock
 
-    received, due = clock.parse(c["received_at"]), clock.parse(c["deadline"])
+    due = clock.parse(c["deadline"])
     done = clock.parse(c["completed_at"])
     fields = {k: item.get(k) for k in ("rescued_from", "rt_tries", "attempts")}
     when = f"due at {due - received:.0f} s, answered at {done - received:.0f} s"

@@ -417,3 +417,31 @@ def test_bug_stack_realtime_delivery_survives_a_message_moving_to_the_dead_lette
     )["Attributes"]["ApproximateNumberOfMessages"]
     assert dead == "1"
     assert answered(stack, inbox, "dl1") == []
+
+
+def test_bug_a_refused_unlease_keeps_every_submitter_run_out_for_sixteen_minutes(stack, emulator):
+    """BUG: a submitter run gives its lease back in a `finally`, with one call: when that call is
+    refused (a throttle the SDK's retries did not absorb), the lease stays until the run could
+    have ended (its 15-minute timeout, plus a minute), and every run meanwhile does nothing. A
+    request due in 10 minutes, which the first of them would send realtime, misses its deadline
+    for one refused delete. (A killed run must keep the lease so; a run that knows it is done
+    could insist, as it does on the writes that follow a publish.)"""
+    from batch_relay import clock
+
+    inbox = stack.subscribe()
+    install(stack, Once("SubmitterFunction", "DeleteItem", "refuse"))
+    with pytest.raises(Exception, match=r"DeleteItem|Throttling|injected"):
+        stack.tick()  # nothing to do; only its lease's release is refused
+    stack.send([request("ul1", deadline=at(600))])
+    stack.deliver()
+    deadline = clock.now() + 600
+    got: list = []
+    skipped = 0
+    while not got and clock.now() + 60 < deadline:
+        stack.advance(60)
+        skipped += bool(stack.tick().get("skipped"))
+        stack.deliver_realtime()
+        got = answered(stack, inbox, "ul1")
+    assert got, f"not answered by its deadline: {skipped} submitter runs found the lease held"
+    [c] = got
+    assert c["route"] == "realtime" and c["completed_at"] <= c["deadline"]
