@@ -870,6 +870,9 @@ def _check(drive: Drive, log: FaultLog, inbox: str, kinds: dict[str, str], outco
     outcome.realtime_dead_letters = drive.queued("RealtimeDeadLetterQueue")
     # Where each request was answered, and what the Messages API was asked for it.
     outcome.realtime_calls = len(emu.messages_created)
+    told = sum(len(v) for k, v in emu.answered.items() if k in kinds)
+    if told != outcome.realtime_calls:
+        raise RuntimeError(f"{outcome.realtime_calls} realtime calls, {told} of them told apart by request")
     for rid in ids:
         calls = len(emu.answered.get(rid, []))
         allowed = 1 + faults.lost_answers[rid]
