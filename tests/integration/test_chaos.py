@@ -1,7 +1,10 @@
 """The randomized fault test: a few seeds in every run of the suite (`make chaos SEEDS=200` for more).
 
-Each seed storms the whole pipeline with AWS refusals, functions killed right after a call acted,
-API refusals, lost create answers and cut result streams, then heals and checks the promises."""
+Each seed storms the whole pipeline, deadlines and realtime answers included, with AWS refusals,
+functions killed right after a call acted (the realtime function after any call, the check in the
+middle of a rescue), API refusals and 429s with a retry-after, lost create answers and cut result
+streams, then heals and checks the promises. A seed without faults checks that every deadline a
+request could make was met."""
 
 from __future__ import annotations
 
@@ -10,15 +13,48 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
+def assert_promises_hold(out) -> None:
+    assert out.lost == [], "accepted requests without a completion"
+    assert out.conflicting == [], "one request answered two ways"
+    assert out.billed_twice == [], "a request in two batches the API created"
+    assert out.live_batches == 0, "a batch or realtime record left live"
+    assert out.stuck == [], "requests left waiting or claimed"
+    assert out.wrong_route == [], "a completion's route says another place than where it was answered"
+    assert out.called_twice == [], "a request sent to the Messages API again with no invocation lost"
+    assert out.completions >= out.accepted
+    assert out.deadlines > 0 and out.routes["realtime"] > 0, "the deadline paths were not exercised"
+
+
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_no_promise_breaks_under_random_faults(seed, monkeypatch):
     from relay_local import chaos
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    out = chaos.run(seed, requests=40, aws_refuse=0.06, aws_kill=0.05, api_rate=0.25)
+    out = chaos.run(seed, requests=30, aws_refuse=0.06, aws_kill=0.05, api_rate=0.25)
     assert sum(out.faults.values()) > 0, "the storm injected no fault"
-    assert out.lost == [], "accepted requests without a completion"
-    assert out.conflicting == [], "one request answered two ways"
-    assert out.billed_twice == [], "a request in two batches the API created"
-    assert out.live_batches == 0
-    assert out.completions >= out.accepted
+    assert_promises_hold(out)
+    # A deadline is missed only where a fault hit the request's path.
+    assert out.missed == [], "deadlines missed with no fault on their requests' path"
+    assert out.met + len(out.missed_excused) == out.reachable
+
+
+def test_without_faults_every_reachable_deadline_is_met(monkeypatch):
+    from relay_local import chaos
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    out = chaos.run(
+        14,
+        requests=30,
+        aws_refuse=0,
+        aws_kill=0,
+        api_rate=0,
+        realtime_kill=0,
+        rescue_kill=0,
+        retry_after_share=0,
+    )
+    assert sum(out.faults.values()) == 0
+    assert_promises_hold(out)
+    assert out.reachable > 0 and out.met == out.reachable, "a deadline missed with nothing failing"
+    assert out.rescued > 0, "no request was taken out of a late batch"
+    assert out.realtime_calls == out.routes["realtime"], "a realtime request not called exactly once"
+    assert out.extra_calls_excused == 0 and out.realtime_dead_letters == 0
