@@ -594,7 +594,8 @@ class Run:
     def left(self) -> float:
         day = clock.iso(clock.now())[:10]
         spent = next(
-            (float(i.get("committed", 0)) for i in self.items if i.get("pk") == f"budget#{day}"), 0.0
+            (int(i.get("committed_micros", 0)) / 1e6 for i in self.items if i.get("pk") == f"budget#{day}"),
+            0.0,
         )
         return self.budget - spent if self.budget else math.inf
 
@@ -767,7 +768,7 @@ class Run:
             )
         both = [i for i in requests.values() if i.get("both_ways_usd") is not None]
         days = {
-            i["pk"].split("#", 1)[1]: round(float(i.get("committed", 0)), 6)
+            i["pk"].split("#", 1)[1]: round(int(i.get("committed_micros", 0)) / 1e6, 6)
             for i in items
             if str(i.get("pk", "")).startswith("budget#")
         }
