@@ -175,14 +175,15 @@ def test_an_estimate_prices_input_and_max_tokens_per_model():
     ]
     models, total = rows(priced)
     haiku, nobody = models
-    # haiku: 4000 input tokens at $1/M and 1000 output tokens at $5/M, halved in a batch
+    # haiku: 4000 input tokens at $1/M, each priced as a cache write (1.25x), and 1000 output
+    # tokens at $5/M, halved in a batch
     assert (haiku["requests"], haiku["input_tokens"], haiku["max_output_tokens"], haiku["estimated"]) == (
         2, 4000, 1000, 1
     )  # fmt: skip
-    assert haiku["list_usd"] == pytest.approx(0.004 + 0.005) and haiku["batch_usd"] == pytest.approx(0.0045)
-    assert haiku["saved_usd"] == pytest.approx(0.0045) and haiku["price"] == "list"
+    assert haiku["list_usd"] == pytest.approx(0.005 + 0.005) and haiku["batch_usd"] == pytest.approx(0.005)
+    assert haiku["saved_usd"] == pytest.approx(0.005) and haiku["price"] == "list"
     assert nobody["price"] == "dearest"
-    assert nobody["list_usd"] == pytest.approx(10 * (DEAREST.input_usd + DEAREST.output_usd) / 1e6)
+    assert nobody["list_usd"] == pytest.approx(10 * (DEAREST.input_usd * 1.25 + DEAREST.output_usd) / 1e6)
     assert total["requests"] == 3
     assert total["list_usd"] == pytest.approx(haiku["list_usd"] + nobody["list_usd"])
 
