@@ -81,7 +81,9 @@ REAL_API_CAP = 20
 # With the real API the poller's waits are real, at most this long each.
 REAL_API_WAIT_CAP = 30.0
 DATA = Path(__file__).parent / "data" / "workload.json"
-MAX_ROUNDS = 5000
+MAX_ROUNDS = 2000
+# A run whose work is not done after this long on the relay's clock stops: what is left is lost.
+MAX_SIMULATED_SECONDS = 3 * 86400
 
 # Deadlines and budgets. Until it has timed three of its own batches the relay assumes one takes
 # DefaultTurnaroundSeconds (the template's default is two hours; the emulator answers at once).
@@ -492,6 +494,9 @@ class Run:
                 # Work is left that nothing scheduled will move: let the schedule run on.
                 self.tick_at = self.grid(clock.now())
                 moments = [self.tick_at]
+            if min(moments) - self.t0 > MAX_SIMULATED_SECONDS:
+                self.view.note(f"Work left after {MAX_SIMULATED_SECONDS // 86400} simulated days: stopped")
+                return
             self.advance(min(moments) - clock.now())
 
     def look(self) -> None:
