@@ -41,7 +41,7 @@ from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .pricing import BATCH_DISCOUNT, cost_of, realtime_cost_of
 from .settings import Settings
-from .store import Store, batch_key, dynamo, held_by, released, request_key
+from .store import REALTIME_TRY, Store, batch_key, dynamo, held_by, released, request_key
 
 # States of a batch record whose results may still come (its both-ways cost is not known yet).
 LIVE_STATES = frozenset(
@@ -254,8 +254,8 @@ class Settler:
                 type="canceled", message="the batch was canceled before this request was processed"
             )
         now = clock.now()
-        # A realtime try's lease ends with its outcome, whatever it is.
-        dropped = ("pending_tier", "pending_since", "batch_ref", "rt_until", "rt_holder")
+        # A realtime try ends with its outcome, whatever it is.
+        dropped = ("pending_tier", "pending_since", "batch_ref", *REALTIME_TRY)
         base = {k: v for k, v in item.items() if k not in dropped}
         base["last_batch_id"] = record.get("batch_id")
         again = {"status": "pending", "pending_tier": item["tier"], "pending_since": self._sort_key(item)}

@@ -63,9 +63,14 @@ def held_by(item: dict[str, Any] | None, ref: str) -> bool:
     return item is not None and item.get("status") == "claimed" and item.get("batch_ref") == ref
 
 
+# What a realtime try leaves on a request, for as long as one record holds it: a request back in
+# its tier starts afresh (no lease of a past try to wait out, its tries counted from one again).
+REALTIME_TRY = ("rt_until", "rt_holder", "rt_tries", "rt_answer")
+
+
 def released(item: dict[str, Any]) -> dict[str, Any]:
     """A claimed request back in its tier, as if never claimed (its batch was never created)."""
-    out = {k: v for k, v in item.items() if k not in ("batch_ref", "submitted_at")}
+    out = {k: v for k, v in item.items() if k not in ("batch_ref", "submitted_at", *REALTIME_TRY)}
     out.update(status="pending", pending_tier=item["tier"], attempts=int(item.get("attempts", 1)) - 1)
     return out
 

@@ -61,6 +61,7 @@ from .errors import (
     BatchTooLargeError,
     NotAcceptedError,
     OutcomeUnknownError,
+    insist,
 )
 from .handoff import Handoff
 from .observability import MetricUnit, logger, metrics
@@ -114,6 +115,8 @@ class Submitter:
     create_until: float = field(default=float("inf"), init=False)
     # Set by a claim that stopped where the day's budget ran out.
     over_budget: bool = field(default=False, init=False)
+    # This run's hold on the `submitter` lease, written on the records it starts.
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex, init=False)
 
     def __post_init__(self) -> None:
         self.bodies = Bodies(self.payloads)
@@ -131,7 +134,8 @@ class Submitter:
 
         Nothing is done unless this run holds the lease; it lasts until this invocation must have
         ended (`seconds_left`, from the Lambda context), so a run that dies keeps no one out longer."""
-        holder, now = uuid.uuid4().hex, clock.now()
+        self.holder = holder = uuid.uuid4().hex
+        now = clock.now()
         if not self.store.lease("submitter", holder, now + seconds_left + LEASE_MARGIN_SECONDS, now):
             logger.info("another submitter run holds the lease; this one does nothing")
             metrics.add_metric(name="SubmitterOverlap", unit=MetricUnit.Count, value=1)
@@ -146,7 +150,9 @@ class Submitter:
                 self.flush(name, tier)
             self.measure_waits()
         finally:
-            self.store.unlease("submitter", holder)
+            # A lease left behind by a run that is over keeps every run out until it runs out:
+            # given back through a throttle, not just tried once.
+            insist(lambda: self.store.unlease("submitter", holder))
         return self.report
 
     def measure_waits(self) -> None:
@@ -397,6 +403,7 @@ class Submitter:
             "input_key": f"input/{ref}.jsonl",
             "request_count": 0,
             "ttl": int(clock.now()) + self.settings.retention_days * 86400,
+            "run": self.holder,
             **({"after_hold": True} if self.after_hold else {}),
             **extra,
         }
@@ -642,15 +649,22 @@ class Submitter:
         self.handoff.dispatch(record, ready)
         return True
 
+    def _over(self, record: dict[str, Any], idle: float) -> bool:
+        """Whether the run that left this record in its state is over: this run holds the lease, so
+        one that wrote the record under another hold has ended (it failed, or died and its lease ran
+        out); a record of unknown run is taken for over once it is stale."""
+        run = record.get("run")
+        return idle >= STALE_SECONDS or (run is not None and run != self.holder)
+
     def _recover_claiming(self, record: dict[str, Any], idle: float) -> bool:
-        if idle < STALE_SECONDS:
+        if not self._over(record, idle):
             return False
         n = self.settler.release(record, status="released")
         logger.warning("released an abandoned claim", extra={"ref": record["ref"], "n": n})
         return True
 
     def _recover_uploaded(self, record: dict[str, Any], idle: float) -> bool:
-        if idle < STALE_SECONDS:
+        if not self._over(record, idle):
             return False
         if self._rescued_from(record):
             return True
@@ -733,7 +747,7 @@ class Submitter:
         return False
 
     def _recover_created(self, record: dict[str, Any], idle: float) -> bool:
-        if idle < STALE_SECONDS:
+        if not self._over(record, idle):
             return False
         self.start(record, int(record.get("restarts", 0)))
         return True
