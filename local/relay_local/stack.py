@@ -647,7 +647,7 @@ class LocalStack:
         from batch_relay import clock
         from batch_relay.payloads import Payloads
         from batch_relay.settings import settings
-        from batch_relay.store import LIVE, Store, batch_key, request_key
+        from batch_relay.store import Store, new_record, request_key
 
         config = settings()
         store, payloads = Store(config.table_name), Payloads(config.bucket_name)
@@ -677,22 +677,16 @@ class LocalStack:
             for rid in ids
         )
         store.add(
-            {
-                "pk": batch_key(ref),
-                "kind": "batch",
-                "ref": ref,
-                "tier": config.default_tier,
-                "status": "polling",
-                "batch_id": batch_id,
-                "pending_tier": LIVE,
-                "pending_since": now,
-                "claimed_at": now,
-                "submitted_at": now,
-                "updated_at": now,
-                "input_key": f"input/{ref}.jsonl",
-                "request_count": count,
-                "ttl": ttl,
-            }
+            new_record(
+                config.default_tier,
+                config.retention_days,
+                ref=ref,
+                status="polling",
+                batch_id=batch_id,
+                submitted_at=now,
+                input_key=f"input/{ref}.jsonl",
+                request_count=count,
+            )
         )
         if emulator is not None:
             emulator.preload(batch_id, [{"custom_id": rid, "params": params} for rid in ids])
@@ -705,7 +699,7 @@ class LocalStack:
         from batch_relay import clock
         from batch_relay.payloads import Payloads, request_line
         from batch_relay.settings import settings
-        from batch_relay.store import LIVE, Store, batch_key, request_key
+        from batch_relay.store import Store, new_record, request_key
 
         config = settings()
         store, payloads = Store(config.table_name), Payloads(config.bucket_name)
@@ -743,20 +737,14 @@ class LocalStack:
             ]
         )
         store.add(
-            {
-                "pk": batch_key(ref),
-                "kind": "batch",
-                "ref": ref,
-                "tier": config.default_tier,
-                "route": "realtime",
-                "status": "realtime",
-                "pending_tier": LIVE,
-                "pending_since": now,
-                "claimed_at": now,
-                "updated_at": now,
-                "request_count": 1,
-                "ttl": ttl,
-            }
+            new_record(
+                config.default_tier,
+                config.retention_days,
+                ref=ref,
+                route="realtime",
+                status="realtime",
+                request_count=1,
+            )
         )
 
     def subscribe(self, filter_policy: dict[str, Any] | None = None, scope: str = "MessageAttributes") -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from . import aws, clock
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .settings import Settings
-from .store import LIVE, Store, batch_key, claimed
+from .store import Store, batch_key, claimed, new_record
 
 SEND_BATCH = 10
 # SQS hides a message for at most 12 hours.
@@ -35,23 +34,7 @@ class Handoff:
     payloads: Payloads
 
     def record(self, tier: str, **extra: Any) -> dict[str, Any]:
-        ref = uuid.uuid4().hex
-        now = clock.iso()
-        record: dict[str, Any] = {
-            "pk": batch_key(ref),
-            "kind": "batch",
-            "ref": ref,
-            "tier": tier,
-            "route": "realtime",
-            "status": "realtime",
-            "pending_tier": LIVE,
-            "pending_since": now,
-            "claimed_at": now,
-            "updated_at": now,
-            "request_count": 0,
-            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
-            **extra,
-        }
+        record = new_record(tier, self.settings.retention_days, route="realtime", status="realtime", **extra)
         self.store.add(record)
         return record
 

@@ -26,6 +26,7 @@ Items stay under 1 KB (request bodies live in S3), so each write costs one write
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from decimal import Decimal
@@ -49,6 +50,26 @@ def request_key(request_id: str) -> str:
 
 def batch_key(ref: str) -> str:
     return f"batch#{ref}"
+
+
+def new_record(tier: str, retention_days: int, ref: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A `batch#<ref>` item as first written, on the work list: a batch's, or a realtime record's."""
+    ref = ref or uuid.uuid4().hex
+    now = clock.iso()
+    return {
+        "pk": batch_key(ref),
+        "kind": "batch",
+        "ref": ref,
+        "tier": tier,
+        "status": "claiming",
+        "pending_tier": LIVE,
+        "pending_since": now,
+        "claimed_at": now,
+        "updated_at": now,
+        "request_count": 0,
+        "ttl": int(clock.now()) + retention_days * 86400,
+        **extra,
+    }
 
 
 def claimed(item: dict[str, Any], ref: str, at: str) -> dict[str, Any]:

@@ -69,7 +69,7 @@ from .payloads import Bodies, Payloads, RequestsBody
 from .pricing import bound, input_tokens_of
 from .results import Settler
 from .settings import Settings, Tier
-from .store import LIVE, Store, batch_key, claimed, held_by, request_key
+from .store import Store, batch_key, claimed, held_by, new_record, request_key
 
 # A batch left in one state longer than a submitter run may take was left by a crashed run.
 STALE_SECONDS = 15 * 60
@@ -389,24 +389,16 @@ class Submitter:
 
     def _new_record(self, tier: str, status: str = "claiming", **extra: Any) -> dict[str, Any]:
         ref = uuid.uuid4().hex
-        now = clock.iso()
-        record: dict[str, Any] = {
-            "pk": batch_key(ref),
-            "kind": "batch",
-            "ref": ref,
-            "tier": tier,
-            "status": status,
-            "pending_tier": LIVE,
-            "pending_since": now,
-            "claimed_at": now,
-            "updated_at": now,
-            "input_key": f"input/{ref}.jsonl",
-            "request_count": 0,
-            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
-            "run": self.holder,
+        record = new_record(
+            tier,
+            self.settings.retention_days,
+            ref=ref,
+            status=status,
+            input_key=f"input/{ref}.jsonl",
+            run=self.holder,
             **({"after_hold": True} if self.after_hold else {}),
             **extra,
-        }
+        )
         self.store.add(record)
         return record
 
