@@ -1,0 +1,297 @@
+"""Review of the submitter's lease and what a run that holds it may recover at once: each test drives
+the stack (moto + the emulator) into one way the promises of DESIGN.md ("Never billed twice", the
+daily budget, deadlines) can break around the `submitter` lease, and fails while they do.
+
+Faults are placed with the stack's hooks: `before(function, operation)` runs before an AWS call of a
+function (raising refuses it), `after(function, operation)` once it acted (raising there is an
+answer that never came back). moto reads a global secondary index as consistently as the table;
+DynamoDB does not (the relay says so itself: `Store.pages` is eventually consistent, and a claim
+reads every listed request again before it takes it). `lagging_index` serves the `pending` index
+as it was a moment earlier, the way DynamoDB may.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.helpers import by_id, request
+from tests.integration.test_deadlines import at
+
+pytestmark = pytest.mark.integration
+
+MODEL = "claude-haiku-4-5"
+
+
+def table(stack: Any) -> Any:
+    return boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
+
+
+def records(stack: Any) -> dict[str, dict[str, Any]]:
+    return {
+        i["pk"]: i for i in table(stack).scan(ConsistentRead=True)["Items"] if i["pk"].startswith("batch#")
+    }
+
+
+def answered(stack: Any, inbox: str, rid: str) -> list[dict[str, Any]]:
+    return by_id(stack.drain(inbox)).get(rid, [])
+
+
+def holding(emulator: Any, rid: str) -> list[str]:
+    """The API's batches that hold request <rid>: each one bills it."""
+    return [b for b in emulator.batch_ids() if rid in emulator.custom_ids(b)]
+
+
+def to_morning(stack: Any) -> None:
+    """Move the relay's clock (and the API's) to 06:00 UTC of the next day, so a test that reads a
+    day's budget never straddles midnight."""
+    from batch_relay import clock
+
+    now = clock.now()
+    stack.advance(86400 - now % 86400 + 6 * 3600)
+
+
+def committed(stack: Any) -> float:
+    from batch_relay.budget import today
+
+    item = table(stack).get_item(Key={"pk": f"budget#{today()}"}, ConsistentRead=True).get("Item")
+    return int(item["committed_micros"]) / 1e6 if item else 0.0
+
+
+def throttled(operation: str) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": "ThrottlingException", "Message": "injected"},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        },
+        operation,
+    )
+
+
+@contextmanager
+def as_harness() -> Iterator[None]:
+    """AWS calls made from inside a hook, as the harness's own (no hook sees them, none is counted)."""
+    from relay_local import stack as local
+
+    saved = getattr(local._RUNNING, "function", None)
+    local._RUNNING.function = None
+    try:
+        yield
+    finally:
+        local._RUNNING.function = saved
+
+
+def index_view() -> list[dict[str, Any]]:
+    """The batch records the `pending` index lists as live, as the submitter reads them."""
+    from batch_relay.settings import settings
+    from batch_relay.store import Store
+
+    with as_harness():
+        return list(Store(settings().table_name).live_batches())
+
+
+def lagging_index(monkeypatch: pytest.MonkeyPatch, view: list[dict[str, Any]]) -> list[int]:
+    """The next submitter run's first read of the live batches gets `view`, the index as it was a
+    moment earlier (the table itself, read consistently, is up to date). Returns a list that gets
+    an entry once the view has been served."""
+    from batch_relay.store import Store
+    from relay_local import stack as local
+
+    real = Store.live_batches
+    served: list[int] = []
+
+    def live_batches(self: Any) -> Iterator[dict[str, Any]]:
+        if not served and getattr(local._RUNNING, "function", None) == "SubmitterFunction":
+            served.append(1)
+            return iter([dict(item) for item in view])
+        return real(self)
+
+    monkeypatch.setattr(Store, "live_batches", live_batches)
+    return served
+
+
+def snapshot_when(status: str, operation: str) -> tuple[Any, dict[str, Any]]:
+    """An `after` hook that keeps the index's view of the live batches right after the submitter's
+    first `operation` that leaves one of them in `status`."""
+    kept: dict[str, Any] = {}
+
+    def after(function: str, op: str) -> None:
+        if function != "SubmitterFunction" or op != operation or "view" in kept:
+            return
+        view = index_view()
+        if any(b.get("status") == status for b in view):
+            kept["view"] = view
+
+    return after, kept
+
+
+# a run that holds the lease recovers another run's record at once, from the index's view of it
+
+
+def test_a_record_the_index_still_lists_as_uploaded_is_not_created_a_second_time(
+    stack, emulator, monkeypatch
+):
+    """A run claims a request, writes its record `uploaded`, creates the batch, starts its poller
+    and gives the lease back. The next run, a minute later, lists the live batches from the
+    `pending` index, which may not show the last writes yet: the record still reads `uploaded`.
+    That run holds the lease and the record names another run, so `_recover_uploaded` takes the
+    run for over and creates the batch at once, from that listing, without reading the record
+    again: a second batch of the same request, billed twice. (Before, a record had to be idle 15
+    minutes first, far longer than the index lags.)"""
+    stack.send([request("u1")])
+    stack.deliver()
+    after, kept = snapshot_when("uploaded", "UpdateItem")
+    stack.after = after
+    stack.tick()
+    stack.after = None
+    assert [b["status"] for b in kept["view"]] == ["uploaded"]
+    [record] = records(stack).values()
+    assert record["status"] == "polling" and len(holding(emulator, "u1")) == 1
+    stack.advance(60)  # the schedule's next run
+    served = lagging_index(monkeypatch, kept["view"])
+    stack.tick()
+    assert served
+    stack.settle()
+    made = holding(emulator, "u1")
+    assert len(made) == 1, f"request u1 is in {len(made)} batches the API created: {made}"
+
+
+def test_a_record_the_index_still_lists_as_claiming_keeps_its_requests(stack, emulator, monkeypatch):
+    """The same lag, one write earlier: the index still lists the record as `claiming` when the
+    batch it stands for has been created. The next run releases its requests to their tier at
+    once (`_recover_claiming` never reads the record again), claims them into a new batch and
+    creates it: the request is in two batches the API created, billed twice, and the first
+    batch's answer for it is dropped (the item no longer names that batch)."""
+    stack.send([request("c1")])
+    stack.deliver()
+    after, kept = snapshot_when("claiming", "BatchWriteItem")
+    stack.after = after
+    stack.tick()
+    stack.after = None
+    assert [b["status"] for b in kept["view"]] == ["claiming"]
+    assert len(holding(emulator, "c1")) == 1
+    stack.advance(60)
+    served = lagging_index(monkeypatch, kept["view"])
+    stack.tick()
+    assert served
+    stack.settle()
+    made = holding(emulator, "c1")
+    assert len(made) == 1, f"request c1 is in {len(made)} batches the API created: {made}"
+
+
+# the daily budget on the recovery path
+
+
+def test_a_batch_recovered_from_uploaded_is_committed_to_the_budget(make_stack, emulator):
+    """A run claims a request (its record `uploaded`, its upper bound on it as `budget_usd`) and
+    fails as it commits that bound to the day's budget (the budget item's update is refused). The
+    next run, holding the lease, recovers the record at once (since this change; before, after 15
+    minutes) through `_recover_uploaded` -> `submit`, which creates the batch without committing
+    it: the day's committed total stays 0 with a batch out, so the next request is committed and
+    created in full too. Two batches whose bounds add up to more than DailyBudgetUSD, which
+    should cap what the relay commits per day."""
+    from batch_relay import clock
+    from batch_relay.pricing import bound, input_tokens_of
+
+    line = len(json.dumps({"custom_id": "b0", "params": request("b0")["params"]}))
+    one = bound(MODEL, input_tokens_of(line), 200, batch=True)
+    cap = one * 1.5
+    stack = make_stack(DailyBudgetUSD=f"{cap:.8f}")
+    to_morning(stack)
+    stack.send([request("b1")])
+    stack.deliver()
+    # The second update after the claim's writes: the first says `uploaded`, the second commits.
+    state = {"armed": False, "updates": 0}
+
+    def before(function: str, operation: str) -> None:
+        if function != "SubmitterFunction" or state["updates"] >= 2:
+            return
+        if operation == "BatchWriteItem":
+            state["armed"] = True
+        elif operation == "UpdateItem" and state["armed"]:
+            state["updates"] += 1
+            if state["updates"] == 2:
+                raise throttled(operation)
+
+    stack.before = before
+    with pytest.raises(Exception, match=r"UpdateItem|Throttling|injected"):
+        stack.tick()
+    stack.before = None
+    [record] = records(stack).values()
+    assert record["status"] == "uploaded" and committed(stack) == 0
+    stack.send([request("b2")])
+    stack.deliver()
+    start = clock.now()
+    out: dict[int, float] = {}  # batches out -> what the day's commitments said then
+    while clock.now() < start + 17 * 60:  # past the 15 minutes a record of unknown run is given
+        stack.advance(60)
+        stack.tick()
+        out.setdefault(len(emulator.batch_ids()), committed(stack))
+    made = emulator.batch_ids()
+    assert len(made) == 1, (
+        f"{len(made)} batches created, each with an upper bound of {one:.6f} USD, against a daily "
+        f"budget of {cap:.6f} USD; with them out, the day's commitments said {out[len(made)]:.6f} USD"
+    )
+
+
+# the lease itself
+
+
+@pytest.mark.parametrize("lost", ["retry refused by its condition", "retries throttled"])
+def test_a_lease_whose_answer_was_lost_does_not_keep_every_run_out(stack, emulator, lost):
+    """A run's lease write applies, and its answer is lost: the SDK sends it again, and the retry is
+    refused by the write's own condition (the lease is there, held, by this very run), or the
+    retries are throttled until they give up. Either way `Store.lease` says no (or raises) and the
+    run ends without the lease it holds, so nothing gives it back: every run for its 15 minutes
+    and a minute does nothing, and a request due in 10 minutes, which the first of them would
+    send realtime, misses its deadline. The change gives a lease back through throttles for the
+    same reason; the realtime path reads its own lease back after a refused take (`Realtime.answer`),
+    the submitter does not."""
+    from batch_relay import aws, clock
+    from batch_relay.settings import settings
+
+    client = aws.table(settings().table_name).meta.client
+    fired: list[int] = []
+
+    def after(function: str, operation: str) -> None:
+        if function == "SubmitterFunction" and operation == "PutItem" and not fired:
+            fired.append(1)  # the run's first write: its lease
+            if lost == "retries throttled":
+                raise throttled(operation)
+            raise client.exceptions.ConditionalCheckFailedException(
+                {
+                    "Error": {
+                        "Code": "ConditionalCheckFailedException",
+                        "Message": "The conditional request failed",
+                    }
+                },
+                operation,
+            )
+
+    inbox = stack.subscribe()
+    stack.after = after
+    try:
+        stack.tick()
+    except Exception:
+        assert lost == "retries throttled"
+    stack.after = None
+    assert fired
+    stack.send([request("ls1", deadline=at(600))])
+    stack.deliver()
+    deadline = clock.now() + 600
+    got: list = []
+    skipped = 0
+    while not got and clock.now() + 60 < deadline:
+        stack.advance(60)
+        skipped += bool(stack.tick().get("skipped"))
+        stack.deliver_realtime()
+        got = answered(stack, inbox, "ls1")
+    assert got, f"not answered by its deadline: {skipped} submitter runs found the lease held"
+    [c] = got
+    assert c["route"] == "realtime" and c["completed_at"] <= c["deadline"]
