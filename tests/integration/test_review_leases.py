@@ -195,7 +195,8 @@ def test_a_batch_recovered_from_uploaded_is_committed_to_the_budget(make_stack, 
     minutes) through `_recover_uploaded` -> `submit`, which creates the batch without committing
     it: the day's committed total stays 0 with a batch out, so the next request is committed and
     created in full too. Two batches whose bounds add up to more than DailyBudgetUSD, which
-    should cap what the relay commits per day."""
+    should cap what the relay commits per day. (The first batch is kept running: once it ends,
+    what it did not spend is given back and the second fits, rightly.)"""
     from batch_relay import clock
     from batch_relay.pricing import bound, input_tokens_of
 
@@ -227,6 +228,8 @@ def test_a_batch_recovered_from_uploaded_is_committed_to_the_budget(make_stack, 
     assert record["status"] == "uploaded" and committed(stack) == 0
     stack.send([request("b2")])
     stack.deliver()
+    # The first batch stays out the whole time: its commitment is not given back meanwhile.
+    emulator.make_late(1, 3600)
     start = clock.now()
     out: dict[int, float] = {}  # batches out -> what the day's commitments said then
     while clock.now() < start + 17 * 60:  # past the 15 minutes a record of unknown run is given

@@ -263,7 +263,9 @@ class Store:
                 ConditionExpression=Attr("pk").not_exists() | Attr("until").lt(dynamo(now)),
             )
         except self.table.meta.client.exceptions.ConditionalCheckFailedException:
-            return False
+            # A write the SDK sent again after it applied is refused by its own condition: the
+            # lease is `holder`'s then, and taken.
+            return (self.get(f"lease#{name}") or {}).get("holder") == holder
         return True
 
     def unlease(self, name: str, holder: str) -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -136,7 +137,14 @@ class Submitter:
         ended (`seconds_left`, from the Lambda context), so a run that dies keeps no one out longer."""
         self.holder = holder = uuid.uuid4().hex
         now = clock.now()
-        if not self.store.lease("submitter", holder, now + seconds_left + LEASE_MARGIN_SECONDS, now):
+        try:
+            taken = self.store.lease("submitter", holder, now + seconds_left + LEASE_MARGIN_SECONDS, now)
+        except Exception:
+            # The write may have applied before its answer was lost: not left to keep runs out.
+            with suppress(Exception):
+                insist(lambda: self.store.unlease("submitter", holder))
+            raise
+        if not taken:
             logger.info("another submitter run holds the lease; this one does nothing")
             metrics.add_metric(name="SubmitterOverlap", unit=MetricUnit.Count, value=1)
             self.report["skipped"] = True
@@ -641,26 +649,39 @@ class Submitter:
         self.handoff.dispatch(record, ready)
         return True
 
-    def _over(self, record: dict[str, Any], idle: float) -> bool:
-        """Whether the run that left this record in its state is over: this run holds the lease, so
-        one that wrote the record under another hold has ended (it failed, or died and its lease ran
-        out); a record of unknown run is taken for over once it is stale."""
-        run = record.get("run")
-        return idle >= STALE_SECONDS or (run is not None and run != self.holder)
+    def _left(self, record: dict[str, Any], idle: float) -> dict[str, Any] | None:
+        """The record as it is, if the run that left it in its state is over; else None.
+
+        This run holds the lease, so one that wrote the record under another hold has ended (it
+        failed, or died and its lease ran out); a record of unknown run is taken for over once it
+        is stale. The work list is an index, which lags its table: a record listed in a state it
+        has since left (its run went on, then ended) is acted on only as it is now."""
+        if idle < STALE_SECONDS and record.get("run") in (None, self.holder):
+            return None
+        fresh = self.store.get(batch_key(record["ref"]))
+        if fresh is None or fresh.get("status") != record["status"]:
+            return None  # moved on: the next run sees it where it is
+        return fresh
 
     def _recover_claiming(self, record: dict[str, Any], idle: float) -> bool:
-        if not self._over(record, idle):
+        left = self._left(record, idle)
+        if left is None:
             return False
-        n = self.settler.release(record, status="released")
+        n = self.settler.release(left, status="released")
         logger.warning("released an abandoned claim", extra={"ref": record["ref"], "n": n})
         return True
 
     def _recover_uploaded(self, record: dict[str, Any], idle: float) -> bool:
-        if not self._over(record, idle):
+        left = self._left(record, idle)
+        if left is None:
             return False
-        if self._rescued_from(record):
+        if self._rescued_from(left):
             return True
-        self.submit(record)
+        # A run that ended before committing its cost to the budget leaves that to this one.
+        uncommitted = "budget_usd" in left and not left.get("budget_day")
+        if uncommitted and not self._commit(left):
+            return True  # released: it no longer fits the day's budget
+        self.submit(left)
         return True
 
     def _rescued_from(self, record: dict[str, Any]) -> bool:
@@ -739,9 +760,10 @@ class Submitter:
         return False
 
     def _recover_created(self, record: dict[str, Any], idle: float) -> bool:
-        if not self._over(record, idle):
+        left = self._left(record, idle)
+        if left is None:
             return False
-        self.start(record, int(record.get("restarts", 0)))
+        self.start(left, int(left.get("restarts", 0)))
         return True
 
     def _recover_polling(self, record: dict[str, Any], idle: float) -> bool:
