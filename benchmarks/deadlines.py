@@ -510,9 +510,13 @@ def tally(result: dict[str, Any], s: Scenario) -> dict[str, Any]:
     def usd(key: str) -> float:
         return sum(float((c.get("cost") or {}).get(key) or 0.0) for c in answered.values())
 
-    both = [
-        c["cost"]["both_ways_usd"] for c in answered.values() if (c.get("cost") or {}).get("both_ways_usd")
-    ]
+    # The both-ways cost each completion states (absent when it states none).
+    both_of = {
+        rid: float(c["cost"]["both_ways_usd"])
+        for rid, c in answered.items()
+        if (c.get("cost") or {}).get("both_ways_usd") is not None
+    }
+    both = list(both_of.values())
     # Every request at list price (always realtime) and at batch price (always batch), on the
     # usage each one's answer reported.
     list_usd = usd("list_usd")
@@ -545,6 +549,22 @@ def tally(result: dict[str, Any], s: Scenario) -> dict[str, Any]:
         for b in result["batches"]
         if b["lines"].get(rid, {}).get("type") == "succeeded"
     )
+    # What the completions say of the batch copies, request by request: a rescued request whose
+    # batch ran it states that copy's batch price; one whose batch ended and was collected without
+    # running it states none (so its batch had ended by the time it was answered); one answered
+    # while its batch still ran states the estimate from its realtime answer, whether or not the
+    # batch goes on to run it. Only rescued requests state one.
+    ended_at = {b["id"]: b["created"] + b["seconds"] for b in result["batches"] if b["seconds"] is not None}
+    left_out = rescued - set(both_of)
+    left_out_early = [
+        rid
+        for rid in left_out
+        if any(
+            rid in b["lines"] and ended_at[b["id"]] > clock.parse(answered[rid]["completed_at"]) + 1.0
+            for b in result["batches"]
+        )
+    ]
+    both_ran = [rid for rid in ran_twice if rid in both_of]
     durations = sorted(
         b["seconds"] for b in result["batches"] if b["seconds"] is not None and not b["canceled"]
     )
@@ -583,6 +603,13 @@ def tally(result: dict[str, Any], s: Scenario) -> dict[str, Any]:
         "both_ways_usd": round(sum(both), 8),
         "ran_twice_count": len(ran_twice),
         "ran_twice_usd": round(twice_usd, 8),
+        "both_ways_ran_count": len(both_ran),
+        "both_ways_ran_usd": round(sum(both_of[rid] for rid in both_ran), 8),
+        "both_ways_missing": len(set(ran_twice) - set(both_of)),
+        "both_ways_not_rescued": len(set(both_of) - rescued),
+        "both_ways_estimated_unran": len(set(both_of) - set(ran_twice)),
+        "both_ways_left_out": len(left_out),
+        "both_ways_left_out_early": len(left_out_early),
         "deadline_echo_mismatches": echo_mismatches,
         "wall_seconds": round(result["wall_seconds"], 1),
         "sim_hours": round(result["sim_seconds"] / 3600, 1),
@@ -671,6 +698,6 @@ if __name__ == "__main__":
     scenario = (
         small()
         if "--small" in sys.argv
-        else replace(Scenario(), requests=int(os.environ.get("BENCH_DEADLINE_REQUESTS", "1000")))
+        else replace(Scenario(), requests=int(os.environ.get("BENCH_DEADLINE_REQUESTS", "300")))
     )
     print(json.dumps(measure(scenario), indent=2))

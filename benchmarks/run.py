@@ -2,6 +2,7 @@
 
 BENCH_REQUESTS sets the size of the metered pipeline runs (default 2,000; see README, Performance);
 BENCH_DEADLINE_REQUESTS the size of the simulated day of mixed deadlines (default 300).
+`python -m benchmarks.run deadlines` runs that day alone, replacing only its figures in results.json.
 """
 
 from __future__ import annotations
@@ -299,7 +300,9 @@ def deadline_day(out: dict[str, Any], s: deadlines.Scenario) -> None:
         f"realtime: {relay['realtime_at_claim']} at claim, {relay['rescued']} taken out of a running batch; "
         f"batches canceled, every request gone realtime: {relay['batches_canceled']}; ran both ways: "
         f"{relay['both_ways_count']} requests, {relay['both_ways_usd']:.4f} USD by their completions "
-        f"({relay['ran_twice_count']} actually run by their batch, {relay['ran_twice_usd']:.4f} USD)"
+        f"({relay['ran_twice_count']} actually run by their batch, {relay['ran_twice_usd']:.4f} USD; "
+        f"{relay['both_ways_estimated_unran']} estimated while their batch ran and never run by it; "
+        f"{relay['both_ways_left_out']} rescued completions state none, their batch collected without them)"
     )
     print(
         f"{relay['sim_hours']} and {batch['sim_hours']} simulated hours in {relay['wall_seconds']:.0f} "
@@ -310,18 +313,23 @@ def deadline_day(out: dict[str, Any], s: deadlines.Scenario) -> None:
     out["deadlines"] = m
 
 
-def main() -> None:
+def main(only_deadlines: bool = False) -> None:
     warnings.filterwarnings("ignore")
     n = int(os.environ.get("BENCH_REQUESTS", "2000"))
     out: dict[str, Any] = {}
-    full_size(out)
-    buffer_memory(out)
-    end_to_end(out, n)
-    polled(out)
+    if only_deadlines:
+        out = json.loads(OUT.read_text()) if OUT.exists() else {}
+    else:
+        full_size(out)
+        buffer_memory(out)
+        end_to_end(out, n)
+        polled(out)
     deadline_day(out, deadlines.Scenario(requests=int(os.environ.get("BENCH_DEADLINE_REQUESTS", "300"))))
     OUT.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {OUT}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(only_deadlines=sys.argv[1:] == ["deadlines"])
