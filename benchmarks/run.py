@@ -1,6 +1,8 @@
 """`make bench`: every benchmark figure, printed as tables and written to benchmarks/results.json.
 
-BENCH_REQUESTS sets the size of the metered pipeline runs (default 2,000; see README, Performance).
+BENCH_REQUESTS sets the size of the metered pipeline runs (default 2,000; see README, Performance);
+BENCH_DEADLINE_REQUESTS the size of the simulated day of mixed deadlines (default 300).
+`python -m benchmarks.run deadlines` runs that day alone, replacing only its figures in results.json.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from benchmarks import buffer, claim, cost, fullsize, pipeline, polling
+from benchmarks import buffer, claim, cost, deadlines, fullsize, pipeline, polling
 
 OUT = Path(__file__).parent / "results.json"
 TARGETS = {
@@ -37,7 +39,7 @@ def check(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def full_size(out: dict[str, float]) -> None:
+def full_size(out: dict[str, Any]) -> None:
     memory = cost.memory_gb()["SubmitterFunction"] * 1024
     rows = []
     for label, n, size in (("100k x 2 KB", 100_000, 2000), ("near 256 MB", 25_000, 10_000)):
@@ -84,7 +86,7 @@ def full_size(out: dict[str, float]) -> None:
     out["collect_rss_growth_mb"] = round(out["collect_100k_peak_rss_mb"] - out["collect_10k_peak_rss_mb"], 1)
 
 
-def buffer_memory(out: dict[str, float]) -> None:
+def buffer_memory(out: dict[str, Any]) -> None:
     """One SQS batch of 100 pointers to 32 MB bodies through the buffer's handler."""
     memory = cost.memory_gb()["BufferFunction"] * 1024
     rows = []
@@ -116,7 +118,7 @@ def buffer_memory(out: dict[str, float]) -> None:
     )
 
 
-def end_to_end(out: dict[str, float], n: int) -> None:
+def end_to_end(out: dict[str, Any], n: int) -> None:
     relay, naive, direct = pipeline.relay(n), pipeline.naive(n), pipeline.direct(n)
     ops = sorted(set(relay["calls"]) | set(naive["calls"]))
     rows = [
@@ -224,7 +226,7 @@ def end_to_end(out: dict[str, float], n: int) -> None:
     }
 
 
-def polled(out: dict[str, float]) -> None:
+def polled(out: dict[str, Any]) -> None:
     rows = []
     for label, seconds in (("1 minute", 60), ("1 hour", 3600), ("23 hours", 23 * 3600)):
         m = polling.measure(seconds)
@@ -235,17 +237,99 @@ def polled(out: dict[str, float]) -> None:
     table("Polling, one batch", ["batch ends after", "transitions", "checks", "delay s", "limit s"], rows)
 
 
-def main() -> None:
+def deadline_day(out: dict[str, Any], s: deadlines.Scenario) -> None:
+    """A simulated day of mixed deadlines through the stack, beside the same day sent always by batch."""
+    n = s.requests
+    m = deadlines.measure(s)
+    relay, batch = m["relay"], m["always_batch"]
+    mix = ", ".join(f"{w:.0%} {deadlines.duration(sec)}" for w, sec in s.latency_mix)
+    rows = []
+    for label, r in (("relay", relay), ("always batch", batch)):
+        late = r["late_by_route"]
+        rows.append(
+            [
+                label,
+                r["with_deadline"],
+                f"{r['on_time_share']:.1%}",
+                late["batch"],
+                late["realtime"],
+                late["unanswered"],
+                deadlines.duration(r["worst_late_seconds"]) if r["late"] else "",
+                r["by_route"]["batch"],
+                r["by_route"]["realtime"],
+                r["batches"],
+            ]
+        )
+    table(
+        f"Deadlines over a simulated day: {n:,} requests, {relay['with_deadline']} with a deadline; "
+        f"batches take {mix}",
+        [
+            "run",
+            "deadlines",
+            "met",
+            "late batch",
+            "late realtime",
+            "unanswered",
+            "worst late",
+            "batch",
+            "realtime",
+            "batches",
+        ],
+        rows,
+    )
+    ok = relay["late"] == 0 and relay["unanswered"] == 0 and not relay["answered_twice"]
+    print(
+        f"{relay['on_time_share']:.1%} answered by their deadline, each once (target 100%: {check(ok)}); "
+        f"always batch would have missed {batch['late']} of {batch['with_deadline']}"
+    )
+    table(
+        "Cost of the day, as the API billed it (USD: batch lines at batch price, realtime calls at list)",
+        ["every request sent", "USD"],
+        [
+            ["realtime (list price)", f"{m['always_realtime_usd']:.4f}"],
+            ["by batch, deadlines ignored", f"{batch['billed_usd']:.4f}"],
+            ["as the relay sent them", f"{relay['billed_usd']:.4f}"],
+        ],
+    )
+    kept = m["discount_kept_share"]
+    print(
+        f"batch discount kept: {kept:.1%} "
+        f"(between always-realtime, 0%, and always-batch, 100%: {check(0 < kept <= 1)})"
+    )
+    print(
+        f"realtime: {relay['realtime_at_claim']} at claim, {relay['rescued']} taken out of a running batch; "
+        f"batches canceled, every request gone realtime: {relay['batches_canceled']}; ran both ways: "
+        f"{relay['both_ways_count']} requests, {relay['both_ways_usd']:.4f} USD by their completions "
+        f"({relay['ran_twice_count']} actually run by their batch, {relay['ran_twice_usd']:.4f} USD; "
+        f"{relay['both_ways_estimated_unran']} estimated while their batch ran and never run by it; "
+        f"{relay['both_ways_left_out']} rescued completions state none, their batch collected without them)"
+    )
+    print(
+        f"{relay['sim_hours']} and {batch['sim_hours']} simulated hours in {relay['wall_seconds']:.0f} "
+        f"and {batch['wall_seconds']:.0f} s, side by side; the submitter ran {relay['submitter_runs']} "
+        f"and {batch['submitter_runs']} times, the schedule's idle runs skipped "
+        f"({relay['unpredicted_runs'] + batch['unpredicted_runs']} runs found requests due unforeseen)"
+    )
+    out["deadlines"] = m
+
+
+def main(only_deadlines: bool = False) -> None:
     warnings.filterwarnings("ignore")
     n = int(os.environ.get("BENCH_REQUESTS", "2000"))
-    out: dict[str, float] = {}
-    full_size(out)
-    buffer_memory(out)
-    end_to_end(out, n)
-    polled(out)
+    out: dict[str, Any] = {}
+    if only_deadlines:
+        out = json.loads(OUT.read_text()) if OUT.exists() else {}
+    else:
+        full_size(out)
+        buffer_memory(out)
+        end_to_end(out, n)
+        polled(out)
+    deadline_day(out, deadlines.Scenario(requests=int(os.environ.get("BENCH_DEADLINE_REQUESTS", "300"))))
     OUT.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {OUT}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(only_deadlines=sys.argv[1:] == ["deadlines"])

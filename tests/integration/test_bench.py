@@ -86,3 +86,60 @@ def test_the_buffer_stores_large_bodies_and_refuses_dense_ones_in_one_batch():
     refused = buffer.run(4, "dense", size=2 * 1024 * 1024)
     assert (refused["stored"], refused["rejected"], refused["failures"]) == (0, 4, 0)
     assert 0 < stored["base_rss_mb"] <= stored["peak_rss_mb"]
+
+
+@pytest.fixture(scope="module")
+def day():
+    from benchmarks import deadlines
+
+    # 30 requests over an hour and a half of simulated time, batches of 5 minutes or 2 hours: the
+    # relay and always-batch side by side, each in a process of its own.
+    return deadlines.measure(deadlines.small())
+
+
+def test_a_mixed_deadline_day_is_answered_once_and_by_every_deadline(day):
+    relay = day["relay"]
+    assert relay["answered"] == relay["requests"] and relay["answered_twice"] == 0
+    assert relay["statuses"] == {"succeeded": relay["requests"]}
+    assert relay["with_deadline"] > 0 and relay["late"] == 0 and relay["on_time_share"] == 1.0
+    assert relay["deadline_echo_mismatches"] == 0 and relay["pollers_left"] == 0
+    # Both ways out of the batch route were taken, and the realtime calls the API answered are
+    # exactly the realtime completions.
+    assert relay["realtime_at_claim"] > 0 and relay["rescued"] > 0
+    assert relay["realtime_calls"] == relay["by_route"]["realtime"]
+    # A rescued completion states the batch price of its batch copy whenever that batch ran it
+    # (read back from the batch's results, or estimated from the same usage before they came), and
+    # leaves it out only once its batch has ended and been collected without running it; no other
+    # completion states one.
+    assert relay["both_ways_missing"] == 0 and relay["both_ways_not_rescued"] == 0
+    assert relay["both_ways_left_out_early"] == 0
+    assert relay["ran_twice_count"] <= relay["both_ways_count"] <= relay["rescued"]
+    assert relay["both_ways_ran_count"] == relay["ran_twice_count"]
+    assert relay["both_ways_ran_usd"] == pytest.approx(relay["ran_twice_usd"], abs=1e-6)
+    # Here no rescued request's answer comes after its batch is collected: the realtime queue is
+    # delivered at the moment of the rescue, before the simulated clock lets the batch's poller
+    # check it again, and the emulator neither fails nor limits realtime calls. So every rescued
+    # completion states one (the estimate, when its batch had not run it yet).
+    assert relay["both_ways_left_out"] == 0 and relay["both_ways_count"] == relay["rescued"]
+    # The simulation skipped only runs of the schedule that had nothing to do.
+    assert relay["unpredicted_runs"] == 0 and day["always_batch"]["unpredicted_runs"] == 0
+
+
+def test_always_batch_misses_deadlines_the_relay_keeps(day):
+    batch = day["always_batch"]
+    assert batch["answered"] == batch["requests"] and batch["by_route"]["realtime"] == 0
+    assert batch["realtime_calls"] == 0 and batch["with_deadline"] == day["relay"]["with_deadline"]
+    assert batch["late"] > 0
+
+
+def test_the_discount_kept_lies_between_always_realtime_and_always_batch(day):
+    relay, batch = day["relay"], day["always_batch"]
+    # The same answers in both runs: the same usage, so the same list and batch prices.
+    assert batch["list_usd"] == pytest.approx(relay["list_usd"], rel=1e-6)
+    assert batch["billed_usd"] == pytest.approx(relay["batch_price_usd"], rel=1e-4)
+    assert batch["billed_usd"] < relay["billed_usd"] < day["always_realtime_usd"]
+    assert 0 < day["discount_kept_share"] < 1
+    # What the completions say was paid, less the both-ways estimates for batch copies that never
+    # ran, is what the API billed.
+    unran = relay["both_ways_usd"] - relay["ran_twice_usd"]
+    assert relay["paid_usd"] - unran == pytest.approx(relay["billed_usd"], abs=1e-5)
