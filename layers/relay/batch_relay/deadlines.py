@@ -195,7 +195,12 @@ class Rescuer:
     def _take(self, rid: str, ref: str, target: str) -> bool:
         """Move one request from batch <ref> to realtime record <target>, if the batch still holds it."""
         key = request_key(rid)
-        fields: dict[str, Any] = {"batch_ref": target, "rescued_from": ref, "route": "realtime"}
+        fields: dict[str, Any] = {
+            "batch_ref": target,
+            "rescued_from": ref,
+            "route": "realtime",
+            "rt_since": clock.iso(),
+        }
         if self.store.update_if(key, Attr("status").eq("claimed") & Attr("batch_ref").eq(ref), **fields):
             return True
         # A write retried behind our back after it applied reads as refused: it is ours then.

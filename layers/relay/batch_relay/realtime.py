@@ -185,8 +185,10 @@ class Realtime:
         committed, day = Budget.terms(item)
         self.budget.settle(key, committed, day, cost.list_usd if cost else 0.0)
         metrics.add_metric(name="RealtimeAnswered", unit=MetricUnit.Count, value=1)
-        if item.get("submitted_at"):
-            waited = clock.now() - clock.parse(item["submitted_at"])
+        # From its handoff: a request taken out of a batch was submitted when the batch was.
+        since = item.get("rt_since") or item.get("submitted_at")
+        if since:
+            waited = clock.now() - clock.parse(since)
             metrics.add_metric(name="RealtimeSeconds", unit=MetricUnit.Seconds, value=waited)
         return str(result["type"])
 

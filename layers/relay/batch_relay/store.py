@@ -86,7 +86,7 @@ def held_by(item: dict[str, Any] | None, ref: str) -> bool:
 
 # What a realtime try leaves on a request, for as long as one record holds it: a request back in
 # its tier starts afresh (no lease of a past try to wait out, its tries counted from one again).
-REALTIME_TRY = ("rt_until", "rt_holder", "rt_tries", "rt_answer")
+REALTIME_TRY = ("rt_until", "rt_holder", "rt_tries", "rt_answer", "rt_since")
 
 
 def released(item: dict[str, Any]) -> dict[str, Any]:
