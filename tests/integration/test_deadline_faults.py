@@ -107,6 +107,7 @@ def realtime_at_claim(stack, rid: str, seconds: float = 1800) -> None:
     stack.deliver()
     stack.polls_realtime = False  # the test delivers the realtime queue itself
     stack.tick()
+    assert queued(stack) == 1, "the realtime message was not held back for the test to deliver"
 
 
 def answered(stack, inbox, rid):
@@ -245,7 +246,9 @@ def test_killed_after_settling_and_before_publishing_the_redelivery_publishes_th
     assert stack.deliver_realtime() == {"delivered": 1, "failed": 0, "waiting": 0}
     assert stack.hidden_for == [], "the redelivery was put off"
     got = stack.sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
-    [published] = got["Messages"]
+    published_now = got.get("Messages", [])
+    assert len(published_now) == 1, f"the redelivery published {len(published_now)} completions"
+    [published] = published_now
     [[entry]] = json.loads(stored(stack, item["outbox"])[item["outbox"]])
     assert entry["id"] == "k2"
     # Byte for byte what the outbox holds, its attributes too.
