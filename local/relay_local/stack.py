@@ -529,7 +529,9 @@ class LocalStack:
     def deliver_realtime(self, rounds: int = 1000) -> dict[str, int]:
         """Deliver the realtime queue to its function one message an invocation (its BatchSize),
         as Lambda would; a message the function hid for a retry-after waits until the relay's clock
-        passes it (`advance`), a failed one comes back at once."""
+        passes it (`advance`), a failed one comes back at the next delivery. A message is received
+        at most once a delivery, and not at all while it is hidden, so only the function's own
+        failures count towards the dead-letter queue, not this loop's receives."""
         from batch_relay import clock
 
         url, arn = self.queue_url("RealtimeQueue"), self.arns["RealtimeQueue"]
@@ -540,6 +542,8 @@ class LocalStack:
                 del self._parked[mid]
                 self._visible(url, handle)
         delivered = failed = 0
+        # Failed messages stay received until this delivery ends, so it does not receive them again.
+        back: list[str] = []
         for _ in range(rounds):
             got = self.sqs.receive_message(
                 QueueUrl=url,
@@ -568,7 +572,9 @@ class LocalStack:
                 if self._hidden.get(m["MessageId"], 0.0) > clock.now():
                     self._parked[m["MessageId"]] = m["ReceiptHandle"]
                 else:
-                    self._visible(url, m["ReceiptHandle"])
+                    back.append(m["ReceiptHandle"])
+        for handle in back:
+            self._visible(url, handle)
         return {"delivered": delivered, "failed": failed, "waiting": len(self._parked)}
 
     def _visible(self, url: str, handle: str) -> None:
@@ -581,7 +587,8 @@ class LocalStack:
         report = self.invoke(
             "SubmitterFunction", json.loads((ROOT / "events" / "submitter.json").read_text())
         )
-        self.deliver_realtime()
+        if self.polls_realtime:
+            self.deliver_realtime()
         return report
 
     def executions(self) -> list[dict[str, Any]]:

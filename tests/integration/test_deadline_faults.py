@@ -107,6 +107,7 @@ def realtime_at_claim(stack, rid: str, seconds: float = 1800) -> None:
     stack.deliver()
     stack.polls_realtime = False  # the test delivers the realtime queue itself
     stack.tick()
+    assert queued(stack) == 1, "the realtime message was not held back for the test to deliver"
 
 
 def answered(stack, inbox, rid):
@@ -116,88 +117,170 @@ def answered(stack, inbox, rid):
 # the realtime function killed around an answer
 
 
-@pytest.mark.xfail(
-    reason="its fault hooks predate the kept answer and the conditional settle; to be redone", strict=False
-)
-def test_killed_after_the_api_answered_and_before_settling_the_request_is_answered_once(stack, emulator):
-    """The answer the dead invocation got is lost with it. Its lease on the request keeps every
-    delivery off (each is put back for a minute) until the invocation would have timed out: here
-    the local stack's, which returns a failed message at once; in AWS the submitter's resends of
-    a realtime record's waiting requests meet it the same way. Then the request is asked of the
-    API again. One completion, but two calls billed: the one case where a realtime request is
-    paid twice, had the first try not kept its answer before settling it: it did, so it is not."""
+def realtime_ref(stack) -> str:
+    """The ref of the one realtime record: the `batch#<ref>` standing for the request's batch."""
+    [record] = [b for b in items(stack, "batch#").values() if b.get("route") == "realtime"]
+    return record["ref"]
+
+
+def stored(stack, prefix: str) -> dict[str, bytes]:
+    """The payload bucket's objects under `prefix`, by key."""
+    s3, bucket = boto3.client("s3"), stack.physical["PayloadBucket"]
+    found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in found}
+
+
+def queued(stack, queue: str = "RealtimeQueue") -> int:
+    """Messages on a queue, visible or not."""
+    attrs = stack.sqs.get_queue_attributes(
+        QueueUrl=stack.queue_url(queue),
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+# Where the first try dies once the Messages API has answered it, in the order it gets there:
+# (the operation, killed before or after it acts, whether the answer was kept by then).
+AFTER_THE_ANSWER = {
+    # Before the answer is kept (its PutObject of answers/<ref>/<rid>.json).
+    "before keeping it": ("PutObject", "kill before", False),
+    # The answer kept, not yet named on the item (`rt_answer`): the next try lists answers/.
+    "once kept": ("PutObject", "kill after", True),
+    # Kept and named, before the settle's first call (its read of the items, BatchGetItem).
+    "once named on the item": ("BatchGetItem", "kill before", True),
+}
+
+
+@pytest.mark.parametrize("where", list(AFTER_THE_ANSWER))
+def test_killed_after_the_api_answered_and_before_settling_the_request_is_answered_once(
+    stack, emulator, where
+):
+    """The first try dies after the Messages API answered it, before it settled the answer. A
+    dead invocation runs nothing more: it neither hides its message for FAILED_AGAIN_SECONDS nor
+    gives its lease back, which lasts until the invocation would have timed out (`rt_until`, the
+    function's 15 minutes). In AWS its message comes back after the queue's visibility timeout
+    (16 minutes), past the lease; the local stack returns it at its next delivery, as a resend by
+    the submitter would come. Each delivery meets the lease and is put off for a minute (60 s,
+    another invocation holding the request), without calling the API, until the lease has run
+    out. Then the next try settles it: from the answer the dead try kept (answers/<ref>/<rid>.json),
+    without a second call, once it was kept; asking the API again only if the try died before
+    keeping it, the one case where a realtime request is paid twice. One completion either way."""
     from batch_relay import clock
 
+    operation, how, kept = AFTER_THE_ANSWER[where]
     inbox = stack.subscribe()
     realtime_at_claim(stack, "k1")
-    # Killed at its first AWS call after the Messages API call: reading the items to settle.
-    kill = Once("RealtimeFunction", "BatchGetItem", "kill before")
+    ref = realtime_ref(stack)
+    answer_key = f"answers/{ref}/k1.json"
+    kill = Once("RealtimeFunction", operation, how)
     install(stack, kill)
     start = clock.now()
-    stack.deliver_realtime()
+    assert stack.deliver_realtime() == {"delivered": 0, "failed": 1, "waiting": 0}
     assert kill.fired.is_set()
     assert len(emulator.messages_created) == 1
+    item = items(stack)["req#k1"]
+    assert item["status"] == "claimed" and item["batch_ref"] == ref and item.get("rt_holder")
+    assert "outbox" not in item and stored(stack, f"outbox/{ref}/") == {}, "settled before the kill"
+    # The answer kept (and named) exactly as far as the try got before it died.
+    kept_answers = stored(stack, answer_key)
+    assert set(kept_answers) == ({answer_key} if kept else set())
+    assert item.get("rt_answer") == (answer_key if operation == "BatchGetItem" else None)
+    lease_end = float(item["rt_until"])
+    assert abs(lease_end - (start + REALTIME_TIMEOUT_SECONDS)) < 30
     assert answered(stack, inbox, "k1") == []
-    assert stack.hidden_for and set(stack.hidden_for) == {60}, "the redelivery was not put off by the lease"
+
+    # Back at the next delivery, the lease held: put off for a minute, the API not called.
+    assert stack.deliver_realtime() == {"delivered": 0, "failed": 1, "waiting": 1}
+    assert stack.hidden_for == [60], "the redelivery was not put off by the lease"
     stack.advance(61)
     stack.deliver_realtime()
+    assert stack.hidden_for == [60, 60]
+    # Still held five seconds before it ends.
+    stack.advance(lease_end - 5 - clock.now())
+    stack.deliver_realtime()
+    assert stack.hidden_for == [60, 60, 60]
     assert len(emulator.messages_created) == 1, "called again while the lease held"
     assert answered(stack, inbox, "k1") == []
-    # Once the dead invocation would have timed out, its lease is over.
-    stack.advance(REALTIME_TIMEOUT_SECONDS)
-    stack.deliver_realtime()
+
+    # A minute on, the lease is over: the next try answers it.
+    stack.advance(61)
+    assert stack.deliver_realtime() == {"delivered": 1, "failed": 0, "waiting": 0}
     [c] = answered(stack, inbox, "k1")
     assert c["route"] == "realtime" and c["status"] == "succeeded" and c["batch_id"] is None
-    assert clock.parse(c["completed_at"]) - start >= REALTIME_TIMEOUT_SECONDS - 60
-    # No second call: the first try kept its answer (answers/) before it died.
-    assert len(emulator.messages_created) == 1
+    assert clock.parse(c["completed_at"]) >= lease_end
+    if kept:
+        # No second call: settled from the answer the dead try kept.
+        assert len(emulator.messages_created) == 1, "a kept answer was paid for twice"
+        assert c["message"] == json.loads(kept_answers[answer_key])["message"]
+    else:
+        assert len(emulator.messages_created) == 2, "the lost answer was not asked for again"
+    assert queued(stack) == 0
     stack.pump()
     assert answered(stack, inbox, "k1") == []
+    assert stack.open_work() == {"pending": 0, "live_batches": 0, "running": 0}
 
 
-@pytest.mark.xfail(
-    reason="its fault hooks predate the kept answer and the conditional settle; to be redone", strict=False
-)
 def test_killed_after_settling_and_before_publishing_the_redelivery_publishes_the_outbox(stack, emulator):
-    """The answer is on the item and in the outbox: a redelivery (later) publishes exactly what
-    was settled, without calling the API again or settling afresh."""
+    """The first try dies right after the settle's conditional put of the request's item (a
+    PutItem: the answer on it, the outbox named, its lease gone with it), before the publish. The
+    redelivery (here the local stack's next delivery, 30 s later; in AWS after the queue's
+    visibility timeout) finds the request no longer held by its realtime record and publishes what
+    the outbox holds, byte for byte: not put off (there is no lease to wait for), no second call to
+    the API, not settled afresh."""
     from batch_relay import clock
 
     inbox = stack.subscribe()
     realtime_at_claim(stack, "k2")
-    # Killed right after the items were written (the outbox named on them), before the publish;
-    # the message comes back 30 s later.
-    kill = Once("RealtimeFunction", "PutItem", "kill after", on_fire=lambda: stack.advance(30))
+    ref = realtime_ref(stack)
+    kill = Once("RealtimeFunction", "PutItem", "kill after")
     install(stack, kill)
-    stack.deliver_realtime()
+    assert stack.deliver_realtime() == {"delivered": 0, "failed": 1, "waiting": 0}
     assert kill.fired.is_set()
-    [c] = once(stack, inbox, ["k2"]).values()
     item = items(stack)["req#k2"]
-    assert item["status"] == "succeeded" and item["outbox"].startswith("outbox/")
+    assert item["status"] == "succeeded" and item["outbox"].startswith(f"outbox/{ref}/")
+    assert "batch_ref" not in item and "rt_holder" not in item and "rt_until" not in item
+    assert set(stored(stack, f"outbox/{ref}/")) == {item["outbox"]}, "published before the kill"
+    assert stack.drain(inbox) == []
+
+    stack.advance(30)
+    assert stack.deliver_realtime() == {"delivered": 1, "failed": 0, "waiting": 0}
+    assert stack.hidden_for == [], "the redelivery was put off"
+    got = stack.sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
+    published_now = got.get("Messages", [])
+    assert len(published_now) == 1, f"the redelivery published {len(published_now)} completions"
+    [published] = published_now
+    [[entry]] = json.loads(stored(stack, item["outbox"])[item["outbox"]])
+    assert entry["id"] == "k2"
+    # Byte for byte what the outbox holds, its attributes too.
+    assert published["Body"] == entry["body"]
+    assert {k: v["StringValue"] for k, v in published["MessageAttributes"].items()} == {
+        k: v["StringValue"] for k, v in entry["attributes"].items()
+    }
+    c = json.loads(published["Body"])
     assert c["completed_at"] == item["completed_at"], "settled afresh on redelivery"
     assert clock.parse(c["completed_at"]) < clock.now() - 29
-    # Byte for byte what the outbox holds.
-    bucket = stack.physical["PayloadBucket"]
-    box = json.loads(boto3.client("s3").get_object(Bucket=bucket, Key=item["outbox"])["Body"].read())
-    [entry] = [e for group in box for e in group if e["id"] == "k2"]
-    c.pop("_attributes", None)
-    assert json.loads(entry["body"]) == c
+    assert f"{item['outbox']}.sent.0" in stored(stack, f"outbox/{ref}/"), "the publish was not marked"
+    assert items(stack)["req#k2"] == item
     assert len(emulator.messages_created) == 1
+    stack.sqs.delete_message(QueueUrl=inbox, ReceiptHandle=published["ReceiptHandle"])
+    assert queued(stack) == 0
     stack.pump()
     assert answered(stack, inbox, "k2") == []
+    assert stack.open_work() == {"pending": 0, "live_batches": 0, "running": 0}
 
 
-@pytest.mark.xfail(
-    reason="its fault hooks predate the kept answer and the conditional settle; to be redone", strict=False
-)
 def test_a_realtime_message_delivered_twice_at_once_is_answered_once(stack, emulator):
-    """Two deliveries of one request run together: the second finds the first's lease, goes back to
-    the queue for a minute, and once back finds the request answered."""
+    """Two messages of one request (the submitter's resend beside the first) delivered together:
+    the first takes the request's lease and is held there, about to read the request and call
+    the API. The second finds the lease taken, leaves it as it is and goes back to the queue for a
+    minute (60 s). The first answers; the second, back a minute later, finds the request answered
+    and only acks. One API call, one completion."""
+    from batch_relay.errors import FunctionKilled
     from batch_relay.handoff import Handoff
     from batch_relay.payloads import Payloads
     from batch_relay.settings import settings
     from batch_relay.store import Store
-    from relay_local.stack import sqs_record
+    from relay_local.stack import current_call, sqs_record
 
     inbox = stack.subscribe()
     realtime_at_claim(stack, "k3")
@@ -205,29 +288,65 @@ def test_a_realtime_message_delivered_twice_at_once_is_answered_once(stack, emul
     config = settings()
     Handoff(config, Store(config.table_name), Payloads(config.bucket_name)).dispatch(record, ["k3"])
     url, arn = stack.queue_url("RealtimeQueue"), stack.arns["RealtimeQueue"]
-    got = stack.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])["Messages"]
+    got = stack.sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], VisibilityTimeout=43_200
+    )["Messages"]
     assert len(got) == 2
     for m in got:
-        stack._receipts[m["ReceiptHandle"]] = m["MessageId"]
-    emulator.realtime_seconds = 1.0  # the first call is under way while the second delivery runs
+        stack._receipts[m["ReceiptHandle"]] = m["MessageId"]  # its hides on the relay's clock
+
+    # Each invocation that gets as far as reading the request's body (after the lease, before the
+    # call); the first is held there until the second has run.
+    reading: list[int] = []
+    held, go = threading.Event(), threading.Event()
+
+    def before(function: str, operation: str) -> None:
+        if function == "RealtimeFunction" and operation == "GetObject":
+            reading.append(current_call()[0])
+            if len(reading) == 1:
+                held.set()
+                if not go.wait(60):
+                    raise FunctionKilled("never let go")
+
+    stack.before = before
+    answers: list = []
     first = threading.Thread(
-        target=stack.invoke, args=("RealtimeFunction", {"Records": [sqs_record(got[0], arn)]})
+        target=lambda: answers.append(
+            stack.invoke("RealtimeFunction", {"Records": [sqs_record(got[0], arn)]})
+        )
     )
     first.start()
-    wait_for(lambda: emulator.calls[("POST", "message")] >= 1)
+    assert held.wait(30), "the first delivery did not get to its call"
+    lease = items(stack)["req#k3"]
+    assert lease.get("rt_holder") and int(lease["rt_tries"]) == 1
     second = stack.invoke("RealtimeFunction", {"Records": [sqs_record(got[1], arn)]})
     assert second == {"batchItemFailures": [{"itemIdentifier": got[1]["MessageId"]}]}
-    first.join()
-    emulator.realtime_seconds = 0.0
     assert stack.hidden_for == [60]
+    assert len(reading) == 1, "the second delivery went on past the first's lease"
+    after = items(stack)["req#k3"]
+    assert (after["rt_holder"], after["rt_until"], after["rt_tries"]) == (
+        lease["rt_holder"],
+        lease["rt_until"],
+        lease["rt_tries"],
+    ), "the second delivery changed the first's lease"
+    go.set()
+    first.join(30)
+    # (It returned; what it returned is not looked at: both invocations ran in one process here,
+    # sharing the handler's batch processor, so its failures list has the second's too.)
+    assert len(answers) == 1
+    # As Lambda does: the first's message deleted, the second's back when its minute is over.
     stack.sqs.delete_message(QueueUrl=url, ReceiptHandle=got[0]["ReceiptHandle"])
-    stack.sqs.change_message_visibility(
-        QueueUrl=url, ReceiptHandle=got[1]["ReceiptHandle"], VisibilityTimeout=0
-    )
+    stack._parked[got[1]["MessageId"]] = got[1]["ReceiptHandle"]
+    first_answer = once(stack, inbox, ["k3"])["k3"]
+    assert first_answer["route"] == "realtime" and first_answer["status"] == "succeeded"
+    assert stack.deliver_realtime() == {"delivered": 0, "failed": 0, "waiting": 1}
     stack.advance(61)
-    stack.deliver_realtime()
-    assert once(stack, inbox, ["k3"])["k3"]["route"] == "realtime"
+    assert stack.deliver_realtime() == {"delivered": 1, "failed": 0, "waiting": 0}
+    assert answered(stack, inbox, "k3") == []
     assert len(emulator.messages_created) == 1
+    assert emulator.calls[("POST", "message")] == 1
+    assert len(reading) == 1
+    assert queued(stack) == 0
 
 
 # a rescue whose check dies half-way, and one that would race a collect
@@ -403,30 +522,76 @@ def test_a_claim_that_failed_gives_its_requests_back_to_the_next_run(make_stack,
     )
 
 
-@pytest.mark.xfail(reason="known, open: see this test's docstring", strict=False)
-def test_bug_stack_realtime_delivery_survives_a_message_moving_to_the_dead_letter_queue(stack, emulator):
-    """BUG (local stack, not the relay): `deliver_realtime` keeps the receipt handle of a message
-    the function hid for a retry-after and, as the function's hide is made immediate, receives it
-    again in the same delivery; on its 20th receive SQS moves it to the dead-letter queue, and the
-    delivery ends with ReceiptHandleIsInvalid when it puts the kept handle back, leaving any other
-    waiting message hidden for the queue's real 16 minutes. It also receives (and so counts
-    towards the dead-letter queue) a hidden message on every delivery, which SQS would not."""
+def test_stack_realtime_delivery_receives_a_message_once_a_delivery_and_never_while_hidden(stack, emulator):
+    """The local stack's `deliver_realtime` (not the relay) receives a message at most once a
+    delivery, and not at all while the function has it hidden for a retry-after, so the queue's
+    receive count (maxReceiveCount 20, then the dead-letter queue) counts the function's own tries
+    only. It used to put a failed message back at once and receive it again in the same delivery:
+    a function dying on each try sent the message to the dead-letter queue within one delivery.
+    Here a 429 hides the message for two minutes through more deliveries than maxReceiveCount;
+    then the function dies on its next three tries, one a delivery; the fifth try answers it."""
+    from batch_relay import clock
+    from batch_relay.errors import FunctionKilled
+
     inbox = stack.subscribe()
     realtime_at_claim(stack, "dl1", seconds=3600)
-    # A 429 hides the message for two minutes: this delivery receives it twice (it is invoked,
-    # then found hidden), the next seventeen once each. Its twentieth receive is then the one
-    # right after the next invocation, in the same delivery, and SQS moves it to the dead letters.
-    emulator.inject("POST", "/v1/messages", 429, count=2, retry_after=120, route="message")
-    stack.deliver_realtime()
-    for _ in range(17):
-        stack.deliver_realtime()
+    receives: list[str] = []  # the ApproximateReceiveCount of each delivery to the function
+    invoke = stack.invoke
+
+    def counted(function: str, event):
+        if function == "RealtimeFunction":
+            receives.append(event["Records"][0]["attributes"]["ApproximateReceiveCount"])
+        return invoke(function, event)
+
+    stack.invoke = counted
+    emulator.inject("POST", "/v1/messages", 429, count=1, retry_after=120, route="message")
+    assert stack.deliver_realtime() == {"delivered": 0, "failed": 1, "waiting": 1}
+    hidden_at = clock.now()
+    assert stack.hidden_for == [120]
+    for _ in range(25):
+        assert stack.deliver_realtime() == {"delivered": 0, "failed": 0, "waiting": 1}
+    assert receives == ["1"], "a hidden message was received"
+
+    deaths: list[int] = []
+
+    def dies(function: str, operation: str) -> None:
+        if function == "RealtimeFunction" and operation == "GetItem" and len(deaths) < 3:
+            deaths.append(1)
+            raise FunctionKilled("killed before its first call")
+
+    stack.before = dies
     stack.advance(121)
-    stack.deliver_realtime()
-    dead = stack.sqs.get_queue_attributes(
-        QueueUrl=stack.queue_url("RealtimeDeadLetterQueue"), AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]["ApproximateNumberOfMessages"]
-    assert dead == "1"
-    assert answered(stack, inbox, "dl1") == []
+    for n in range(3):
+        assert stack.deliver_realtime() == {"delivered": 0, "failed": 1, "waiting": 0}
+        assert len(deaths) == n + 1
+    assert receives == ["1", "2", "3", "4"], "received more than once a delivery"
+    assert stack.deliver_realtime() == {"delivered": 1, "failed": 0, "waiting": 0}
+    assert receives == ["1", "2", "3", "4", "5"]
+    assert queued(stack, "RealtimeDeadLetterQueue") == 0
+    assert queued(stack) == 0
+    [c] = answered(stack, inbox, "dl1")
+    assert c["route"] == "realtime" and c["status"] == "succeeded"
+    assert clock.parse(c["completed_at"]) >= hidden_at + 120, "answered before the retry-after"
+    assert len(emulator.messages_created) == 1
+
+
+@pytest.mark.xfail(reason="known, open: see this test's docstring", strict=False)
+def test_bug_stack_a_hide_the_realtime_function_asks_for_is_refused_by_the_local_queue(stack, emulator):
+    """BUG (local stack, not the relay): to keep a message the realtime function hides (for a
+    retry-after, or FAILED_AGAIN_SECONDS after a failed try) out of delivery until the relay's
+    clock passes it, the stack asks moto's SQS for 43 200 s instead of what the function asked.
+    moto counts that from when the message was sent, past SQS's 12-hour limit, and refuses it
+    (InvalidParameterValue), where SQS would take the function's own 120 s. The stack records the
+    hide before the call, so its deliveries still wait as asked, but the function's
+    ChangeMessageVisibility fails every time: `Realtime.handle` ends with that ClientError, not its
+    TransientError, and the hide after a failed try fails unnoticed (it is suppressed)."""
+    realtime_at_claim(stack, "hv1", seconds=3600)
+    acted: list[str] = []
+    stack.after = lambda function, operation: acted.append(operation)
+    emulator.inject("POST", "/v1/messages", 429, count=1, retry_after=120, route="message")
+    assert stack.deliver_realtime() == {"delivered": 0, "failed": 1, "waiting": 1}
+    assert stack.hidden_for == [120]
+    assert "ChangeMessageVisibility" in acted, "the function's hide was refused"
 
 
 def test_a_refused_release_of_the_submitter_lease_is_tried_again(stack, emulator):
