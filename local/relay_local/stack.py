@@ -415,8 +415,9 @@ class LocalStack:
                 seconds = float(params["VisibilityTimeout"])
                 stack.hidden_for.append(seconds)
                 stack._hidden[stack._receipts[params["ReceiptHandle"]]] = clock.now() + seconds
-                # Hidden until the relay's clock passes it (see `deliver_realtime`), not real time.
-                params = {**params, "VisibilityTimeout": 43_200}
+                # Hidden until the relay's clock passes it (see `deliver_realtime`), not real time:
+                # for long enough, within SQS's 12 hours from the message's sending.
+                params = {**params, "VisibilityTimeout": 6 * 3600}
             answer = real_call(self, operation, params)
             if stack.after is not None:
                 stack.after(function, operation)
