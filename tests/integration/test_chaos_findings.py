@@ -1,6 +1,6 @@
-"""Defects the chaos run (`relay-local chaos`) points at, each pinned down by one deterministic
-test. They are open: every test here is expected to fail until its defect is fixed, and says in
-its docstring what the chaos run showed and where in the code the cause is.
+"""Defects the chaos run (`relay-local chaos`) pointed at, each pinned down by one deterministic
+test that failed until its defect was fixed; each says in its docstring what the chaos run showed,
+where in the code the cause was, and what the relay does now.
 
 Faults are injected as in `test_deadline_faults`: `stack.before(function, operation)` runs before
 each AWS call a function makes (raising there refuses the call), `stack.after` once it has acted
@@ -63,9 +63,8 @@ def _rescued(stack, ref: str) -> list[str]:
 # the poller's rescue
 
 
-@pytest.mark.xfail(strict=False, reason="open: a dead check's rescue lease outlasts the check by 4 minutes")
 def test_a_check_killed_mid_rescue_keeps_the_rescue_out_no_longer_than_it_could_run(make_stack, emulator):
-    """DEFECT (`poller.Poller._rescue`): a check takes the batch's collect lease for
+    """Defect, fixed (`poller.Poller._rescue`): a check takes the batch's collect lease for
     `LEASE_MARGIN_SECONDS * 5` (5 minutes) before it rescues, though the check function's timeout
     is 60 s and the rescue stops at the invocation's deadline (`until`). When the check dies in
     the rescue, no check can rescue the batch's other requests for 5 minutes. With
@@ -112,9 +111,8 @@ def test_a_check_killed_mid_rescue_keeps_the_rescue_out_no_longer_than_it_could_
         assert c["route"] == "realtime" and c["completed_at"] <= c["deadline"]
 
 
-@pytest.mark.xfail(strict=False, reason="open: a check that cannot rescue polls again after 1 s")
 def test_a_check_that_finds_its_rescue_leased_elsewhere_does_not_poll_every_second(make_stack, emulator):
-    """DEFECT (`poller.Poller.check`): when a batch's rescue is due, a check waits until the next
+    """Defect, fixed (`poller.Poller.check`): when a batch's rescue is due, a check waits until the next
     rescue time, at least 1 s (`max(1, min(wait, int(at - now) + 1))`). When the rescue cannot
     run because another holder has the collect lease (a check that died mid-rescue: 5 minutes; a
     submitter's overdue rescue: up to 15), the rescue time stays in the past and every check
@@ -148,9 +146,8 @@ def test_a_check_that_finds_its_rescue_leased_elsewhere_does_not_poll_every_seco
     )
 
 
-@pytest.mark.xfail(strict=False, reason="open: a check's release of the collect lease is tried once")
 def test_a_refused_release_of_a_checks_rescue_lease_is_tried_again(make_stack, emulator):
-    """DEFECT (`poller.Poller._rescue`): a check gives the batch's collect lease back with one
+    """Defect, fixed (`poller.Poller._rescue`): a check gives the batch's collect lease back with one
     DeleteItem as its rescue ends. When the rescue fails (a refused call) and that release is
     refused too, the lease stays its whole 5 minutes, and no check can rescue meanwhile: in the
     chaos run a check's rescue failed with its release refused 272 s before two requests'
@@ -175,9 +172,8 @@ def test_a_refused_release_of_a_checks_rescue_lease_is_tried_again(make_stack, e
         raise AssertionError("not rescued: the failed rescue's collect lease was left in place") from None
 
 
-@pytest.mark.xfail(strict=False, reason="open: the overdue rescue's lease release is tried once")
 def test_a_refused_release_of_the_submitters_overdue_rescue_lease_is_tried_again(make_stack, emulator):
-    """DEFECT (`submitter.Submitter._rescue_overdue`): the submitter rescues a batch whose poller
+    """Defect, fixed (`submitter.Submitter._rescue_overdue`): the submitter rescues a batch whose poller
     has not, under the batch's collect lease taken for STALE_SECONDS (15 minutes), and gives it
     back with one DeleteItem. When that release is refused, `reconcile` logs the failure and goes
     on (the run ends well), and the lease stays 15 minutes: no check can rescue the batch's later
@@ -225,9 +221,8 @@ def test_a_refused_release_of_the_submitters_overdue_rescue_lease_is_tried_again
 # the realtime function's lease on a request
 
 
-@pytest.mark.xfail(strict=False, reason="open: a realtime try's lease release is tried once")
 def test_a_refused_release_of_a_realtime_try_is_tried_again(stack, emulator):
-    """DEFECT (`realtime.Realtime.answer` / `_unlease`): a realtime try that fails gives its lease
+    """Defect, fixed (`realtime.Realtime.answer` / `_unlease`): a realtime try that fails gives its lease
     on the request back with one UpdateItem. When that call is refused (a throttle the SDK's
     retries did not absorb), the lease stays until the try could have ended (`rt_until`: the
     function's 15-minute timeout), and every delivery meanwhile finds it held and puts the
@@ -258,9 +253,8 @@ def test_a_refused_release_of_a_realtime_try_is_tried_again(stack, emulator):
     assert c["route"] == "realtime" and c["completed_at"] <= c["deadline"]
 
 
-@pytest.mark.xfail(strict=False, reason="open: realtime records are resent only after RESEND_SECONDS")
 def test_a_realtime_message_the_claiming_run_could_not_send_is_sent_by_the_next_run(stack, emulator):
-    """DEFECT (`submitter.Submitter._recover_realtime`, `handoff.Handoff.route`): a request no
+    """Defect, fixed (`submitter.Submitter._recover_realtime`, `handoff.Handoff.route`): a request no
     batch can answer in time is claimed by a realtime record and then queued. When the run's
     SendMessageBatch is refused, the run fails with the request claimed and no message sent; a
     later run sends it only once the record has been idle RESEND_SECONDS (3 minutes). The record
@@ -292,11 +286,8 @@ def test_a_realtime_message_the_claiming_run_could_not_send_is_sent_by_the_next_
 # the batch create
 
 
-@pytest.mark.xfail(
-    strict=False, reason="open: a create cut short by a refused body read waits out its window"
-)
 def test_a_create_whose_body_could_not_be_read_is_made_by_the_next_run(stack, emulator):
-    """DEFECT (`submitter.Submitter.submit`, `batches.create_from`): a create streams its body from
+    """Defect, fixed (`submitter.Submitter.submit`, `batches.create_from`): a create streams its body from
     S3 while it sends it (`payloads.RequestsBody`). When a read of the body is refused, the SDK
     reports a broken connection and the relay takes the create's outcome for unknown
     (`OutcomeUnknownError`): the record stays `creating` until its create window has passed
@@ -330,37 +321,3 @@ def test_a_create_whose_body_could_not_be_read_is_made_by_the_next_run(stack, em
     stack.pump()
     [c] = answered(stack, inbox, "cb1")
     assert c["status"] == "succeeded" and c["route"] == "batch"
-
-
-# the local stack
-
-
-@pytest.mark.xfail(strict=False, reason="open (local stack): the relay's visibility changes are refused")
-def test_bug_stack_a_realtime_message_put_off_for_a_retry_after_is_hidden_without_error(stack, emulator):
-    """BUG (local stack, not the relay: `LocalStack._patch`): a message the relay puts off
-    (`handoff.later`: a retry-after, or a failed try's 15 s) is hidden with VisibilityTimeout
-    43,200 so that the relay's clock decides when it returns. Moto, as SQS, refuses a change that
-    takes a message past 12 hours from when it was sent, which 43,200 s from now always does:
-    every ChangeMessageVisibility the relay makes in the local stack fails InvalidParameterValue.
-    Deliveries still go as meant (the wanted return time is noted before the call), but the
-    relay sees an error AWS would not give: a retry-after's `Later` leaves `Realtime.handle` as
-    that ClientError, and a failed try's early return is swallowed (the chaos run's explanations
-    show "item failed: ClientError ... InvalidParameterValue")."""
-    calls: list[str] = []
-
-    def before(function: str, operation: str) -> None:
-        if operation == "ChangeMessageVisibility":
-            calls.append("asked")
-
-    def after(function: str, operation: str) -> None:
-        if operation == "ChangeMessageVisibility":
-            calls.append("done")
-
-    stack.before, stack.after = before, after
-    emulator.inject("POST", "/v1/messages", 429, count=1, retry_after=120, route="message")
-    stack.send([request("cv1", deadline=at(600))])
-    stack.deliver()
-    stack.tick()  # sends it realtime at once, and delivers it: the API asks for two minutes
-    assert stack.hidden_for == [120]
-    assert calls.count("asked") == 1
-    assert calls.count("done") == 1, "the relay's ChangeMessageVisibility was refused"

@@ -94,6 +94,7 @@ def create_from(body: Iterable[bytes], length: int, deadline: float) -> Any:
     (429, 529) are tried again here, after the wait the API asks for, while `deadline` allows.
     Any other failure without an answer raises `OutcomeUnknownError`: the caller reconciles.
     """
+    sent = _Told(body)
     while True:
         left = deadline - clock.now()
         if left < MIN_CALL_SECONDS:
@@ -103,7 +104,7 @@ def create_from(body: Iterable[bytes], length: int, deadline: float) -> Any:
                 client().post,
                 "/v1/messages/batches",
                 cast_to=MessageBatch,
-                content=body,
+                content=sent,
                 options={
                     "headers": {"Content-Type": "application/json", "Content-Length": str(length)},
                     "max_retries": 0,
@@ -117,7 +118,23 @@ def create_from(body: Iterable[bytes], length: int, deadline: float) -> Any:
             logger.warning("batch create not accepted; trying again", extra={"wait_seconds": wait})
             clock.sleep(wait)
         except TransientError as exc:
+            if not sent.whole:
+                # Cut short on our side (a read of its object refused): the API, told the body's
+                # length, never had a whole request to act on, so nothing was created.
+                raise NotAcceptedError(f"create body not sent whole: {exc}") from exc
             raise OutcomeUnknownError(f"create unanswered: {exc}") from exc
+
+
+class _Told:
+    """A request body that tells whether it was read to its end."""
+
+    def __init__(self, body: Iterable[bytes]):
+        self.body, self.whole = body, False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.whole = False
+        yield from self.body
+        self.whole = True
 
 
 def _retry_after(exc: BaseException | None) -> float | None:

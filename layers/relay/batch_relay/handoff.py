@@ -38,11 +38,11 @@ class Handoff:
         self.store.add(record)
         return record
 
-    def route(self, tier: str, items: list[dict[str, Any]], why: str) -> int:
+    def route(self, tier: str, items: list[dict[str, Any]], why: str, **extra: Any) -> int:
         """Send pending requests to the Messages API: claimed by a realtime record, then queued."""
         if not items:
             return 0
-        record = self.record(tier, why=why)
+        record = self.record(tier, why=why, **extra)
         ids = [item["request_id"] for item in items]
         self.payloads.journal(record["ref"], 0, ids)
         self.store.put_many(

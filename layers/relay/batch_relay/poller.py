@@ -70,7 +70,11 @@ class Poller:
                 batches.cancel(batch.id, deadline=deadline)
             rescuer = Rescuer(self.settings, self.store, self.payloads)
             at = rescuer.rescue_at(record)
-            if at is not None:
+            if at is not None and at <= clock.now():
+                # Due and not done: its lease is held elsewhere (or its time ran out): in a poll,
+                # not in a loop of checks a second apart.
+                wait = min(wait, self.settings.poll_min_seconds)
+            elif at is not None:
                 wait = max(1, min(wait, int(at - clock.now()) + 1))
         out = {
             "batch_id": batch.id,
@@ -108,11 +112,12 @@ class Poller:
             return record
         ref = record["ref"]
         holder = uuid.uuid4().hex
-        # The collect lease: a collector settling a request must never race its rescue.
-        if not self.store.lease(f"collect#{ref}", holder, now + LEASE_MARGIN_SECONDS * 5, now):
+        until = (deadline or now + LEASE_MARGIN_SECONDS) - 5
+        # The collect lease: a collector settling a request must never race its rescue. Held for
+        # as long as this check can last: one that dies here keeps the next no longer.
+        if not self.store.lease(f"collect#{ref}", holder, until + LEASE_MARGIN_SECONDS, now):
             return record
         try:
-            until = (deadline or now + LEASE_MARGIN_SECONDS) - 5
             rescuer.rescue(record, now, Handoff(self.settings, self.store, self.payloads), until)
         finally:
             self.store.unlease(f"collect#{ref}", holder)

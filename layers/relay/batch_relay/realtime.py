@@ -41,6 +41,7 @@ from .errors import (
     BatchRefusedError,
     BatchTooLargeError,
     TransientError,
+    insist,
 )
 from .handoff import Handoff
 from .observability import MetricUnit, logger, metrics
@@ -256,6 +257,9 @@ class Realtime:
     def _unlease(self, rid: str, token: str, pause: float = 0.0) -> None:
         """End this try's lease; with `pause`, no try starts before it has passed."""
         fields: dict[str, Any] = {"rt_not_before": clock.now() + pause} if pause else {}
-        self.store.update_if(
-            request_key(rid), Attr("rt_holder").eq(token), remove=("rt_until", "rt_holder"), **fields
+        # Through a throttle: a lease left behind keeps every delivery off until the try's timeout.
+        insist(
+            lambda: self.store.update_if(
+                request_key(rid), Attr("rt_holder").eq(token), remove=("rt_until", "rt_holder"), **fields
+            )
         )

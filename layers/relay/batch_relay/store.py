@@ -35,6 +35,7 @@ from typing import Any
 from boto3.dynamodb.conditions import Attr, Key
 
 from . import aws, clock
+from .errors import insist
 
 INDEX = "pending"
 LIVE = "live"
@@ -269,9 +270,17 @@ class Store:
         return True
 
     def unlease(self, name: str, holder: str) -> None:
-        # A lease that expired may be someone else's by now: only the holder's own is removed.
-        with suppress(self.table.meta.client.exceptions.ConditionalCheckFailedException):
-            self.table.delete_item(Key={"pk": f"lease#{name}"}, ConditionExpression=Attr("holder").eq(holder))
+        """Give lease <name> back. A lease that expired may be someone else's by now: only the
+        holder's own is removed. Tried again through a throttle: a lease left behind by work that
+        is over keeps everyone out until it runs out."""
+
+        def delete() -> None:
+            with suppress(self.table.meta.client.exceptions.ConditionalCheckFailedException):
+                self.table.delete_item(
+                    Key={"pk": f"lease#{name}"}, ConditionExpression=Attr("holder").eq(holder)
+                )
+
+        insist(delete)
 
     # batches
 

@@ -62,7 +62,6 @@ from .errors import (
     BatchTooLargeError,
     NotAcceptedError,
     OutcomeUnknownError,
-    insist,
 )
 from .handoff import Handoff
 from .observability import MetricUnit, logger, metrics
@@ -142,7 +141,7 @@ class Submitter:
         except Exception:
             # The write may have applied before its answer was lost: not left to keep runs out.
             with suppress(Exception):
-                insist(lambda: self.store.unlease("submitter", holder))
+                self.store.unlease("submitter", holder)
             raise
         if not taken:
             logger.info("another submitter run holds the lease; this one does nothing")
@@ -158,9 +157,7 @@ class Submitter:
                 self.flush(name, tier)
             self.measure_waits()
         finally:
-            # A lease left behind by a run that is over keeps every run out until it runs out:
-            # given back through a throttle, not just tried once.
-            insist(lambda: self.store.unlease("submitter", holder))
+            self.store.unlease("submitter", holder)
         return self.report
 
     def measure_waits(self) -> None:
@@ -283,7 +280,7 @@ class Submitter:
                     late.append(item)
             if clock.now() >= self.claim_until:
                 break
-        return self.handoff.route(name, late, why="late") if late else 0
+        return self.handoff.route(name, late, why="late", run=self.holder) if late else 0
 
     def claim(self, tier: str, cap: int) -> tuple[dict[str, Any] | None, int]:
         """Claim the most urgent pending requests of a tier (deadline ones by when they must go,
@@ -366,7 +363,7 @@ class Submitter:
         for item, cost in dear:
             message = f"the request may cost up to {cost:.4f} USD, more than the whole daily budget"
             self.refuse_alone(tier, item, "budget_exceeded", message)
-        routed = self.handoff.route(tier, late, why="late") if late else 0
+        routed = self.handoff.route(tier, late, why="late", run=self.holder) if late else 0
         answered = len(giants) + len(lost) + len(dear) + routed
         if writer.count == 0:
             self.store.update(
@@ -615,7 +612,9 @@ class Submitter:
         if record["status"] not in IN_FLIGHT or not rescuer.due(record, now - RESCUE_GRACE_SECONDS):
             return
         holder = uuid.uuid4().hex
-        if not self.store.lease(f"collect#{record['ref']}", holder, now + STALE_SECONDS, now):
+        # For as long as this run can last: a run that dies here keeps the batch's checks out no longer.
+        until = self.create_until + 2 * LEASE_MARGIN_SECONDS
+        if not self.store.lease(f"collect#{record['ref']}", holder, until, now):
             return  # its collector is at work: the batch has ended
         try:
             fresh = self.store.get(batch_key(record["ref"])) or record
@@ -642,7 +641,10 @@ class Submitter:
                 remove=("pending_tier", "pending_since"),
             )
             return True
-        if idle < RESEND_SECONDS or not ready:
+        # A record a failed run made whose sending never finished is sent at once, as a batch
+        # record such a run left is recovered at once.
+        unsent = record.get("run") not in (None, self.holder) and not int(record.get("request_count", 0))
+        if (idle < RESEND_SECONDS and not unsent) or not ready:
             return False
         logger.warning("realtime requests sent again", extra={"ref": ref, "n": len(ready)})
         metrics.add_metric(name="RealtimeResent", unit=MetricUnit.Count, value=len(ready))
