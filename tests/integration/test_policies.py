@@ -14,7 +14,8 @@ a realtime fallback past the day's budget, and one the API refuses for the accou
 
 The calls are recorded at boto3's `provide-client-params` event, inside the handlers, and mapped to
 the IAM action and resource AWS checks for them (S3's multipart calls need s3:PutObject, HeadObject
-needs s3:GetObject, PublishBatch needs sns:Publish, SendMessageBatch needs sqs:SendMessage).
+needs s3:GetObject, PublishBatch needs sns:Publish, SendMessageBatch needs sqs:SendMessage, each
+action of a TransactWriteItems needs its own: an Update dynamodb:UpdateItem).
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ def needs(service: str, operation: str, params: dict[str, Any]) -> list[Need]:
                     ),
                 )
                 for name, writes in params["RequestItems"].items()
+            ]
+        if operation == "TransactWriteItems":
+            # Checked action by action, as the calls they stand for (there is no action of its own).
+            return [
+                Need(f"dynamodb:{kind}Item", table + spec["TableName"], (_pk(spec["Key"]),))
+                for entry in params["TransactItems"]
+                for kind, spec in entry.items()
             ]
         resource = table + params["TableName"]
         if "IndexName" in params:

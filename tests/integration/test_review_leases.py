@@ -168,7 +168,7 @@ def test_a_record_the_index_still_lists_in_a_state_it_left_is_not_recovered_from
 
 def test_a_batch_recovered_from_uploaded_is_committed_to_the_budget(make_stack, emulator):
     """A run claims a request (its record `uploaded`, its upper bound on it as `budget_usd`) and
-    fails as it commits that bound to the day's budget (the budget item's update is refused). The
+    fails as it commits that bound to the day's budget (the commitment is refused). The
     next run, holding the lease, recovers the record at once (since this change; before, after 15
     minutes) through `_recover_uploaded` -> `submit`, which creates the batch without committing
     it: the day's committed total stays 0 with a batch out, so the next request is committed and
@@ -185,21 +185,16 @@ def test_a_batch_recovered_from_uploaded_is_committed_to_the_budget(make_stack, 
     to_morning(stack)
     stack.send([request("b1")])
     stack.deliver()
-    # The second update after the claim's writes: the first says `uploaded`, the second commits.
-    state = {"armed": False, "updates": 0}
+    # The commitment (with the record's note of it, one transaction) is refused.
+    state = {"refused": 0}
 
     def before(function: str, operation: str) -> None:
-        if function != "SubmitterFunction" or state["updates"] >= 2:
-            return
-        if operation == "BatchWriteItem":
-            state["armed"] = True
-        elif operation == "UpdateItem" and state["armed"]:
-            state["updates"] += 1
-            if state["updates"] == 2:
-                raise throttled(operation)
+        if function == "SubmitterFunction" and operation == "TransactWriteItems" and not state["refused"]:
+            state["refused"] += 1
+            raise throttled(operation)
 
     stack.before = before
-    with pytest.raises(Exception, match=r"UpdateItem|Throttling|injected"):
+    with pytest.raises(Exception, match=r"TransactWriteItems|Throttling|injected"):
         stack.tick()
     stack.before = None
     [record] = records(stack).values()

@@ -38,11 +38,12 @@ class Budget:
             return float("inf")
         return self.settings.daily_budget_usd - self.store.committed(day or today())
 
-    def commit(self, usd: float, day: str | None = None) -> bool:
-        """Commit `usd` to today's spend; False (nothing committed) when it would pass the cap."""
+    def commit(self, usd: float, day: str, mark: str) -> bool:
+        """Commit `usd` to day <day>'s spend, named on item <mark> (`budget_usd`, `budget_day`);
+        False (nothing committed) when it would pass the cap."""
         if not self.capped:
             return True
-        done = self.store.commit(day or today(), usd, self.settings.daily_budget_usd)
+        done = self.store.commit(day, usd, self.settings.daily_budget_usd, mark)
         if done:
             metrics.add_metric(name="BudgetCommittedUSD", unit=MetricUnit.NoUnit, value=usd)
         return done

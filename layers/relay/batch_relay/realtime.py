@@ -210,12 +210,11 @@ class Realtime:
                 item["model"], self._input_tokens(params, line), int(params["max_tokens"]), batch=False
             )
             day = today()
-            if not self.budget.commit(usd, day):
+            if not self.budget.commit(usd, day, mark=request_key(rid)):
                 logger.warning("realtime request over the day's budget", extra={"request_id": rid})
                 metrics.add_metric(name="BudgetExceeded", unit=MetricUnit.Count, value=1)
                 message = f"answering it in realtime (up to {usd:.4f} USD) would pass the daily budget"
                 return errored(rid, "budget_exceeded", message)["result"]
-            self.store.update(request_key(rid), budget_usd=usd, budget_day=day, remove=("budget_settled",))
             item.update(budget_usd=usd, budget_day=day)
             item.pop("budget_settled", None)
         return self._call(item, params, tries)

@@ -219,26 +219,37 @@ class Store:
             return False
         return True
 
-    def commit(self, day: str, usd: float, cap: float) -> bool:
-        """Add `usd` to what day <day> has committed, unless that would pass `cap`. Amounts are
-        kept in whole micro-dollars (commitments rounded up), so sums stay exact."""
+    def commit(self, day: str, usd: float, cap: float, mark: str) -> bool:
+        """Add `usd` to what day <day> has committed, unless that would pass `cap`, and have item
+        <mark> (the batch or request committed for) say so, both in one transaction: no crash
+        leaves a commitment no item names, which its retry would make again, and a transaction the
+        SDK sends again is applied once (its request token). Amounts are kept in whole
+        micro-dollars (commitments rounded up), so sums stay exact."""
         amount, limit = math.ceil(usd * MICROS), math.floor(cap * MICROS)
         if amount > limit:
             return False
+        ttl = int(clock.parse(f"{day}T00:00:00Z")) + 40 * 86400
+        # The table's client takes plain values (as the table does), not typed ones.
+        budget = {
+            "TableName": self.table.name,
+            "Key": {"pk": f"budget#{day}"},
+            "UpdateExpression": "SET kind = :k, #ttl = :ttl ADD committed_micros :n",
+            "ConditionExpression": "attribute_not_exists(committed_micros) OR committed_micros <= :room",
+            "ExpressionAttributeNames": {"#ttl": "ttl"},
+            "ExpressionAttributeValues": {":k": "budget", ":n": amount, ":ttl": ttl, ":room": limit - amount},
+        }
+        marked = {
+            "TableName": self.table.name,
+            "Key": {"pk": mark},
+            # A commitment made afresh (a realtime try after one given back) is not settled yet.
+            "UpdateExpression": "SET budget_day = :day, budget_usd = :usd REMOVE budget_settled",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeValues": {":day": day, ":usd": dynamo(usd)},
+        }
+        client = self.table.meta.client
         try:
-            self.table.update_item(
-                Key={"pk": f"budget#{day}"},
-                UpdateExpression="SET kind = :k, #ttl = :ttl ADD committed_micros :n",
-                ConditionExpression=Attr("committed_micros").not_exists()
-                | Attr("committed_micros").lte(limit - amount),
-                ExpressionAttributeNames={"#ttl": "ttl"},
-                ExpressionAttributeValues={
-                    ":k": "budget",
-                    ":n": amount,
-                    ":ttl": int(clock.parse(f"{day}T00:00:00Z")) + 40 * 86400,
-                },
-            )
-        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            client.transact_write_items(TransactItems=[{"Update": budget}, {"Update": marked}])
+        except client.exceptions.TransactionCanceledException:
             return False
         return True
 

@@ -257,8 +257,7 @@ class Submitter:
         if not self.budget.capped:
             return True
         usd, day = float(record["budget_usd"]), today()
-        if self.budget.commit(usd, day):
-            self.store.update(batch_key(record["ref"]), budget_day=day)
+        if self.budget.commit(usd, day, mark=batch_key(record["ref"])):
             record["budget_day"] = day
             return True
         self.settler.release(record, status="over_budget")
