@@ -109,7 +109,10 @@ MISS_CAUSES = (
     ("check killed during a rescue", ("in a rescue",)),
     ("poller faulted", ("(CheckBatchFunction)", "(CollectResultsFunction)", "API GET")),
     ("batch create refused or lost", ("API POST /v1/messages/batches",)),
-    ("intake faulted", ("(BufferFunction)",)),
+    (
+        "submitter kept out by the lease of a run that died or could not release it",
+        ("[SubmitterFunction skipped",),
+    ),
     ("submitter faulted", ("(SubmitterFunction)",)),
 )
 TICKET = re.compile(r"ticket (\S+?):")
@@ -129,20 +132,22 @@ class FaultLog:
     """Every fault injected, with the relay's time and the requests it concerned (None: all)."""
 
     entries: list[tuple[float, str, frozenset[str] | None]] = field(default_factory=list)
-    # Also log every invocation's outcome (as "[Function outcome]"), to explain what was missed.
-    trace: bool = False
+    # Explain each missed deadline (the invocations' outcomes, "[Function outcome]", are logged
+    # as well, and tell a submitter kept out by a lease).
+    explain: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, kind: str, ids: frozenset[str] | None) -> None:
         with self._lock:
             self.entries.append((_clock_now(), kind, ids))
 
-    def touching(self, rid: str, start: float, end: float) -> list[str]:
+    def touching(self, rid: str, start: float, end: float, outcomes: bool = False) -> list[str]:
+        """The faults (and, with `outcomes`, the invocations) on a request's path in a span."""
         with self._lock:
             return [
                 k
                 for t, k, ids in self.entries
-                if start <= t <= end and (ids is None or rid in ids) and not k.startswith("[")
+                if start <= t <= end and (ids is None or rid in ids) and (outcomes or not k.startswith("["))
             ]
 
 
@@ -244,8 +249,7 @@ def _watch_invocations(stack: Any, witness: Witness) -> None:
             raise
         finally:
             _WORK.state = outer
-            if witness.log.trace:
-                witness.log.add(f"[{logical_id} {outcome}]", ids)
+            witness.log.add(f"[{logical_id} {outcome}]", ids)
 
     stack.invoke = invoke
 
@@ -540,7 +544,7 @@ def run(
     from relay_local.stack import LocalStack
 
     rng = random.Random(seed)
-    log = FaultLog(trace=explain)
+    log = FaultLog(explain=explain)
     emu = Witness(latency_seconds=40.0, latency_mix=LATENCY_MIX, seed=seed, log=log)
     with_budget = seed % 3 == 0 if budget is None else budget
     params = {
@@ -904,19 +908,24 @@ def _check(drive: Drive, log: FaultLog, inbox: str, kinds: dict[str, str], outco
         outcome.reachable += 1
         if clock.parse(c["completed_at"]) <= due:
             outcome.met += 1
-        elif touched := log.touching(rid, received - FAULT_LOOKBACK_SECONDS, due):
+        elif log.touching(rid, received - FAULT_LOOKBACK_SECONDS, due):
             outcome.missed_excused.append(rid)
-            outcome.miss_causes[_cause(touched)] += 1
-            if log.trace:
+            # An intake fault only delays a request when the relay accepted it late.
+            accepted_late = clock.parse(c["received_at"]) - sent > SCHEDULE_SECONDS
+            path = log.touching(rid, received - FAULT_LOOKBACK_SECONDS, due, outcomes=True)
+            outcome.miss_causes[_cause(path, accepted_late)] += 1
+            if log.explain:
                 outcome.notes += _explain(rid, kinds[rid], received, c, items.get(rid, {}), log)
         else:
             outcome.missed.append(rid)
-            if log.trace:
+            if log.explain:
                 outcome.notes += _explain(rid, kinds[rid], received, c, items.get(rid, {}), log)
 
 
-def _cause(kinds: list[str]) -> str:
+def _cause(kinds: list[str], accepted_late: bool) -> str:
     """The fault most likely to have made a request miss its deadline, of those on its path."""
+    if accepted_late and any("(BufferFunction)" in kind for kind in kinds):
+        return "intake faulted (the request accepted late)"
     for cause, marks in MISS_CAUSES:
         if any(mark in kind for kind in kinds for mark in marks):
             return cause
