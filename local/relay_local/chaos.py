@@ -109,10 +109,7 @@ MISS_CAUSES = (
     ("check killed during a rescue", ("in a rescue",)),
     ("poller faulted", ("(CheckBatchFunction)", "(CollectResultsFunction)", "API GET")),
     ("batch create refused or lost", ("API POST /v1/messages/batches",)),
-    (
-        "submitter kept out by the lease of a run that died or could not release it",
-        ("[SubmitterFunction skipped",),
-    ),
+    ("submitter kept out by the lease of a run that died or failed", ("[SubmitterFunction skipped",)),
     ("submitter faulted", ("(SubmitterFunction)",)),
 )
 TICKET = re.compile(r"ticket (\S+?):")
@@ -262,7 +259,7 @@ def _where(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     if cause is not None:
         frames += traceback.extract_tb(cause.__traceback__)
-    ours = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in frames if "batch_relay" in f.filename]
+    ours = [f"{f.filename.rsplit('/', 1)[-1]}:{f.name}" for f in frames if "batch_relay" in f.filename]
     return f" at {' > '.join(ours[-4:])} ({type(cause).__name__ if cause else ''})"
 
 
@@ -926,6 +923,12 @@ def _cause(kinds: list[str], accepted_late: bool) -> str:
     """The fault most likely to have made a request miss its deadline, of those on its path."""
     if accepted_late and any("(BufferFunction)" in kind for kind in kinds):
         return "intake faulted (the request accepted late)"
+    if any("[SubmitterFunction skipped" in kind for kind in kinds):
+        # Runs found the lease held: by a run whose release was refused, or one that died.
+        if any("[SubmitterFunction" in kind and "store.py:unlease" in kind for kind in kinds):
+            return "submitter kept out by the lease of a run whose release was refused"
+        if any("[SubmitterFunction FunctionKilled" in kind for kind in kinds):
+            return "submitter kept out by the lease of a run that died"
     for cause, marks in MISS_CAUSES:
         if any(mark in kind for kind in kinds for mark in marks):
             return cause
