@@ -40,7 +40,8 @@ record left live; and every deadline that was still ahead when its request was s
 a fault that could delay it (in a call or an invocation working on that request, or in a submitter
 run) was injected from 15 minutes before it was sent to its deadline. The report counts the faults
 injected, the completions repeated, the routes, the Messages API calls, the deadlines met and
-missed (with the fault most likely to blame for each miss; `--explain` prints what happened on the
+missed (for each miss, where its request stood when its deadline came, read from the table and the
+queue, and the fault most likely to have kept it there; `--explain` prints what happened on the
 request's path) and any broken promise. A run without faults must meet every such deadline.
 """
 
@@ -104,7 +105,7 @@ REFUSALS = (
 HIDDEN_SECONDS = 6 * 3600
 # What made a deadline be missed, by the faults on the request's path, most telling first.
 MISS_CAUSES = (
-    ("realtime function failed (its message back after the visibility timeout)", ("(RealtimeFunction)",)),
+    ("realtime function failed", ("(RealtimeFunction)",)),
     ("realtime call refused by the API", ("API POST /v1/messages ",)),
     ("check killed during a rescue", ("in a rescue",)),
     ("poller faulted", ("(CheckBatchFunction)", "(CollectResultsFunction)", "API GET")),
@@ -113,6 +114,8 @@ MISS_CAUSES = (
     ("submitter faulted", ("(SubmitterFunction)",)),
 )
 TICKET = re.compile(r"ticket (\S+?):")
+# How long a check's rescue holds a batch's collect lease (`poller.Poller._rescue`).
+CHECK_RESCUE_LEASE_SECONDS = 300
 
 
 def _clock_now() -> float:
@@ -233,11 +236,12 @@ def _watch_invocations(stack: Any, witness: Witness) -> None:
         with witness._lock:
             start = {rid: len(witness.answered.get(rid, [])) for rid in ids or ()}
         _WORK.state = (logical_id, ids, start)
+        outer_errors, _WORK.item_errors = getattr(_WORK, "item_errors", None), []
         outcome = "ok"
         try:
             answer = original(logical_id, event)
             if isinstance(answer, dict) and answer.get("batchItemFailures"):
-                outcome = "item failed"
+                outcome = "item failed" + "".join(f": {e}" for e in _WORK.item_errors)
             elif logical_id == "SubmitterFunction" and isinstance(answer, dict) and answer.get("skipped"):
                 outcome = "skipped (lease held)"
             return answer
@@ -245,10 +249,29 @@ def _watch_invocations(stack: Any, witness: Witness) -> None:
             outcome = type(exc).__name__ + _where(exc)
             raise
         finally:
-            _WORK.state = outer
+            _WORK.state, _WORK.item_errors = outer, outer_errors
             witness.log.add(f"[{logical_id} {outcome}]", ids)
 
     stack.invoke = invoke
+
+
+def _watch_items() -> Any:
+    """Patch the realtime function's record handler to note why a record failed (the function
+    answers a partial batch failure, which says nothing of it)."""
+    from batch_relay.realtime import Realtime
+
+    original = Realtime.handle
+
+    def handle(self: Any, record: Any) -> str:
+        try:
+            return original(self, record)
+        except Exception as exc:
+            errors = getattr(_WORK, "item_errors", None)
+            if errors is not None:
+                errors.append(f"{type(exc).__name__}{_where(exc)} {str(exc)[:80]}")
+            raise
+
+    return mock.patch.object(Realtime, "handle", handle)
 
 
 def _where(exc: BaseException) -> str:
@@ -297,7 +320,7 @@ class Faults:
             if not self.active or self.rng.random() >= self.refuse:
                 return
             code, status = REFUSALS[self.rng.randrange(len(REFUSALS))]
-            self._note(f"AWS refused ({function})")
+            self._note(f"AWS refused ({function})", f"AWS refused {operation} ({function})")
         raise ClientError(
             {"Error": {"Code": code, "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": status}},
             operation,
@@ -328,11 +351,12 @@ class Faults:
             self._dead.add(invocation)
         raise FunctionKilled(f"{function} killed right after {operation} acted")
 
-    def _note(self, kind: str) -> None:
-        """Count a fault and log whom it concerns; a realtime answer it loses is allowed again."""
+    def _note(self, kind: str, logged: str | None = None) -> None:
+        """Count a fault and log whom it concerns (as `logged`, when it says more than the count's
+        `kind`); a realtime answer it loses is allowed again."""
         self.injected[kind] += 1
         function, ids, start = getattr(_WORK, "state", None) or ("?", None, {})
-        self.log.add(kind, ids)
+        self.log.add(logged or kind, ids)
         if function == "RealtimeFunction":
             with self.witness._lock:
                 for rid, before in start.items():
@@ -353,6 +377,8 @@ class SimTime:
         self.parked: dict[int, float] = {}
         self.closing = False
         self.timeouts = 0
+        # In-place waits: (from, to, function, the requests it works on).
+        self.slept: list[tuple[float, float, str, frozenset[str] | None]] = []
         # How many poller executions run (set by `Drive`, with its own client).
         self.running: Any = lambda: sum(e["status"] == "RUNNING" for e in stack.executions())
 
@@ -375,6 +401,9 @@ class SimTime:
 
     def sleep(self, seconds: float) -> None:
         """A function's own sleep (a retry-after waited in place): the relay's time passes."""
+        function, ids, _ = getattr(_WORK, "state", None) or ("?", None, {})
+        now = _clock_now()
+        self.slept.append((now, now + max(0.0, seconds), function, ids))
         self.advance(seconds)
         time.sleep(0.001)
 
@@ -560,7 +589,7 @@ def run(
         sim = SimTime(stack)
         stack.on_wait = sim.on_wait
         try:
-            with stack, mock.patch.object(clock, "sleep", sim.sleep):
+            with stack, mock.patch.object(clock, "sleep", sim.sleep), _watch_items():
                 emu.clock = lambda: time.time() + stack.offset
                 _watch_invocations(stack, emu)
                 inbox = stack.subscribe()
@@ -612,6 +641,9 @@ class Drive:
         self.ticks = self.rounds = 0
         # When each request was sent (the relay's receipt can come later, after faults).
         self.sent_at: dict[str, float] = {}
+        # Each deadline still ahead, and where its request stood when it came (see `observe`).
+        self.due_at: dict[str, float] = {}
+        self.at_due: dict[str, str] = {}
         self.realtime = RealtimeDelivery(stack, self.sqs)
 
     def storm(
@@ -644,6 +676,7 @@ class Drive:
                 rng.shuffle(bodies)
                 self.stack.send(bodies)
                 self.sent_at.update(dict.fromkeys(sent, _clock_now()))
+                self.expect(bodies, kinds)
                 r += 1
             if rng.random() < retry_after_share / 10:
                 wait = rng.choice([1, 15, 45, 120])
@@ -669,12 +702,86 @@ class Drive:
             self.move_to([])
         raise TimeoutError("the calm phase did not end")
 
+    # where a request stood at its deadline
+
+    def expect(self, bodies: list[Any], kinds: dict[str, str]) -> None:
+        """Note when each request just sent is due: its deadline, or for the timed tier, its tier's
+        deadline from now (made exact from its item once the relay has it)."""
+        from batch_relay import clock
+
+        for body in bodies:
+            rid = body.get("request_id")
+            if kinds.get(rid) in (None, "plain", "past") or rid in self.due_at:
+                continue
+            if body.get("deadline"):
+                self.due_at[rid] = clock.parse(body["deadline"])
+            else:
+                self.due_at[rid] = _clock_now() + float(CHAOS_TIERS["timed"]["deadline_seconds"])
+
+    def observe(self) -> None:
+        """Where each request whose deadline has just come stands, as the relay left it before
+        that moment: what it was waiting on when it could no longer be answered in time."""
+        from batch_relay import clock
+        from batch_relay.store import request_key
+
+        now = _clock_now()
+        ready = [rid for rid, t in self.due_at.items() if t <= now and rid not in self.at_due]
+        if not ready:
+            return
+        found = self.store.get_many(request_key(rid) for rid in ready)
+        for rid in ready:
+            item = found.get(request_key(rid))
+            due = clock.parse(item["deadline"]) if item and item.get("deadline") else None
+            if due is not None and due > now:
+                self.due_at[rid] = due  # received later than sent: its deadline is later too
+                continue
+            self.at_due[rid] = self.stage(rid, item, now)
+
+    def stage(self, rid: str, item: dict[str, Any] | None, now: float) -> str:
+        """What a request was waiting on: intake, the submitter, a batch's poller (a rescue), or
+        the realtime path (a try's lease, the API's retry-after, its message's return)."""
+        from batch_relay.store import batch_key
+
+        if item is None:
+            return "not accepted"
+        status = item.get("status")
+        # No submitter run is under way between rounds: a lease still held is a past run's.
+        lease = self.store.get("lease#submitter") or {}
+        kept = " (the submitter's lease held)" if float(lease.get("until", 0)) > now else ""
+        if status == "pending":
+            return f"waiting in its tier{kept}"
+        if status != "claimed":
+            # Its deadline passed inside a round: in a wait in place (a retry-after slept out).
+            due = self.due_at[rid]
+            for start, end, function, ids in self.sim.slept:
+                if start <= due <= end and ids is not None and rid in ids:
+                    return f"realtime, a {function} waiting out a retry-after in place"
+            return f"answered ({status}) as its deadline passed"
+        record = self.store.get(batch_key(str(item.get("batch_ref")))) or {}
+        state = record.get("status")
+        if state in ("polling", "collecting"):
+            collect = self.store.get(f"lease#collect#{record['ref']}") or {}
+            more = float(collect.get("until", 0)) - now
+            held = f" (its collect lease held {more:.0f} s more)" if more > 0 else ""
+            return f"in a running batch, not rescued{held}"
+        if state != "realtime":
+            return f"in a batch record {state}{kept}"
+        if float(item.get("rt_until", 0)) > now:
+            return "realtime, a try's lease held"
+        if float(item.get("rt_not_before", 0)) > now:
+            return "realtime, paused by a retry-after"
+        back = self.realtime.back_of(rid)
+        if back is not None:
+            return f"realtime, its message back in {back - now:.0f} s"
+        return "realtime, no message of it queued"
+
     # one moment
 
     def round(self) -> None:
         """Deliver what is queued, fire the schedule if it is due and has work, let the pollers
         that woke run, and answer what the realtime queue holds."""
         self.rounds += 1
+        self.observe()
         delivered = bool(self.queued("RequestQueue"))
         if delivered:
             self.stack.deliver()
@@ -783,6 +890,12 @@ class RealtimeDelivery:
         attrs = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["VisibilityTimeout"])
         self.visibility = int(attrs["Attributes"]["VisibilityTimeout"])
         self.hidden: dict[str, str] = {}  # message id -> receipt handle, while out of the queue
+        self.whose: dict[str, str] = {}  # message id -> the request it names
+
+    def back_of(self, rid: str) -> float | None:
+        """When a hidden message of this request comes back, if one is out of the queue."""
+        times = [self.stack._hidden.get(m, 0.0) for m in self.hidden if self.whose.get(m) == rid]
+        return min(times) if times else None
 
     def returns(self, now: float) -> list[float]:
         """When hidden messages come back, of those still to come."""
@@ -817,6 +930,8 @@ class RealtimeDelivery:
                 break
             for m in got:
                 mid, handle = m["MessageId"], m["ReceiptHandle"]
+                with contextlib.suppress(Exception):
+                    self.whose[mid] = str(json.loads(m["Body"])["request_id"])
                 if stack._hidden.get(mid, 0.0) > _clock_now():  # not due yet: out again
                     self.hidden[mid] = handle
                     sqs.change_message_visibility(
@@ -910,47 +1025,123 @@ def _check(drive: Drive, log: FaultLog, inbox: str, kinds: dict[str, str], outco
             # An intake fault only delays a request when the relay accepted it late.
             accepted_late = clock.parse(c["received_at"]) - sent > SCHEDULE_SECONDS
             path = log.touching(rid, received - FAULT_LOOKBACK_SECONDS, due, outcomes=True)
-            outcome.miss_causes[_cause(path, accepted_late)] += 1
+            waited = log.touching(rid, received - SCHEDULE_SECONDS, due, outcomes=True)
+            cause = _cause(path, accepted_late, stage := drive.at_due.get(rid, ""), waited)
+            outcome.miss_causes[cause] += 1
             if log.explain:
-                outcome.notes += _explain(rid, kinds[rid], received, c, items.get(rid, {}), log)
+                outcome.notes += _explain(rid, kinds[rid], received, c, items.get(rid, {}), log, stage, cause)
         else:
             outcome.missed.append(rid)
             if log.explain:
-                outcome.notes += _explain(rid, kinds[rid], received, c, items.get(rid, {}), log)
+                stage = drive.at_due.get(rid, "")
+                item = items.get(rid, {})
+                outcome.notes += _explain(rid, kinds[rid], received, c, item, log, stage, "none")
 
 
-def _cause(kinds: list[str], accepted_late: bool) -> str:
-    """The fault most likely to have made a request miss its deadline, of those on its path."""
-    if accepted_late and any("(BufferFunction)" in kind for kind in kinds):
+def _cause(kinds: list[str], accepted_late: bool, stage: str = "", waited: list[str] | None = None) -> str:
+    """The fault most likely to have made a request miss its deadline: the one that kept it where
+    it stood when its deadline came (`stage`, see `Drive.stage`), of those on its path (`kinds`;
+    `waited`: the invocations while it waited, from its receipt to its deadline)."""
+
+    def seen(*marks: str) -> bool:
+        return any(mark in kind for kind in kinds for mark in marks)
+
+    def seen_all(*marks: str) -> bool:
+        return any(all(mark in kind for mark in marks) for kind in kinds)
+
+    if stage == "not accepted" or (accepted_late and seen("(BufferFunction)")):
         return "intake faulted (the request accepted late)"
-    if any("[SubmitterFunction skipped" in kind for kind in kinds):
-        # Runs found the lease held: by a run whose release was refused, or one that died.
-        if any("[SubmitterFunction" in kind and "store.py:unlease" in kind for kind in kinds):
-            return "submitter kept out by the lease of a run whose release was refused"
-        if any("[SubmitterFunction FunctionKilled" in kind for kind in kinds):
-            return "submitter kept out by the lease of a run that died"
+    if stage.startswith("realtime"):
+        if "lease held" in stage:
+            if seen("[RealtimeFunction FunctionKilled"):
+                return "a realtime try died holding the request (its lease lasts the function's timeout)"
+            return "a realtime try failed and kept its lease on the request"
+        if "retry-after" in stage:
+            return "realtime call refused by the API (its retry-after)"
+        if "no message" not in stage and "back in" not in stage:
+            return "realtime call under way as its deadline passed"
+        if "back in" in stage:
+            if seen("API POST /v1/messages "):
+                return "realtime call refused by the API (its retry-after)"
+            back = float(stage.split("back in ", 1)[1].split(" s", 1)[0])
+            if back > 300:
+                return "realtime function failed (its message back after the queue's visibility timeout)"
+            return "realtime function failed (its message back soon)"
+        if seen("in a rescue"):
+            return "check killed during a rescue (a moved request waits for the submitter's resend)"
+        return "realtime message not sent (its sender failed; the submitter sends it again)"
+    if stage.startswith("in a running batch"):
+        held = re.search(r"collect lease held (\d+) s more", stage)
+        if held and float(held[1]) > CHECK_RESCUE_LEASE_SECONDS:
+            # Longer than a check's rescue leases it: a submitter's overdue rescue (15 minutes).
+            if seen("[SubmitterFunction FunctionKilled"):
+                return "submitter killed during an overdue rescue (its collect lease kept the rescue out)"
+            return "a submitter's overdue rescue left its collect lease (its release refused)"
+        if held and seen_all("[CheckBatchFunction TransientError", "_rescue > store.py:unlease"):
+            return "a check's rescue left its collect lease (its release refused)"
+        if held and seen("in a rescue"):
+            return "check killed during a rescue (its collect lease kept the rescue out)"
+        if seen("(CheckBatchFunction)", "(CollectResultsFunction)", "API GET"):
+            return "poller faulted"
+    if stage.startswith(("waiting in its tier", "in a batch record")):
+        # Kept out by a lease: still held, or more of the runs while it waited found it held than failed.
+        runs = [k for k in waited or () if k.startswith("[SubmitterFunction ")]
+        skipped = sum(k.startswith("[SubmitterFunction skipped") for k in runs)
+        failed = sum(not k.startswith(("[SubmitterFunction ok", "[SubmitterFunction skipped")) for k in runs)
+        if "lease held" in stage or (skipped and skipped >= failed):
+            if seen_all("[SubmitterFunction TransientError", "store.py:unlease"):
+                return "submitter kept out by the lease of a run whose release was refused"
+            if seen("[SubmitterFunction FunctionKilled"):
+                return "submitter kept out by the lease of a run that died"
+        if stage.startswith("in a batch record creating"):
+            return "batch create failed, its outcome taken for unknown (left until its window ends)"
+        if seen("(SubmitterFunction)", "[SubmitterFunction"):
+            return "submitter runs failed"
     for cause, marks in MISS_CAUSES:
-        if any(mark in kind for kind in kinds for mark in marks):
+        if seen(*marks):
             return cause
     return "other"
 
 
 def _explain(
-    rid: str, kind: str, received: float, c: dict[str, Any], item: dict[str, Any], log: FaultLog
+    rid: str,
+    kind: str,
+    received: float,
+    c: dict[str, Any],
+    item: dict[str, Any],
+    log: FaultLog,
+    stage: str = "",
+    cause: str = "",
 ) -> list[str]:
-    """A missed deadline, and what happened on the request's path (seconds from when it was sent)."""
+    """A missed deadline, where its request stood then and the cause blamed, and what happened on
+    the request's path (seconds from when it was sent; a line repeated at once is counted, not
+    printed again)."""
     from batch_relay import clock
 
     due = clock.parse(c["deadline"])
     done = clock.parse(c["completed_at"])
-    fields = {k: item.get(k) for k in ("rescued_from", "rt_tries", "attempts")}
+    fields = {k: item.get(k) for k in ("rescued_from", "attempts")}
     when = f"due at {due - received:.0f} s, answered at {done - received:.0f} s"
-    lines = [f"{rid} ({kind}, {c['route']}): {when} {fields}"]
+    lines = [
+        f"{rid} ({kind}, {c['route']}): {when} {fields}",
+        f"  at its deadline: {stage or '?'}; blamed: {cause}",
+    ]
+    last, repeats, until = "", 0, 0.0
     for t, k, ids in log.entries:
         if k in ("[SubmitterFunction ok]", "[BufferFunction ok]"):
             continue
-        if received - FAULT_LOOKBACK_SECONDS <= t <= done and (ids is None or rid in ids):
-            lines.append(f"  {t - received:7.0f}  {k}{' (all)' if ids is None else ''}")
+        if not (received - FAULT_LOOKBACK_SECONDS <= t <= done and (ids is None or rid in ids)):
+            continue
+        line = f"{k}{' (all)' if ids is None else ''}"
+        if line == last:
+            repeats, until = repeats + 1, t
+            continue
+        if repeats:
+            lines[-1] += f"  (x{repeats + 1}, the last at {until - received:.0f})"
+        lines.append(f"  {t - received:7.0f}  {line}")
+        last, repeats = line, 0
+    if repeats:
+        lines[-1] += f"  (x{repeats + 1}, the last at {until - received:.0f})"
     return lines
 
 
