@@ -3,15 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# checkov pins exact versions of boto3 and others far below the dev tools': it gets a venv of its own.
+# Each venv installs exactly its lock (hashes checked): the dev one holds the layer's versions.
+# checkov and the SAM CLI pin boto3 and others to versions of their own: each gets a venv apart.
 SCAN := .venv-scan
 SCAN_STAMP := $(SCAN)/.installed
+SAM := .venv-sam
+SAM_STAMP := $(SAM)/.installed
 # SAM builds for the Lambda runtime (python3.13); pyenv machines keep it beside the default Python.
 SAM_PYENV ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv test unit integration lint build demo bench invoke clean schemas chaos lock
+.PHONY: help venv test unit integration lint build demo bench invoke clean schemas chaos lock outdated
 
 help:
 	@echo "make test    set up and run the whole test suite"
@@ -20,21 +23,26 @@ help:
 	@echo "make demo    the whole pipeline on this machine: moto + the Anthropic emulator (ARGS=--help)"
 	@echo "make chaos SEEDS=200   the promises under random faults, seed by seed"
 	@echo "make invoke FN=BufferFunction EVENT=events/buffer.json   run one function, no Docker"
-	@echo "make lock    recompile layers/relay/requirements.txt from layers/relay/requirements.in"
+	@echo "make lock    refresh every lock from its floors (the layer's and the tools'); ARGS=--keep keeps pins"
+	@echo "make outdated   what make lock would change, with the relay's packages' changelog lines"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/dev.txt layers/relay/requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-$(SCAN_STAMP): pyproject.toml
+$(SCAN_STAMP): requirements/scan.txt
 	$(PYTHON) -m venv $(SCAN)
-	$(SCAN)/bin/pip install --quiet --upgrade pip
-	$(SCAN)/bin/pip install --quiet $$($(PYTHON) scripts/extra.py scan)
+	$(SCAN)/bin/pip install --quiet --require-hashes --no-deps -r requirements/scan.txt
 	touch $(SCAN_STAMP)
+
+$(SAM_STAMP): requirements/sam.txt
+	$(PYTHON) -m venv $(SAM)
+	$(SAM)/bin/pip install --quiet --require-hashes --no-deps -r requirements/sam.txt
+	touch $(SAM_STAMP)
 
 node_modules/.installed: package.json
 	npm install --no-audit --no-fund --silent
@@ -49,17 +57,17 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
-lint: $(STAMP) $(SCAN_STAMP) node_modules/.installed
+lint: $(STAMP) $(SCAN_STAMP) $(SAM_STAMP) node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/cfn-lint template.yaml
-	$(BIN)/sam validate --lint --template template.yaml
+	$(SAM)/bin/sam validate --lint --template template.yaml
 	npx --no-install asl-validator --json-path statemachine/poller.asl.json
 	$(SCAN)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
 
-build: $(STAMP)
-	PYENV_VERSION=$(SAM_PYENV) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/sam build --template template.yaml
+build: $(SAM_STAMP)
+	PYENV_VERSION=$(SAM_PYENV) PATH=$(CURDIR)/$(SAM)/bin:$$PATH $(SAM)/bin/sam build --template template.yaml
 
 demo: $(STAMP)
 	$(BIN)/relay-local demo $(ARGS)
@@ -70,12 +78,15 @@ bench: $(STAMP)
 invoke: $(STAMP)
 	$(BIN)/relay-local invoke $(FN) $(EVENT)
 
-# The layer's pinned set, for the Lambda runtime (python3.13, arm64), from the floors in requirements.in.
+# The locks (the layer's for python3.13 on arm64, and the tools'), from their floors; see scripts/lock.py.
 lock: $(STAMP)
-	$(BIN)/python scripts/lock.py
+	$(BIN)/python scripts/lock.py $(ARGS)
+
+outdated: $(STAMP)
+	$(BIN)/python scripts/lock.py --outdated
 
 clean:
-	rm -rf $(VENV) $(SCAN) node_modules .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SCAN) $(SAM) node_modules .aws-sam .pytest_cache .mypy_cache .ruff_cache
 
 schemas: $(STAMP)
 	$(BIN)/python scripts/schemas.py
