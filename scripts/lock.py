@@ -5,12 +5,10 @@
     make outdated    print what a refresh would change, with the changelog lines of the relay's
                      own packages, and write nothing
 
-| lock | from | for |
-|---|---|---|
-| layers/relay/requirements.txt | layers/relay/requirements.in | the Lambda layer: python3.13 on arm64 (what deploys) |
-| requirements/dev.txt | pyproject.toml, extra `dev` | .venv: tests, demo, lint; constrained by the layer's lock |
-| requirements/sam.txt | pyproject.toml, extra `sam` | .venv-sam: the SAM CLI, which pins its own boto3 |
-| requirements/scan.txt | pyproject.toml, extra `scan` | .venv-scan: checkov, which pins older boto3 |
+    layers/relay/requirements.txt  from requirements.in: the Lambda layer, python3.13 on arm64 (deploys)
+    requirements/dev.txt           pyproject's `dev` extra, constrained by the layer's lock: .venv
+    requirements/sam.txt           pyproject's `sam` extra: .venv-sam (the SAM CLI pins its own boto3)
+    requirements/scan.txt          pyproject's `scan` extra: .venv-scan (checkov pins older boto3)
 
 The development lock takes the layer's lock as constraints, so the suite runs exactly the versions
 of anthropic, boto3, pydantic and Powertools that deploy (tests/unit/test_locks.py checks it).
@@ -69,31 +67,49 @@ LOCKS = (
         LAYER / "requirements.txt",
         "The layer's lock: every package `sam build` installs into RelayLayer (python3.13, arm64).",
         "layers/relay/requirements.in",
-        ("layers/relay/requirements.in", "--python-version", "3.13",
-         "--python-platform", "aarch64-manylinux_2_28", "--only-binary", ":all:"),
-    ),  # fmt: skip
+        (
+            "layers/relay/requirements.in",
+            "--python-version",
+            "3.13",
+            "--python-platform",
+            "aarch64-manylinux_2_28",
+            "--only-binary",
+            ":all:",
+        ),
+    ),
     Lock(
         ROOT / "requirements" / "dev.txt",
         "The development lock (.venv): the layer's packages at the layer's versions, and the dev tools.",
         "pyproject.toml's `dev` extra, constrained by layers/relay/requirements.txt",
-        ("pyproject.toml", "--extra", "dev", "-c", "layers/relay/requirements.txt",
-         "--universal", "--python-version", "3.11", "--no-emit-package", "batch-relay"),
-    ),  # fmt: skip
+        (
+            "pyproject.toml",
+            "--extra",
+            "dev",
+            "-c",
+            "layers/relay/requirements.txt",
+            "--universal",
+            "--python-version",
+            "3.11",
+            "--no-emit-package",
+            "batch-relay",
+        ),
+    ),
     Lock(
         ROOT / "requirements" / "sam.txt",
         "The SAM CLI's lock (.venv-sam): it pins its own boto3, so it lives apart from the layer's.",
         "pyproject.toml's `sam` extra",
         ("-", "--universal", "--python-version", "3.11"),
         extra="sam",
-    ),  # fmt: skip
+    ),
     Lock(
         ROOT / "requirements" / "scan.txt",
         "checkov's lock (.venv-scan): it pins boto3 and others far below the layer's.",
         "pyproject.toml's `scan` extra",
         ("-", "--universal", "--python-version", "3.11"),
         extra="scan",
-    ),  # fmt: skip
+    ),
 )
+
 
 def extra(name: str) -> list[str]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][name]
@@ -194,9 +210,10 @@ def _changelog_text(name: str, version: str, scratch: Path) -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--outdated", action="store_true", help="print what a refresh would change; write nothing")
-    parser.add_argument("--keep", action="store_true", help="keep every pin the floors still allow (after a floor moved)")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--outdated", action="store_true", help="print what a refresh would change")
+    parser.add_argument("--keep", action="store_true", help="keep every pin the floors still allow")
     args = parser.parse_args()
     if args.outdated:
         outdated()
