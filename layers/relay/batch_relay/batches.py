@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
@@ -85,7 +85,21 @@ def _sorted(exc: BaseException) -> BaseException:
     return kind
 
 
-def create_from(body: Iterable[bytes], length: int, deadline: float) -> Any:
+def headers_for(needs: Mapping[str, Any]) -> dict[str, str]:
+    """The headers the calls for a request (or a batch of them) go with: its API version when it
+    is not the SDK's own, and its betas. A batch is created under one of each, so requests are
+    batched by these."""
+    found = {}
+    if needs.get("api_version"):
+        found["anthropic-version"] = str(needs["api_version"])
+    if needs.get("betas"):
+        found["anthropic-beta"] = ",".join(sorted(needs["betas"]))
+    return found
+
+
+def create_from(
+    body: Iterable[bytes], length: int, deadline: float, headers: Mapping[str, str] | None = None
+) -> Any:
     """Create a batch from a request body already in the API's JSON shape, sent as it is read.
 
     A 256 MB batch never exists in memory as request objects or as one string. The SDK never
@@ -106,7 +120,11 @@ def create_from(body: Iterable[bytes], length: int, deadline: float) -> Any:
                 cast_to=MessageBatch,
                 content=sent,
                 options={
-                    "headers": {"Content-Type": "application/json", "Content-Length": str(length)},
+                    "headers": {
+                        "Content-Type": "application/json",
+                        "Content-Length": str(length),
+                        **(headers or {}),
+                    },
                     "max_retries": 0,
                     "timeout": httpx.Timeout(left, connect=min(10.0, left)),
                 },
@@ -188,7 +206,9 @@ def results(batch_id: str, skip: int = 0, deadline: float | None = None) -> Iter
         stream = _bounded(deadline).messages.batches.results(batch_id)
         for n, line in enumerate(stream):
             if n >= skip:
-                yield line.to_dict()
+                # JSON mode: a message's datetimes (container.expires_at) become strings here, not
+                # an error where the line is stored.
+                yield line.to_dict(mode="json")
     except (anthropic.APIError, httpx.HTTPError) as exc:
         raise _sorted(exc) from exc
 
@@ -197,7 +217,9 @@ def cancel(batch_id: str, deadline: float | None = None) -> Any:
     return _call(_bounded(deadline).messages.batches.cancel, batch_id)
 
 
-def message(params: dict[str, Any], deadline: float) -> dict[str, Any]:
+def message(
+    params: dict[str, Any], deadline: float, headers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """One realtime Messages API call, at list price. No SDK retry: a 429/529 comes back at once
     with its retry-after (`retry_after`), for the caller to wait out or hand back to its queue;
     the read may take as long as `deadline` allows (a long answer is generated before it is sent)."""
@@ -206,27 +228,34 @@ def message(params: dict[str, Any], deadline: float) -> dict[str, Any]:
     # Parameters this SDK does not name yet still reach the API, as they would in a batch.
     known = {k: v for k, v in params.items() if k in _CREATE_PARAMS}
     extra = {k: v for k, v in params.items() if k not in _CREATE_PARAMS}
-    answer = _call(bounded.messages.create, **known, **({"extra_body": extra} if extra else {}))
-    return answer.to_dict()
+    answer = _call(
+        bounded.messages.create,
+        **known,
+        **({"extra_body": extra} if extra else {}),
+        **({"extra_headers": dict(headers)} if headers else {}),
+    )
+    return answer.to_dict(mode="json")
 
 
-_CREATE_PARAMS = frozenset(inspect.signature(anthropic.resources.Messages.create).parameters) - {
-    "self",
-    "extra_headers",
-    "extra_query",
-    "extra_body",
-    "timeout",
-    "stream",
-}
+_NOT_PARAMS = frozenset({"self", "extra_headers", "extra_query", "extra_body", "timeout", "stream"})
 
 
-COUNTED_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+def _named(method: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(method).parameters) - _NOT_PARAMS
 
 
-def count_tokens(params: dict[str, Any], deadline: float | None = None) -> int:
+_CREATE_PARAMS = _named(anthropic.resources.Messages.create)
+# What a count takes, as the SDK names it (output_config, cache_control, speed... change the count).
+COUNTED_FIELDS = _named(anthropic.resources.Messages.count_tokens)
+
+
+def count_tokens(
+    params: dict[str, Any], deadline: float | None = None, headers: Mapping[str, str] | None = None
+) -> int:
     """The input tokens of a request, counted by the API (free, rate-limited on its own)."""
-    fields = {k: params[k] for k in COUNTED_FIELDS if k in params}
-    return int(_call(_bounded(deadline).messages.count_tokens, **fields).input_tokens)
+    fields = {k: v for k, v in params.items() if k in COUNTED_FIELDS}
+    extra = {"extra_headers": dict(headers)} if headers else {}
+    return int(_call(_bounded(deadline).messages.count_tokens, **fields, **extra).input_tokens)
 
 
 def retry_after(exc: BaseException) -> float | None:

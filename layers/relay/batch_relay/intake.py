@@ -33,7 +33,16 @@ from . import bodies, clock
 from .completions import Topic
 from .deadlines import sort_key
 from .errors import RejectedRequest, TransientError, excerpt, insist, is_transient
-from .models import ID_PATTERN, TIER_PATTERN, Completion, ErrorInfo, RequestMessage
+from .models import (
+    ID_PATTERN,
+    MAX_TOKENS,
+    OLDER_VERSION,
+    TIER_PATTERN,
+    Completion,
+    ErrorInfo,
+    RequestMessage,
+    older_version_reason,
+)
 from .observability import MetricUnit, logger, metrics
 from .payloads import SHARED_LINE_BYTES, Payloads, request_text
 from .settings import Settings
@@ -63,6 +72,9 @@ class Parsed:
     length: int
     max_tokens: int = 0
     deadline: str | None = None
+    # The headers its calls need: an API version other than the SDK's, and betas.
+    api_version: str | None = None
+    betas: list[str] = field(default_factory=list)
     key: str = ""
     offset: int = 0
 
@@ -164,7 +176,11 @@ class Intake:
             length=0,
             max_tokens=request.params.max_tokens,
             deadline=self._deadline(request, tier, received_at),
+            betas=list(request.betas),
         )
+        refusal = self._headers(parsed, params)
+        if refusal:
+            return self._refused(rid, refusal, received_at, raw)
         del raw, request
         try:
             text = request_text(rid, params)
@@ -214,6 +230,22 @@ class Intake:
         if tier not in self.settings.tiers:
             raise RejectedRequest(f"unknown tier {tier!r}; this deployment has {sorted(self.settings.tiers)}")
         return request.model_copy(update={"tier": tier})
+
+    def _headers(self, parsed: Parsed, params: dict[str, Any]) -> str | None:
+        """Set the API version the request needs; the reason it is refused, if it is."""
+        older = older_version_reason(params)
+        if older and self.settings.legacy_requests == "reject":
+            return (
+                f"{older} is refused by API version 2026-10-21, the one this relay sends; this deployment "
+                f"does not send requests under {OLDER_VERSION} (LegacyRequests=reject)"
+            )
+        parsed.api_version = OLDER_VERSION if older else None
+        if parsed.max_tokens > MAX_TOKENS and parsed.deadline:
+            return (
+                f"params.max_tokens over {MAX_TOKENS:,} is available in batches only, and a request with a "
+                "deadline may have to be answered in realtime"
+            )
+        return None
 
     def _deadline(self, request: RequestMessage, tier: str, received_at: str) -> str | None:
         """The request's own deadline, else its tier's default, as a UTC timestamp."""
@@ -338,6 +370,10 @@ class Intake:
             item["params_digest"] = parsed.digest
         if parsed.deadline:
             item["deadline"] = parsed.deadline
+        if parsed.api_version:
+            item["api_version"] = parsed.api_version
+        if parsed.betas:
+            item["betas"] = parsed.betas
         if self.settings.daily_budget_usd:
             item["max_tokens"] = parsed.max_tokens  # for the budget's bound, without reading the line
         return item

@@ -54,6 +54,41 @@ def attribute_name_problem(key: str) -> str | None:
     return None
 
 
+# API versions and betas. A create call, a realtime call and a token count each go under one
+# `anthropic-version` and one set of `anthropic-beta` values, so these are a request's own needs:
+# the relay batches requests by them and sends each call with them.
+# The version the SDK sends (2026-10-21) refuses sampling parameters (even at their defaults), a
+# `document` block in an assistant message and a user `text` block with citations; 2023-06-01
+# still accepts them.
+OLDER_VERSION = "2023-06-01"
+SAMPLING_PARAMS = ("temperature", "top_p", "top_k")
+# The betas the relay knows, each with what it allows: output-300k lets batch requests ask for up
+# to 300,000 output tokens (batches only: such a request can never be answered in realtime).
+OUTPUT_300K = "output-300k-2026-03-24"
+Beta = Literal["output-300k-2026-03-24"]
+MAX_TOKENS = 128_000
+MAX_TOKENS_BATCH_ONLY = 300_000
+
+
+def older_version_reason(params: dict[str, Any]) -> str | None:
+    """Why a request needs API version 2023-06-01 (what the current version refuses), or None."""
+    for name in SAMPLING_PARAMS:
+        if name in params:
+            return f"params.{name}"
+    for i, msg in enumerate(params.get("messages") or ()):
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, block in enumerate(content):
+            if not isinstance(block, dict):
+                continue
+            if msg.get("role") == "assistant" and block.get("type") == "document":
+                return f"params.messages[{i}].content[{j}] (a document block in an assistant message)"
+            if msg.get("role") == "user" and block.get("type") == "text" and block.get("citations"):
+                return f"params.messages[{i}].content[{j}] (a user text block with citations)"
+    return None
+
+
 Status = Literal["succeeded", "errored", "expired", "canceled", "rejected"]
 # How a request was answered: in a message batch (half price) or by the Messages API at list price.
 Route = Literal["batch", "realtime"]
@@ -66,7 +101,12 @@ class MessageParams(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._:@-]{0,127}$")]
-    max_tokens: int = Field(ge=1, le=128_000, strict=True)
+    max_tokens: int = Field(
+        ge=1,
+        le=MAX_TOKENS_BATCH_ONLY,
+        strict=True,
+        description=f"at most {MAX_TOKENS:,}; up to {MAX_TOKENS_BATCH_ONLY:,} with the {OUTPUT_300K} beta",
+    )
     messages: list[dict[str, Any]] = Field(min_length=1)
     system: str | list[dict[str, Any]] | None = None
     stream: bool | None = None
@@ -108,12 +148,28 @@ class RequestMessage(BaseModel):
         description="RFC 3339 time (with its offset) by which the completion is needed: a request a batch "
         "can no longer answer in time goes to the Messages API at list price instead",
     )
+    betas: list[Beta] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Anthropic betas the request needs (sent as anthropic-beta on its batch's create); "
+        "requests are batched with others that need exactly the same betas",
+    )
     metadata: dict[str, Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]] = Field(
         default_factory=dict,
         description="up to 7 string values, set as SNS message attributes: names of 1-256 characters "
         "A-Z a-z 0-9 _ - . (no leading, trailing or double dot, no AWS./Amazon. prefix, not status, "
         "tier or model), values of at most 256 characters",
     )
+
+    @model_validator(mode="after")
+    def _beta_limits(self) -> RequestMessage:
+        if len(set(self.betas)) != len(self.betas):
+            raise ValueError("betas: each beta at most once")
+        if self.params.max_tokens > MAX_TOKENS and OUTPUT_300K not in self.betas:
+            raise ValueError(
+                f"params.max_tokens: over {MAX_TOKENS:,} needs the {OUTPUT_300K} beta (in batches only)"
+            )
+        return self
 
     @field_validator("deadline", mode="before")
     @classmethod

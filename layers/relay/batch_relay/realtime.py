@@ -207,7 +207,7 @@ class Realtime:
         # back to its tier) is made again.
         if self.budget.capped and (not item.get("budget_day") or item.get("budget_settled")):
             usd = bound(
-                item["model"], self._input_tokens(params, line), int(params["max_tokens"]), batch=False
+                item["model"], self._input_tokens(item, params, line), int(params["max_tokens"]), batch=False
             )
             day = today()
             if not self.budget.commit(usd, day, mark=request_key(rid)):
@@ -219,9 +219,10 @@ class Realtime:
             item.pop("budget_settled", None)
         return self._call(item, params, tries)
 
-    def _input_tokens(self, params: dict[str, Any], line: bytes) -> int:
+    def _input_tokens(self, item: dict[str, Any], params: dict[str, Any], line: bytes) -> int:
+        until = min(self.until, clock.now() + batches.CALL_SECONDS)
         try:
-            return batches.count_tokens(params, deadline=min(self.until, clock.now() + batches.CALL_SECONDS))
+            return batches.count_tokens(params, deadline=until, headers=batches.headers_for(item))
         except Exception as exc:  # counting is free but rate-limited: the estimate bounds it too
             logger.warning("token count unavailable; estimated", extra={"error": type(exc).__name__})
             return input_tokens_of(len(line))
@@ -230,7 +231,8 @@ class Realtime:
         rid = item["request_id"]
         while True:
             try:
-                return {"type": "succeeded", "message": batches.message(params, deadline=self.until)}
+                answer = batches.message(params, deadline=self.until, headers=batches.headers_for(item))
+                return {"type": "succeeded", "message": answer}
             except TransientError as exc:  # 429/529 (NotAcceptedError), 5xx, a broken connection
                 wait = batches.retry_after(exc) or min(
                     BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (tries - 1)

@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Mapping
 from functools import cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
@@ -78,6 +78,9 @@ class Settings(BaseModel):
     deadline_margin_seconds: int = Field(default=600, alias="DEADLINE_MARGIN_SECONDS", ge=30, le=86_400)
     # What the relay may commit to spend per UTC day, batch and realtime (0: no cap).
     daily_budget_usd: float = Field(default=0.0, alias="DAILY_BUDGET_USD", ge=0)
+    # A request only API version 2023-06-01 accepts (sampling parameters, ...): sent under that
+    # version in batches of its own, or rejected on receipt.
+    legacy_requests: Literal["send", "reject"] = Field(default="send", alias="LEGACY_REQUESTS")
 
     @field_validator("tiers", mode="before")
     @classmethod

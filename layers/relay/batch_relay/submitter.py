@@ -295,6 +295,9 @@ class Submitter:
         dear: list[tuple[dict[str, Any], float]] = []
         schedule: list[tuple[float, str]] = []
         models: set[str] = set()
+        # One create goes under one API version and one set of betas: the first request taken
+        # sets them, and requests that need others wait for a batch of their own.
+        needs: dict[str, Any] | None = None
         allowance = self.budget.left()
         estimate = 0.0
         self.over_budget = False
@@ -318,6 +321,8 @@ class Submitter:
                     if self.turnaround.late(item, now):
                         late.append(item)  # a batch could not make its deadline: realtime
                         continue
+                    if needs is not None and batches.headers_for(item) != batches.headers_for(needs):
+                        continue
                     line = self._line(item)
                     if line is None:
                         lost.append(item)  # its body is gone: answered, never a tier stuck on it
@@ -336,6 +341,8 @@ class Submitter:
                         full = self.over_budget = True  # the rest waits for the next UTC day
                         break
                     estimate += cost
+                    if needs is None:
+                        needs = {k: item[k] for k in ("api_version", "betas") if item.get(k)}
                     taken.append(item)
                     lines.append(line)
                     size += len(line) + 1
@@ -374,6 +381,7 @@ class Submitter:
             "bytes": writer.bytes,
             "models": sorted(models),
             "budget_usd": round(estimate, 8),
+            **(needs or {}),
         }
         if schedule:
             # Its poller takes these out for realtime if the batch has not ended in time.
@@ -454,7 +462,8 @@ class Submitter:
         )
         try:
             body = RequestsBody(self.payloads, record["input_key"], self.payloads.size(record["input_key"]))
-            batch = batches.create_from(body, len(body), deadline=self.create_until)
+            headers = batches.headers_for(record)
+            batch = batches.create_from(body, len(body), deadline=self.create_until, headers=headers)
         except (BatchTooLargeError, BatchRefusedError) as exc:
             if int(record["request_count"]) == 1:
                 # One request the API will never take: answer it rather than retry it forever.

@@ -1,0 +1,106 @@
+"""What the relay's calls put on the wire, read by a bare HTTP server standing in for the API: the
+headers a request needs, and every field the SDK's token count takes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from batch_relay import batches, clock
+
+pytestmark = pytest.mark.integration
+
+ANSWERS = {
+    "/v1/messages/count_tokens": {"input_tokens": 42},
+    "/v1/messages": {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    },
+}
+
+
+@pytest.fixture
+def wire(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, str], Any]]]:
+    seen: list[tuple[str, dict[str, str], Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            answer = json.dumps(ANSWERS[self.path]).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.delenv("API_KEY_SECRET_ARN", raising=False)
+    batches.reset()
+    yield seen
+    server.shutdown()
+    batches.reset()
+
+
+PARAMS = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 100,
+    "temperature": 0,
+    "messages": [{"role": "user", "content": "Classify: spam or not?"}],
+    "system": [{"type": "text", "text": "You classify."}],
+    "output_config": {"effort": "low"},
+    "cache_control": {"type": "ephemeral"},
+    "speed": "fast",
+    "metadata": {"user_id": "u1"},
+}
+NEEDS = {"api_version": "2023-06-01", "betas": ["output-300k-2026-03-24"]}
+
+
+def test_a_token_count_sends_every_field_that_changes_the_count_and_the_request_headers(wire):
+    # When: a request is counted with its headers
+    assert batches.count_tokens(PARAMS, headers=batches.headers_for(NEEDS)) == 42
+
+    # Then: the count carries what the SDK's count takes, not what it refuses, under the request's version
+    [(path, headers, body)] = wire
+    assert path == "/v1/messages/count_tokens"
+    assert body == {
+        k: PARAMS[k] for k in ("model", "messages", "system", "output_config", "cache_control", "speed")
+    }
+    assert headers["anthropic-version"] == "2023-06-01"
+    assert headers["anthropic-beta"] == "output-300k-2026-03-24"
+
+
+def test_a_realtime_call_sends_the_request_whole_under_its_headers(wire):
+    # When: a request is answered in realtime with its headers
+    answer = batches.message(PARAMS, deadline=clock.now() + 30, headers=batches.headers_for(NEEDS))
+
+    # Then: every param went (sampling ones included), under the request's version and betas
+    [(path, headers, body)] = wire
+    assert path == "/v1/messages" and body == PARAMS
+    assert headers["anthropic-version"] == "2023-06-01"
+    assert headers["anthropic-beta"] == "output-300k-2026-03-24"
+    assert answer["content"][0]["text"] == "ok"
+
+
+def test_calls_without_needs_go_under_the_sdks_own_version(wire):
+    batches.count_tokens(
+        {"model": "claude-haiku-4-5", "messages": PARAMS["messages"]}, headers=batches.headers_for({})
+    )
+    [(_, headers, _)] = wire
+    assert headers["anthropic-version"] == "2026-10-21" and "anthropic-beta" not in headers
