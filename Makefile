@@ -14,7 +14,7 @@ SAM_PYENV ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv test unit integration lint build demo bench invoke clean schemas chaos lock outdated
+.PHONY: help venv test unit integration lint build demo bench invoke clean schemas chaos lock outdated live
 
 help:
 	@echo "make test    set up and run the whole test suite"
@@ -22,6 +22,7 @@ help:
 	@echo "make build   sam build (the deployable artifacts in .aws-sam/)"
 	@echo "make demo    the whole pipeline on this machine: moto + the Anthropic emulator (ARGS=--help)"
 	@echo "make chaos SEEDS=200   the promises under random faults, seed by seed"
+	@echo "make live    a few real requests against the real API (needs ANTHROPIC_API_KEY; never in CI)"
 	@echo "make invoke FN=BufferFunction EVENT=events/buffer.json   run one function, no Docker"
 	@echo "make lock    refresh every lock from its floors (the layer's and the tools'); ARGS=--keep keeps pins"
 	@echo "make outdated   what make lock would change, with the relay's packages' changelog lines"
@@ -90,6 +91,9 @@ clean:
 
 schemas: $(STAMP)
 	$(BIN)/python scripts/schemas.py
+
+live: $(STAMP)
+	$(BIN)/relay-local live $(ARGS)
 
 chaos: $(STAMP)
 	$(BIN)/relay-local chaos --seeds $(or $(SEEDS),20) $(ARGS) 2>/dev/null | grep -v '^{"'

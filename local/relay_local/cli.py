@@ -2,6 +2,7 @@
 
     relay-local demo                                      # the whole pipeline, see --help
     relay-local chaos --seeds 200                         # the promises under random faults
+    relay-local live                                      # a few real requests (ANTHROPIC_API_KEY)
     relay-local invoke BufferFunction events/buffer.json
 
 starts the local stack (moto, built from template.yaml) and the Anthropic emulator (or uses the
@@ -76,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         from relay_local import chaos
 
         return chaos.main(argv[1:])
+    if argv[:1] == ["live"]:
+        from relay_local import live
+
+        return live.main(argv[1:])
     parser = argparse.ArgumentParser(prog="relay-local", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="the whole pipeline on a realistic workload (see `relay-local demo --help`)")
     sub.add_parser("chaos", help="the promises against random faults, seed by seed (see --help)")
+    sub.add_parser("live", help="a few real requests against the real API (needs ANTHROPIC_API_KEY)")
     run = sub.add_parser("invoke", help="run one function of template.yaml with an event file")
     run.add_argument("function", help="logical id in template.yaml, e.g. BufferFunction")
     run.add_argument("event", help="JSON event file, e.g. events/buffer.json")
