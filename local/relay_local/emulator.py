@@ -40,6 +40,16 @@ forces the outcome of that request:
 
 Invalid params win over a directive, and a cancel or the 24-hour expiry wins over both.
 
+Versions: every call needs an `anthropic-version` header, one of `2023-06-01` and `2026-10-21`
+(what the SDK 2.x sends); another is a 400 naming it. Under `2026-10-21` a message's params may not
+hold `temperature`, `top_p` or `top_k` (even at their defaults: "temperature: Extra inputs are not
+permitted"), a `document` block in an `assistant` message, nor a `text` block with non-empty
+`citations` in a `user` message; `2023-06-01` takes them. Like any bad param, that is a 400 for a
+realtime call or a token count, and an errored `invalid_request_error` result for a batch request
+(the create is accepted). A batch keeps the version and the `anthropic-beta` values (comma
+separated) it was created under: `batch_version(batch_id)` gives them. `versions` counts every call
+by `Sent(route, version, betas)`, to check what a client sent.
+
 Realtime calls: `POST /v1/messages` (route "message", what `client.messages.create` calls) answers
 a Message shaped as a batch result's, with `usage.service_tier` "standard", after `realtime_seconds`
 (a real sleep standing for generation time; `--realtime-seconds`). Its params are checked at once, as
@@ -97,6 +107,11 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 DAY = 24 * 3600
+# The API versions the emulator knows, oldest first; the SDK 2.x sends the newest.
+VERSIONS = ("2023-06-01", "2026-10-21")
+LATEST = VERSIONS[-1]
+# Sampling params the newest version no longer takes, even at their default values.
+SAMPLING = ("temperature", "top_p", "top_k")
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 DIRECTIVE = re.compile(r"\[\[emulate:(succeeded|expired|canceled|errored(?::[a-z_]+)?)\]\]")
 ROUTE = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?P<tail>/cancel|/results)?)?$")
@@ -231,6 +246,14 @@ class MessageCall(NamedTuple):
     output_tokens: int
 
 
+class Sent(NamedTuple):
+    """The version headers of one call: what `Emulator.versions` counts."""
+
+    route: str
+    version: str
+    betas: tuple[str, ...] = ()
+
+
 class _Request(NamedTuple):
     """What the emulator keeps of one request: enough to answer it, never the prompt itself, so that
     a full batch of 100,000 requests costs a few tens of megabytes."""
@@ -263,6 +286,9 @@ class _Batch:
     expired_share: float
     seed: int
     credit: bool = True
+    # What the batch was created under: every request of it is read by these.
+    version: str = LATEST
+    betas: tuple[str, ...] = ()
     cancel_at: float | None = None
     cancel_seconds: float = 0.0
     deleted: bool = False
@@ -331,6 +357,8 @@ class Emulator:
     refused_ids: set[str] = field(default_factory=set)
     url: str | None = None
     calls: Counter[tuple[str, str]] = field(default_factory=Counter, repr=False)
+    # The version and betas of every call past the key and version checks, by route.
+    versions: Counter[Sent] = field(default_factory=Counter, repr=False)
     # Every realtime message answered, to count the calls billed at list price.
     messages_created: list[MessageCall] = field(default_factory=list, repr=False)
     # Kept out of repr: a failing test would otherwise print every stored request.
@@ -412,10 +440,12 @@ class Emulator:
         with self._lock:
             self._break_after = lines
 
-    def preload(self, batch_id: str, requests: list[dict[str, Any]], ended: bool = True) -> None:
+    def preload(
+        self, batch_id: str, requests: list[dict[str, Any]], ended: bool = True, version: str = LATEST
+    ) -> None:
         """Hold a batch under a given id, as if created `latency_seconds` ago (so ended) or just now:
         for a sample event that names its batch."""
-        kept = [_digest(r["custom_id"], r["params"])[0] for r in requests]
+        kept = [_digest(r["custom_id"], r["params"], version)[0] for r in requests]
         with self._lock:
             self._batches[batch_id] = _Batch(
                 id=batch_id,
@@ -425,6 +455,7 @@ class Emulator:
                 errored_share=self.errored_share,
                 expired_share=self.expired_share,
                 seed=self.seed,
+                version=version,
             )
 
     def batch_ids(self) -> list[str]:
@@ -433,6 +464,11 @@ class Emulator:
 
     def custom_ids(self, batch_id: str) -> list[str]:
         return [r.custom_id for r in self._batches[batch_id].requests]
+
+    def batch_version(self, batch_id: str) -> tuple[str, tuple[str, ...]]:
+        """The `anthropic-version` and `anthropic-beta` values a batch was created under."""
+        batch = self._batches[batch_id]
+        return batch.version, batch.betas
 
     # the API
 
@@ -458,13 +494,19 @@ class Emulator:
             if route in ("create", "message", "count_tokens") and size > self.max_bytes:
                 raise ApiError(413, TOO_LARGE)
             self._authenticate(headers)
-            if not headers.get("anthropic-version"):
+            version = headers.get("anthropic-version", "").strip()
+            if not version:
                 raise ApiError(400, "anthropic-version: header is required")
+            if version not in VERSIONS:
+                raise ApiError(400, f"anthropic-version: {version!r} is not a valid version")
+            betas = _betas(headers.get("anthropic-beta"))
+            with self._lock:
+                self.versions[Sent(route, version, betas)] += 1
             if route == "unknown":
                 raise ApiError(404, f"Not found: {method} {path}")
             self._throttle(route)
             batch_id = found.group("id") if found else None
-            payload = self._dispatch(route, batch_id, query, body, size)
+            payload = self._dispatch(route, batch_id, query, body, size, version, betas)
             if route == "create":
                 self._lose_answer()
         except ApiError as err:
@@ -531,14 +573,21 @@ class Emulator:
             admitted.append(now)
 
     def _dispatch(
-        self, route: str, batch_id: str | None, query: dict[str, str], body: bytes, size: int
+        self,
+        route: str,
+        batch_id: str | None,
+        query: dict[str, str],
+        body: bytes,
+        size: int,
+        version: str = LATEST,
+        betas: tuple[str, ...] = (),
     ) -> Any:
         if route == "create":
-            return self._create(body, size)
+            return self._create(body, size, version, betas)
         if route == "message":
-            return self._realtime(body)
+            return self._realtime(body, version)
         if route == "count_tokens":
-            return self._count_tokens(body)
+            return self._count_tokens(body, version)
         if route == "list":
             return self._list(query)
         with self._lock:
@@ -567,12 +616,12 @@ class Emulator:
                 self.faults_served["results stream cut"] += 1
         return self._results(batch, cut)
 
-    def _realtime(self, body: bytes) -> dict[str, Any]:
+    def _realtime(self, body: bytes, version: str = LATEST) -> dict[str, Any]:
         params = _json_object(body)
         if params.get("stream"):
             raise ApiError(400, "stream: this emulator does not stream; send the request without it")
         # Checked at once, unlike in a batch: a realtime call answers 400 for bad params.
-        one, prefix = _digest("", params)
+        one, prefix = _digest("", params, version)
         if one.invalid:
             raise ApiError(400, one.invalid)
         if not self.credit:
@@ -598,15 +647,17 @@ class Emulator:
             self.messages_created.append(billed)
         return answer
 
-    def _count_tokens(self, body: bytes) -> dict[str, Any]:
+    def _count_tokens(self, body: bytes, version: str = LATEST) -> dict[str, Any]:
         params = _json_object(body)
         # The count takes no max_tokens: lend it one, so the same checks apply to the rest.
-        one, _ = _digest("", params | {"max_tokens": 1})
+        one, _ = _digest("", params | {"max_tokens": 1}, version)
         if one.invalid:
             raise ApiError(400, one.invalid)
         return {"input_tokens": sum(_input_tokens(one))}
 
-    def _create(self, body: bytes, size: int) -> dict[str, Any]:
+    def _create(
+        self, body: bytes, size: int, version: str = LATEST, betas: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         if size > self.max_bytes:
             raise ApiError(413, TOO_LARGE)
         payload = _json(body)
@@ -631,7 +682,7 @@ class Emulator:
             if cid in self.refused_ids:
                 raise ApiError(400, f"requests.{n}.params: this request cannot be processed ({cid})")
             seen.add(cid)
-            requests.append(_digest(cid, params))
+            requests.append(_digest(cid, params, version))
         with self._lock:
             if self.max_queued_requests is not None:
                 queued = sum(len(b.requests) for b in self._batches.values() if self._state(b)[0] != "ended")
@@ -653,6 +704,8 @@ class Emulator:
                 expired_share=self.expired_share,
                 seed=self.seed,
                 credit=self.credit,
+                version=version,
+                betas=betas,
             )
             self._batches[batch.id] = batch
             return self._view(batch)
@@ -855,7 +908,35 @@ def _tool_texts(tools: Any) -> Iterator[tuple[str, bool]]:
             yield json.dumps(plain, sort_keys=True), bool(tool.get("cache_control"))
 
 
-def _digest(custom_id: str, params: dict[str, Any]) -> tuple[_Request, int | None]:
+def _betas(header: str | None) -> tuple[str, ...]:
+    """`anthropic-beta: a, b` as ("a", "b"): the SDK joins a list with commas."""
+    return tuple(sorted({b.strip() for b in (header or "").split(",") if b.strip()}))
+
+
+def _refused_by(version: str, params: dict[str, Any]) -> str | None:
+    """Why `version` refuses these params (in the API's pydantic wording), or None."""
+    if version == "2023-06-01":
+        return None
+    for name in SAMPLING:
+        if name in params:
+            return f"{name}: Extra inputs are not permitted"
+    messages = params.get("messages")
+    for i, msg in enumerate(messages if isinstance(messages, list) else []):
+        content = msg.get("content") if isinstance(msg, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(block, dict):
+                continue
+            where = f"messages.{i}.content.{j}"
+            if msg.get("role") == "assistant" and block.get("type") == "document":
+                return (
+                    f"{where}: Input tag 'document' found using 'type' is not permitted in assistant messages"
+                )
+            if msg.get("role") == "user" and block.get("type") == "text" and block.get("citations"):
+                return f"{where}.citations: Extra inputs are not permitted"
+    return None
+
+
+def _digest(custom_id: str, params: dict[str, Any], version: str = LATEST) -> tuple[_Request, int | None]:
     """What to keep of one request, and a key for its cached prefix when it marks one."""
     messages = params.get("messages")
     model, max_tokens = params.get("model"), params.get("max_tokens")
@@ -870,6 +951,8 @@ def _digest(custom_id: str, params: dict[str, Any]) -> tuple[_Request, int | Non
         invalid = "max_tokens: must be greater than or equal to 1"
     elif not isinstance(messages, list) or not messages:
         invalid = "messages: at least one message is required"
+    else:
+        invalid = _refused_by(version, params)
     hasher = hashlib.blake2b(digest_size=8)
     chars = cached_chars = 0
     prefix_key = None

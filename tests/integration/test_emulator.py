@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import anthropic
 import pytest
-from relay_local.emulator import Emulator, EmulatorServer, MessageCall, SimClock
+from relay_local.emulator import Emulator, EmulatorServer, MessageCall, Sent, SimClock
 
 pytestmark = pytest.mark.integration
 
@@ -788,3 +788,79 @@ def test_make_late_makes_exactly_the_next_batches_late(client, emu, clock):
     ended = client.messages.batches.retrieve(late.id)
     assert ended.processing_status == "ended"
     assert ended.ended_at - ended.created_at == timedelta(seconds=7200)
+
+
+OLD = {"anthropic-version": "2023-06-01"}
+
+
+def test_the_newest_version_refuses_sampling_params_and_misplaced_blocks(client, emu, clock):
+    cited = {"type": "text", "text": "as quoted", "citations": [{"type": "char_location"}]}
+    document = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "d"}}
+    refused = {
+        "temperature": ({"temperature": 1.0}, "temperature: Extra inputs are not permitted"),
+        "top_p": ({"top_p": 0.99}, "top_p: Extra inputs are not permitted"),
+        "top_k": ({"top_k": 5}, "top_k: Extra inputs are not permitted"),
+        "document": (
+            {
+                "messages": [
+                    {"role": "user", "content": "read this"},
+                    {"role": "assistant", "content": [document]},
+                    {"role": "user", "content": "and now?"},
+                ]
+            },
+            "messages.1.content.0: Input tag 'document'",
+        ),
+        "citations": ({"messages": [{"role": "user", "content": [cited]}]}, "messages.0.content.0.citations"),
+    }
+    old = client.with_options(default_headers=OLD)
+    for name, (extra, message) in refused.items():
+        # The SDK 2.x signatures have no sampling params: they go as extra body, as a caller must.
+        call = params() | {k: v for k, v in extra.items() if k == "messages"}
+        sampling = {k: v for k, v in extra.items() if k != "messages"}
+        with pytest.raises(anthropic.BadRequestError) as realtime:
+            client.messages.create(**call, extra_body=sampling)
+        assert realtime.value.body["error"]["type"] == "invalid_request_error"
+        assert realtime.value.body["error"]["message"].startswith(message), name
+        count = {"model": call["model"], "messages": call["messages"], "extra_body": sampling}
+        with pytest.raises(anthropic.BadRequestError) as counted:
+            client.messages.count_tokens(**count)
+        assert counted.value.body["error"]["message"].startswith(message), name
+        # The older version takes them all.
+        assert old.messages.create(**call, extra_body=sampling).type == "message", name
+        assert old.messages.count_tokens(**count).input_tokens >= 1, name
+    # In a batch the create is accepted and each such request ends errored, as params are checked later.
+    batch = client.messages.batches.create(
+        requests=[req(n, **e) for n, (e, _) in refused.items()] + [req("ok")]
+    )
+    taken = old.messages.batches.create(requests=[req(n, **e) for n, (e, _) in refused.items()])
+    assert emu.batch_version(batch.id) == ("2026-10-21", ())
+    assert emu.batch_version(taken.id) == ("2023-06-01", ())
+    clock.advance(61)
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert results.pop("ok").type == "succeeded"
+    for name, result in results.items():
+        assert result.type == "errored" and result.error.error.type == "invalid_request_error", name
+        assert result.error.error.message.startswith(refused[name][1]), name
+    assert {r.result.type for r in old.messages.batches.results(taken.id)} == {"succeeded"}
+
+
+def test_versions_are_checked_and_counted(client, emu):
+    assert client.messages.batches.list().data == []
+    old = client.with_options(default_headers=OLD)
+    old.messages.create(**params())
+    betas = client.with_options(default_headers={"anthropic-beta": "output-300k-2026-03-24, other-beta"})
+    betas.messages.batches.create(requests=[req("a")])
+    assert emu.versions == Counter(
+        {
+            Sent("list", "2026-10-21"): 1,
+            Sent("message", "2023-06-01"): 1,
+            Sent("create", "2026-10-21", ("other-beta", "output-300k-2026-03-24")): 1,
+        }
+    )
+    # A batch is made under one version and one set of betas, whatever later calls send.
+    assert emu.batch_version(emu.batch_ids()[0]) == ("2026-10-21", ("other-beta", "output-300k-2026-03-24"))
+    with pytest.raises(anthropic.BadRequestError) as unknown:
+        client.with_options(default_headers={"anthropic-version": "2024-01-01"}).messages.batches.list()
+    assert unknown.value.body["error"]["type"] == "invalid_request_error"
+    assert "2024-01-01" in unknown.value.body["error"]["message"]
+    assert sum(emu.versions.values()) == 3
