@@ -61,8 +61,8 @@ def test_requests_only_the_older_version_accepts_are_batched_apart_and_succeed(s
     plain_batches = {per_id[f"plain-{i}"][0]["batch_id"] for i in range(3)}
     older_batches = {per_id[rid][0]["batch_id"] for rid in ("temp-0", "topk-1", "doc-2")}
     assert not plain_batches & older_batches
-    assert emulator.versions_of(next(iter(older_batches))) == ("2023-06-01", ())
-    assert emulator.versions_of(next(iter(plain_batches))) == ("2026-10-21", ())
+    assert emulator.batch_version(next(iter(older_batches))) == ("2023-06-01", ())
+    assert emulator.batch_version(next(iter(plain_batches))) == ("2026-10-21", ())
 
 
 def test_a_deployment_can_reject_what_only_the_older_version_accepts(make_stack, emulator):
@@ -82,7 +82,7 @@ def test_a_deployment_can_reject_what_only_the_older_version_accepts(make_stack,
     assert "params.temperature" in message and "2026-10-21" in message and "2023-06-01" in message
     assert [c["status"] for c in per_id["plain-0"]] == ["succeeded"]
     assert emulator.batch_ids() and all(
-        emulator.versions_of(b) == ("2026-10-21", ()) for b in emulator.batch_ids()
+        emulator.batch_version(b) == ("2026-10-21", ()) for b in emulator.batch_ids()
     )
 
 
@@ -101,7 +101,7 @@ def test_a_beta_travels_with_its_batch_and_lifts_max_tokens(stack, emulator):
     assert [c["status"] for c in per_id["long-0"]] == ["succeeded"]
     assert [c["status"] for c in per_id["plain-0"]] == ["succeeded"]
     assert per_id["long-0"][0]["batch_id"] != per_id["plain-0"][0]["batch_id"]
-    assert emulator.versions_of(per_id["long-0"][0]["batch_id"]) == ("2026-10-21", (OUTPUT_300K,))
+    assert emulator.batch_version(per_id["long-0"][0]["batch_id"]) == ("2026-10-21", (OUTPUT_300K,))
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,9 @@ def test_a_realtime_answer_goes_under_the_version_its_request_needs(make_stack, 
     # Then: it is answered in realtime, under 2023-06-01
     [done] = stack.drain(inbox)
     assert (done["status"], done["route"]) == ("succeeded", "realtime")
-    assert [c.version for c in emulator.messages_created] == ["2023-06-01"]
+    assert [(s.version, n) for s, n in emulator.versions.items() if s.route == "message"] == [
+        ("2023-06-01", 1)
+    ]
 
 
 def test_answers_holding_datetimes_are_stored_and_published(make_stack, emulator):

@@ -29,5 +29,5 @@ def test_with_a_key_it_answers_each_kind_of_call_and_prints_the_cost(monkeypatch
     assert "count_tokens:" in out and "total:" in out
     for rid, route in (("live-batch", "batch"), ("live-temperature", "batch"), ("live-realtime", "realtime")):
         assert any(line.split()[:3] == [rid, route, "succeeded"] for line in out.splitlines()), out
-    assert sorted(emulator.versions_of(b)[0] for b in emulator.batch_ids()) == ["2023-06-01", "2026-10-21"]
+    assert sorted(emulator.batch_version(b)[0] for b in emulator.batch_ids()) == ["2023-06-01", "2026-10-21"]
     assert len(emulator.messages_created) == 1
