@@ -74,7 +74,7 @@ NEEDS = {"api_version": "2023-06-01", "betas": ["output-300k-2026-03-24"]}
 
 def test_a_token_count_sends_every_field_that_changes_the_count_and_the_request_headers(wire):
     # When: a request is counted with its headers
-    assert batches.count_tokens(PARAMS, headers=batches.headers_for(NEEDS)) == 42
+    assert batches.count_tokens(PARAMS, headers=batches.headers_for(NEEDS, realtime=True)) == 42
 
     # Then: the count carries what the SDK's count takes, not what it refuses, under the request's version
     [(path, headers, body)] = wire
@@ -83,18 +83,20 @@ def test_a_token_count_sends_every_field_that_changes_the_count_and_the_request_
         k: PARAMS[k] for k in ("model", "messages", "system", "output_config", "cache_control", "speed")
     }
     assert headers["anthropic-version"] == "2023-06-01"
-    assert headers["anthropic-beta"] == "output-300k-2026-03-24"
+    assert "anthropic-beta" not in headers  # output-300k exists in batches only
 
 
 def test_a_realtime_call_sends_the_request_whole_under_its_headers(wire):
     # When: a request is answered in realtime with its headers
-    answer = batches.message(PARAMS, deadline=clock.now() + 30, headers=batches.headers_for(NEEDS))
+    answer = batches.message(
+        PARAMS, deadline=clock.now() + 30, headers=batches.headers_for(NEEDS, realtime=True)
+    )
 
     # Then: every param went (sampling ones included), under the request's version and betas
     [(path, headers, body)] = wire
     assert path == "/v1/messages" and body == PARAMS
     assert headers["anthropic-version"] == "2023-06-01"
-    assert headers["anthropic-beta"] == "output-300k-2026-03-24"
+    assert "anthropic-beta" not in headers  # output-300k exists in batches only
     assert answer["content"][0]["text"] == "ok"
 
 

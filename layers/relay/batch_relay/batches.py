@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities import parameters
 
 from . import clock
 from .errors import ApiAccessError, NotAcceptedError, OutcomeUnknownError, TransientError, classify
+from .models import BATCH_ONLY_BETAS
 from .observability import MetricUnit, logger, metrics
 
 try:  # the SDK moved to the httpx2 fork; older releases use httpx
@@ -85,15 +86,17 @@ def _sorted(exc: BaseException) -> BaseException:
     return kind
 
 
-def headers_for(needs: Mapping[str, Any]) -> dict[str, str]:
+def headers_for(needs: Mapping[str, Any], realtime: bool = False) -> dict[str, str]:
     """The headers the calls for a request (or a batch of them) go with: its API version when it
     is not the SDK's own, and its betas. A batch is created under one of each, so requests are
-    batched by these."""
+    batched by these. A realtime call or count leaves out the betas that exist in batches only
+    (intake refuses a request that would need one in realtime)."""
     found = {}
     if needs.get("api_version"):
         found["anthropic-version"] = str(needs["api_version"])
-    if needs.get("betas"):
-        found["anthropic-beta"] = ",".join(sorted(needs["betas"]))
+    betas = sorted(b for b in needs.get("betas") or () if not (realtime and b in BATCH_ONLY_BETAS))
+    if betas:
+        found["anthropic-beta"] = ",".join(betas)
     return found
 
 

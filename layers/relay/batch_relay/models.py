@@ -66,6 +66,7 @@ SAMPLING_PARAMS = ("temperature", "top_p", "top_k")
 # to 300,000 output tokens (batches only: such a request can never be answered in realtime).
 OUTPUT_300K = "output-300k-2026-03-24"
 Beta = Literal["output-300k-2026-03-24"]
+BATCH_ONLY_BETAS = frozenset({OUTPUT_300K})
 MAX_TOKENS = 128_000
 MAX_TOKENS_BATCH_ONLY = 300_000
 

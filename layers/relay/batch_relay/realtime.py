@@ -222,7 +222,9 @@ class Realtime:
     def _input_tokens(self, item: dict[str, Any], params: dict[str, Any], line: bytes) -> int:
         until = min(self.until, clock.now() + batches.CALL_SECONDS)
         try:
-            return batches.count_tokens(params, deadline=until, headers=batches.headers_for(item))
+            return batches.count_tokens(
+                params, deadline=until, headers=batches.headers_for(item, realtime=True)
+            )
         except Exception as exc:  # counting is free but rate-limited: the estimate bounds it too
             logger.warning("token count unavailable; estimated", extra={"error": type(exc).__name__})
             return input_tokens_of(len(line))
@@ -231,7 +233,9 @@ class Realtime:
         rid = item["request_id"]
         while True:
             try:
-                answer = batches.message(params, deadline=self.until, headers=batches.headers_for(item))
+                answer = batches.message(
+                    params, deadline=self.until, headers=batches.headers_for(item, realtime=True)
+                )
                 return {"type": "succeeded", "message": answer}
             except TransientError as exc:  # 429/529 (NotAcceptedError), 5xx, a broken connection
                 wait = batches.retry_after(exc) or min(
