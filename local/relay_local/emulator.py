@@ -69,18 +69,19 @@ batch created with `anthropic-beta: output-300k-2026-03-24` takes up to 300,000 
 batches only). A batch request never takes `max_tokens: 0`; a realtime call does, as a cache
 warm-up: the prompt is cached and the answer is empty (`stop_reason` "max_tokens", no output).
 
-Realtime calls: `POST /v1/messages` (route "message", what `client.messages.create` calls) answers
-a Message shaped as a batch result's, with `usage.service_tier` "standard", after `realtime_seconds`
-(a real sleep standing for generation time; `--realtime-seconds`). Its params are checked at once, as
-the API does for realtime calls: a bad model, max_tokens or messages, params the version refuses,
-`stream: true` (the emulator does not stream) and no credit are 400s. Directives apply as answers: `[[emulate:errored:<type>]]`
-is that type's HTTP status (overloaded_error 529, api_error 500, rate_limit_error 429 with
-retry-after, invalid_request_error 400, ...), `[[emulate:long]]` fills max_tokens, and expired or
-canceled mean nothing there. Each answered call is added to `messages_created` as (model,
-input_tokens, output_tokens), since it is billed at list price; `realtime_rate_limit_per_minute`
-limits these calls apart from the batch endpoints' limit. `POST /v1/messages/count_tokens` (route
-"count_tokens", free, neither recorded nor limited) returns `{"input_tokens"}`: the whole prompt a
-message with those params would report, `input_tokens` plus both cache counts.
+Realtime calls: `POST /v1/messages` (route "message", what `client.messages.create` calls) answers a
+Message shaped as a batch result's, with `usage.service_tier` "standard", after `realtime_seconds`
+(a real sleep standing for generation time; `--realtime-seconds`). Its params are checked at once,
+as the API does for realtime calls: a bad model, max_tokens or messages, params the version refuses,
+`stream: true` (the emulator does not stream) and no credit are 400s. Directives apply as answers:
+`[[emulate:errored:<type>]]` is that type's HTTP status (overloaded_error 529, api_error 500,
+rate_limit_error 429 with retry-after, invalid_request_error 400, ...), `[[emulate:long]]` fills
+max_tokens, and expired or canceled mean nothing there. Each answered call is added to
+`messages_created` as (model, input_tokens, output_tokens), since it is billed at list price;
+`realtime_rate_limit_per_minute` limits these calls apart from the batch endpoints' limit. `POST
+/v1/messages/count_tokens` (route "count_tokens", free, neither recorded nor limited) returns
+`{"input_tokens"}`: the whole prompt a message with those params would report, `input_tokens` plus
+both cache counts.
 
 Each batch keeps the latency and the outcome mix in force when it was created, so changing them
 later shapes only new batches. The prompt is the tool definitions (as their JSON), the system prompt
