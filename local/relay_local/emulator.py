@@ -36,9 +36,25 @@ forces the outcome of that request:
     [[emulate:expired]]
     [[emulate:canceled]]
     [[emulate:errored:<error_type>]]   e.g. overloaded_error, api_error, invalid_request_error
-    [[emulate:long]]                   a succeeded answer that fills max_tokens (about 4 bytes a token)
+    [[emulate:errored:<type>:<code>]]  the same; the code is kept in the forced outcome as written
+
+and these shape a succeeded answer, alone or with one of the above:
+
+    [[emulate:long]]                   an answer that fills max_tokens (about 4 bytes a token)
+    [[emulate:container]]              the answer carries `container: {"id", "expires_at"}` (RFC 3339,
+                                       30 days after the request ran: the emulator's
+                                       choice), as when the code-execution tool ran
+    [[emulate:web_search:<n>]]         `usage.server_tool_use` says n web searches (and 0 fetches), and
+                                       25 output tokens a search are added past max_tokens, as server
+                                       tools may go beyond it
 
 Invalid params win over a directive, and a cancel or the 24-hour expiry wins over both.
+
+Usage is shaped as the SDK's `Usage` type: `input_tokens`, `output_tokens`,
+`cache_creation_input_tokens` (the sum of `cache_creation.ephemeral_5m_input_tokens` and
+`ephemeral_1h_input_tokens`: a `cache_control` with `"ttl": "1h"` writes 1-hour tokens, any other
+5-minute ones), `cache_read_input_tokens`, `service_tier` ("batch" in results, "standard" realtime),
+`inference_geo` (the request's, else "global") and, after web searches, `server_tool_use`.
 
 Versions: every call needs an `anthropic-version` header, one of `2023-06-01` and `2026-10-21`
 (what the SDK 2.x sends); another is a 400 naming it. Under `2026-10-21` a message's params may not
@@ -48,20 +64,24 @@ permitted"), a `document` block in an `assistant` message, nor a `text` block wi
 realtime call or a token count, and an errored `invalid_request_error` result for a batch request
 (the create is accepted). A batch keeps the version and the `anthropic-beta` values (comma
 separated) it was created under: `batch_version(batch_id)` gives them. `versions` counts every call
-by `Sent(route, version, betas)`, to check what a client sent.
+by `Sent(route, version, betas)`, to check what a client sent. `max_tokens` is at most 128,000; a
+batch created with `anthropic-beta: output-300k-2026-03-24` takes up to 300,000 (the beta is for
+batches only). A batch request never takes `max_tokens: 0`; a realtime call does, as a cache
+warm-up: the prompt is cached and the answer is empty (`stop_reason` "max_tokens", no output).
 
-Realtime calls: `POST /v1/messages` (route "message", what `client.messages.create` calls) answers
-a Message shaped as a batch result's, with `usage.service_tier` "standard", after `realtime_seconds`
-(a real sleep standing for generation time; `--realtime-seconds`). Its params are checked at once, as
-the API does for realtime calls: a bad model, max_tokens or messages, `stream: true` (the emulator
-does not stream) and no credit are 400s. Directives apply as answers: `[[emulate:errored:<type>]]`
-is that type's HTTP status (overloaded_error 529, api_error 500, rate_limit_error 429 with
-retry-after, invalid_request_error 400, ...), `[[emulate:long]]` fills max_tokens, and expired or
-canceled mean nothing there. Each answered call is added to `messages_created` as (model,
-input_tokens, output_tokens), since it is billed at list price; `realtime_rate_limit_per_minute`
-limits these calls apart from the batch endpoints' limit. `POST /v1/messages/count_tokens` (route
-"count_tokens", free, neither recorded nor limited) returns `{"input_tokens"}`: the whole prompt a
-message with those params would report, `input_tokens` plus both cache counts.
+Realtime calls: `POST /v1/messages` (route "message", what `client.messages.create` calls) answers a
+Message shaped as a batch result's, with `usage.service_tier` "standard", after `realtime_seconds`
+(a real sleep standing for generation time; `--realtime-seconds`). Its params are checked at once,
+as the API does for realtime calls: a bad model, max_tokens or messages, params the version refuses,
+`stream: true` (the emulator does not stream) and no credit are 400s. Directives apply as answers:
+`[[emulate:errored:<type>]]` is that type's HTTP status (overloaded_error 529, api_error 500,
+rate_limit_error 429 with retry-after, invalid_request_error 400, ...), `[[emulate:long]]` fills
+max_tokens, and expired or canceled mean nothing there. Each answered call is added to
+`messages_created` as (model, input_tokens, output_tokens), since it is billed at list price;
+`realtime_rate_limit_per_minute` limits these calls apart from the batch endpoints' limit. `POST
+/v1/messages/count_tokens` (route "count_tokens", free, neither recorded nor limited) returns
+`{"input_tokens"}`: the whole prompt a message with those params would report, `input_tokens` plus
+both cache counts.
 
 Each batch keeps the latency and the outcome mix in force when it was created, so changing them
 later shapes only new batches. The prompt is the tool definitions (as their JSON), the system prompt
@@ -112,8 +132,19 @@ VERSIONS = ("2023-06-01", "2026-10-21")
 LATEST = VERSIONS[-1]
 # Sampling params the newest version no longer takes, even at their default values.
 SAMPLING = ("temperature", "top_p", "top_k")
+# Past a model's usual output ceiling: up to 300,000 tokens with this beta, and in batches only.
+OUTPUT_300K = "output-300k-2026-03-24"
+MAX_OUTPUT = 128_000
+MAX_OUTPUT_300K = 300_000
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-DIRECTIVE = re.compile(r"\[\[emulate:(succeeded|expired|canceled|errored(?::[a-z_]+)?)\]\]")
+# An errored directive may name an error code after its type: kept in the forced outcome as written.
+DIRECTIVE = re.compile(r"\[\[emulate:(succeeded|expired|canceled|errored(?::[a-z_]+(?::[a-z_]+)?)?)\]\]")
+WEB_SEARCH = re.compile(r"\[\[emulate:web_search:(\d{1,4})\]\]")
+CONTAINER = "[[emulate:container]]"
+# How long a code-execution container outlives the request that made it.
+CONTAINER_SECONDS = 30 * DAY
+# What a request that names no inference_geo reports (the workspace default).
+INFERENCE_GEO = "global"
 ROUTE = re.compile(r"^/v1/messages/batches(?:/(?P<id>[^/]+)(?P<tail>/cancel|/results)?)?$")
 # The realtime paths, each with its own route name, so a fault can aim at one kind of call.
 REALTIME = {"/v1/messages": "message", "/v1/messages/count_tokens": "count_tokens"}
@@ -268,6 +299,10 @@ class _Request(NamedTuple):
     long: bool = False
     cached_chars: int = 0  # the prompt up to the last cache_control marker
     cache_read: bool = False  # that prefix was written by an earlier request
+    cached_1h_chars: int = 0  # the part of that prefix under a 1-hour marker
+    web_searches: int = 0
+    container: bool = False
+    geo: str = INFERENCE_GEO
 
 
 class _End(NamedTuple):
@@ -621,7 +656,7 @@ class Emulator:
         if params.get("stream"):
             raise ApiError(400, "stream: this emulator does not stream; send the request without it")
         # Checked at once, unlike in a batch: a realtime call answers 400 for bad params.
-        one, prefix = _digest("", params, version)
+        one, prefix = _digest("", params, version, (0, MAX_OUTPUT))
         if one.invalid:
             raise ApiError(400, one.invalid)
         if not self.credit:
@@ -640,7 +675,7 @@ class Emulator:
                     one = one._replace(cache_read=True)
                 self._cached_prefixes.add(prefix)
             # A fresh key for the id: realtime answers have no batch or custom_id to name them by.
-            answer = _message(_new_id(""), one)
+            answer = _message(_new_id(""), one, self.clock())
             usage = answer["usage"]
             usage["service_tier"] = "standard"
             billed = MessageCall(one.model, usage["input_tokens"], usage["output_tokens"])
@@ -668,6 +703,7 @@ class Emulator:
             raise ApiError(413, f"A batch may hold at most {self.max_requests} requests")
         seen: set[str] = set()
         requests = []
+        limits = (1, MAX_OUTPUT_300K if OUTPUT_300K in betas else MAX_OUTPUT)
         for n, item in enumerate(items):
             cid = item.get("custom_id") if isinstance(item, dict) else None
             params = item.get("params") if isinstance(item, dict) else None
@@ -682,7 +718,7 @@ class Emulator:
             if cid in self.refused_ids:
                 raise ApiError(400, f"requests.{n}.params: this request cannot be processed ({cid})")
             seen.add(cid)
-            requests.append(_digest(cid, params, version))
+            requests.append(_digest(cid, params, version, limits))
         with self._lock:
             if self.max_queued_requests is not None:
                 queued = sum(len(b.requests) for b in self._batches.values() if self._state(b)[0] != "ended")
@@ -807,7 +843,7 @@ class Emulator:
 
     def _result(self, batch: _Batch, kind: str, error: str | None, req: _Request) -> dict[str, Any]:
         if kind == "succeeded":
-            return {"type": "succeeded", "message": _message(batch.id, req)}
+            return {"type": "succeeded", "message": _message(batch.id, req, batch.created + batch.latency)}
         if kind == "errored":
             if error == "invalid_request_error" and not batch.credit:
                 message = NO_CREDIT
@@ -881,31 +917,38 @@ def _route(method: str, path: str, found: re.Match[str] | None) -> str:
     return {"GET": "retrieve", "DELETE": "delete"}.get(method, "unknown")
 
 
-def _texts(value: Any) -> Iterator[tuple[str, bool]]:
+def _ttl(marker: Any) -> str:
+    """The TTL a `cache_control` marker asks for ("5m" unless it says "1h"), "" for no marker."""
+    if not marker:
+        return ""
+    return "1h" if isinstance(marker, dict) and marker.get("ttl") == "1h" else "5m"
+
+
+def _texts(value: Any) -> Iterator[tuple[str, str]]:
     """The text of a system prompt or of message contents, however it is laid out in blocks, each
-    piece with whether it closes a `cache_control` block."""
+    piece with the TTL of the `cache_control` block it closes ("" when it closes none)."""
     if isinstance(value, str):
-        yield value, False
+        yield value, ""
     elif isinstance(value, list):
         for item in value:
             yield from _texts(item)
     elif isinstance(value, dict):
         if isinstance(value.get("text"), str):
-            yield value["text"], False
+            yield value["text"], ""
         if "content" in value:
             yield from _texts(value["content"])
         if value.get("cache_control"):
-            yield "", True
+            yield "", _ttl(value["cache_control"])
 
 
-def _tool_texts(tools: Any) -> Iterator[tuple[str, bool]]:
+def _tool_texts(tools: Any) -> Iterator[tuple[str, str]]:
     """Tool definitions, which come first in the prompt, as their JSON; a marked one closes a prefix."""
     if not isinstance(tools, list):
         return
     for tool in tools:
         if isinstance(tool, dict):
             plain = {k: v for k, v in tool.items() if k != "cache_control"}
-            yield json.dumps(plain, sort_keys=True), bool(tool.get("cache_control"))
+            yield json.dumps(plain, sort_keys=True), _ttl(tool.get("cache_control"))
 
 
 def _betas(header: str | None) -> tuple[str, ...]:
@@ -936,8 +979,11 @@ def _refused_by(version: str, params: dict[str, Any]) -> str | None:
     return None
 
 
-def _digest(custom_id: str, params: dict[str, Any], version: str = LATEST) -> tuple[_Request, int | None]:
-    """What to keep of one request, and a key for its cached prefix when it marks one."""
+def _digest(
+    custom_id: str, params: dict[str, Any], version: str = LATEST, limits: tuple[int, int] = (1, MAX_OUTPUT)
+) -> tuple[_Request, int | None]:
+    """What to keep of one request, and a key for its cached prefix when it marks one. `limits` are
+    the least and the most max_tokens the call takes (a batch never takes 0; a beta lifts the most)."""
     messages = params.get("messages")
     model, max_tokens = params.get("model"), params.get("max_tokens")
     invalid = None
@@ -947,24 +993,33 @@ def _digest(custom_id: str, params: dict[str, Any], version: str = LATEST) -> tu
         invalid = f"model: {model}"
     elif "max_tokens" not in params:
         invalid = "max_tokens: Field required"
-    elif not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        invalid = "max_tokens: must be greater than or equal to 1"
+    elif not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < limits[0]:
+        invalid = f"max_tokens: must be greater than or equal to {limits[0]}"
+    elif max_tokens > limits[1]:
+        invalid = (
+            f"max_tokens: {max_tokens} > {limits[1]}, which is the maximum allowed number of output "
+            f"tokens for {model}"
+        )
     elif not isinstance(messages, list) or not messages:
         invalid = "messages: at least one message is required"
     else:
         invalid = _refused_by(version, params)
     hasher = hashlib.blake2b(digest_size=8)
-    chars = cached_chars = 0
+    chars = cached_chars = cached_1h_chars = 0
     prefix_key = None
     pieces = chain(_tool_texts(params.get("tools")), _texts([params.get("system"), messages]))
-    for text, marked in pieces:
+    for text, ttl in pieces:
         chars += len(text)
         hasher.update(text.encode("utf-8", "replace"))
-        if marked:
+        if ttl:
             cached_chars = chars
+            # The API wants 1-hour markers before 5-minute ones: the prefix up to the last of them is 1-hour.
+            cached_1h_chars = chars if ttl == "1h" else cached_1h_chars
             prefix_key = hash((model, chars, hasher.copy().digest()))
     last = _last_user_text(messages)
     found = DIRECTIVE.search(last)
+    searches = WEB_SEARCH.search(last)
+    geo = params.get("inference_geo")
     digest = _Request(
         custom_id,
         sys.intern(model) if isinstance(model, str) else "",
@@ -975,6 +1030,11 @@ def _digest(custom_id: str, params: dict[str, Any], version: str = LATEST) -> tu
         invalid,
         "[[emulate:long]]" in last,
         cached_chars if invalid is None else 0,
+        False,
+        cached_1h_chars if invalid is None else 0,
+        int(searches.group(1)) if searches else 0,
+        CONTAINER in last,
+        sys.intern(geo) if isinstance(geo, str) and geo else INFERENCE_GEO,
     )
     return digest, prefix_key if invalid is None and cached_chars else None
 
@@ -1000,30 +1060,48 @@ def _input_tokens(req: _Request) -> tuple[int, int]:
     return max(1, (req.prompt_chars - req.cached_chars) // 4), req.cached_chars // 4
 
 
-def _message(batch_id: str, req: _Request) -> dict[str, Any]:
+def _message(batch_id: str, req: _Request, at: float) -> dict[str, Any]:
+    """The answer to one request, run at `at` (what a container's expiry counts from)."""
     # An ordinary answer ends on its own well within max_tokens; a "long" one runs into the limit.
     n = req.max_tokens if req.long else min(8 + req.prompt_hash % 40, max(1, int(req.max_tokens / 1.3)))
     start = (req.prompt_hash >> 8) % len(WORDS)
     words = [WORDS[(start + i) % len(WORDS)] for i in range(n)]
     output_tokens = max(1, min(req.max_tokens, math.ceil(n * 1.3)))
     stop = "max_tokens" if req.long else "end_turn"
+    content = [{"type": "text", "text": " ".join(words).capitalize() + "."}]
+    if req.max_tokens == 0:
+        # A cache warm-up (realtime only): the prompt is read and cached, nothing is generated.
+        content, output_tokens, stop = [], 0, "max_tokens"
+    # Server tools write their queries outside the answer, so max_tokens does not bound them.
+    output_tokens += 25 * req.web_searches
     fresh, cached = _input_tokens(req)
-    return {
+    written = 0 if req.cache_read else cached
+    hour = 0 if req.cache_read else req.cached_1h_chars // 4
+    usage: dict[str, Any] = {
+        "input_tokens": fresh,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": cached if req.cache_read else 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": written - hour, "ephemeral_1h_input_tokens": hour},
+        "service_tier": "batch",
+        "inference_geo": req.geo,
+    }
+    if req.web_searches:
+        usage["server_tool_use"] = {"web_search_requests": req.web_searches, "web_fetch_requests": 0}
+    message: dict[str, Any] = {
         "id": _stable_id("msg_01", batch_id, req.custom_id, n=22),
         "type": "message",
         "role": "assistant",
         "model": req.model,
-        "content": [{"type": "text", "text": " ".join(words).capitalize() + "."}],
+        "content": content,
         "stop_reason": stop,
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": fresh,
-            "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0 if req.cache_read else cached,
-            "cache_read_input_tokens": cached if req.cache_read else 0,
-            "service_tier": "batch",
-        },
+        "usage": usage,
     }
+    if req.container:
+        container_id = _stable_id("container_", batch_id, req.custom_id)
+        message["container"] = {"id": container_id, "expires_at": _stamp(at + CONTAINER_SECONDS)}
+    return message
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -12,7 +12,7 @@ import tracemalloc
 import urllib.error
 import urllib.request
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import anthropic
 import pytest
@@ -565,9 +565,10 @@ def test_a_realtime_message_is_answered_at_list_price(client, emu):
 
 
 def test_realtime_params_are_checked_at_once(client, emu):
-    for bad in ({"model": "gpt-4o"}, {"max_tokens": 0}, {"messages": []}, {"stream": True}):
+    for bad in ({"model": "gpt-4o"}, {"max_tokens": 128_001}, {"messages": []}, {"stream": True}):
         with pytest.raises(anthropic.BadRequestError) as refused:
-            client.messages.create(**params() | bad)
+            # A timeout of its own, or the SDK refuses a large max_tokens without streaming.
+            client.messages.create(**params() | bad, timeout=30)
         assert refused.value.body["error"]["type"] == "invalid_request_error"
         assert next(iter(bad)) in refused.value.body["error"]["message"]
     # The SDK will not send a create without a model: below it, the API's own answer.
@@ -864,3 +865,93 @@ def test_versions_are_checked_and_counted(client, emu):
     assert unknown.value.body["error"]["type"] == "invalid_request_error"
     assert "2024-01-01" in unknown.value.body["error"]["message"]
     assert sum(emu.versions.values()) == 3
+
+
+OUTPUT_300K = {"anthropic-beta": "output-300k-2026-03-24"}
+
+
+def test_max_tokens_limits_and_the_output_300k_beta(client, emu, clock):
+    sizes = {"zero": 0, "ceiling": 128_000, "over": 128_001, "most": 300_000, "past": 300_001}
+    sent = [req(name, max_tokens=n) for name, n in sizes.items()]
+    plain = client.messages.batches.create(requests=sent)
+    beta = client.with_options(default_headers=OUTPUT_300K).messages.batches.create(requests=sent)
+    assert emu.batch_version(beta.id) == ("2026-10-21", ("output-300k-2026-03-24",))
+    clock.advance(61)
+    kinds = {}
+    for batch in (plain, beta):
+        results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+        kinds[batch.id] = {name: r.type for name, r in results.items()}
+        assert results["zero"].error.error.message == "max_tokens: must be greater than or equal to 1"
+    assert kinds[plain.id] == {
+        "zero": "errored",
+        "ceiling": "succeeded",
+        "over": "errored",
+        "most": "errored",
+        "past": "errored",
+    }
+    assert kinds[beta.id] == {
+        "zero": "errored",
+        "ceiling": "succeeded",
+        "over": "succeeded",
+        "most": "succeeded",
+        "past": "errored",
+    }
+    # The beta is for batches: a realtime call stays under the usual ceiling even when sending it.
+    with pytest.raises(anthropic.BadRequestError, match="128001 > 128000"):
+        client.with_options(default_headers=OUTPUT_300K).messages.create(
+            **params(max_tokens=128_001), timeout=30
+        )
+    # Realtime, max_tokens 0 warms the cache: nothing is generated.
+    system = [{"type": "text", "text": "policy " * 400, "cache_control": {"type": "ephemeral"}}]
+    warm = client.messages.create(**params(max_tokens=0, system=system))
+    assert warm.content == [] and warm.stop_reason == "max_tokens" and warm.usage.output_tokens == 0
+    assert warm.usage.cache_creation_input_tokens == 700
+    assert client.messages.create(**params(system=system)).usage.cache_read_input_tokens == 700
+
+
+def test_usage_splits_cache_writes_by_ttl(client, clock):
+    hour = [{"type": "text", "text": "rules " * 400, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    five = [{"type": "text", "text": "style " * 200, "cache_control": {"type": "ephemeral"}}]
+    both = client.messages.create(**params("ticket 1", system=hour + five)).usage
+    assert both.cache_creation.ephemeral_1h_input_tokens == 600
+    assert both.cache_creation.ephemeral_5m_input_tokens == 300
+    assert both.cache_creation_input_tokens == 900 and both.cache_read_input_tokens == 0
+    assert (both.service_tier, both.inference_geo, both.server_tool_use) == ("standard", "global", None)
+    read = client.messages.create(**params("ticket 2", system=hour + five)).usage
+    assert read.cache_read_input_tokens == 900 and read.cache_creation_input_tokens == 0
+    assert (read.cache_creation.ephemeral_1h_input_tokens, read.cache_creation.ephemeral_5m_input_tokens) == (
+        0,
+        0,
+    )
+    other = [{"type": "text", "text": "other " * 400, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    batch = client.messages.batches.create(requests=[req("a", system=other, inference_geo="us")])
+    clock.advance(61)
+    (line,) = client.messages.batches.results(batch.id)
+    usage = line.result.message.usage
+    assert usage.cache_creation.ephemeral_1h_input_tokens == 600 == usage.cache_creation_input_tokens
+    assert (usage.service_tier, usage.inference_geo) == ("batch", "us")
+
+
+def test_container_and_web_search_directives(client, clock):
+    started = datetime.fromtimestamp(clock(), tz=UTC)
+    answer = client.messages.create(**params("run it [[emulate:container]]"))
+    assert answer.container.id.startswith("container_")
+    assert answer.container.expires_at == started + timedelta(days=30)
+    assert client.messages.create(**params()).container is None
+    searched = client.messages.create(**params("look it up [[emulate:web_search:3]]", max_tokens=10))
+    tools = searched.usage.server_tool_use
+    assert (tools.web_search_requests, tools.web_fetch_requests) == (3, 0)
+    # Server tools are not bounded by max_tokens.
+    assert searched.usage.output_tokens > 10
+    sent = [
+        req("box", text="[[emulate:container]] [[emulate:web_search:2]]"),
+        req("both", text="[[emulate:container]] [[emulate:errored:overloaded_error]]"),
+    ]
+    batch = client.messages.batches.create(requests=sent)
+    clock.advance(61)
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    box = results["box"].message
+    assert box.container.id.startswith("container_") and box.usage.server_tool_use.web_search_requests == 2
+    assert box.container.expires_at == started + timedelta(seconds=60, days=30)
+    # A forced outcome wins: the container shapes only a succeeded answer.
+    assert results["both"].type == "errored"

@@ -1,0 +1,341 @@
+"""The emulator's answers and the bodies it accepts, held to the SDK's own types, strictly.
+
+The SDK's models take unknown keys silently and read missing optional ones as None, so a response
+that drifted from the API would still parse. Here every answer is validated with pydantic (not the
+SDK's lenient `construct`) and walked with its type: a key the type does not declare is drift.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+import urllib.request
+from collections.abc import Iterable, Iterator
+from typing import Any, NotRequired, Required, get_args, get_origin
+
+import anthropic
+import pydantic
+import pytest
+from anthropic.pagination import SyncPage
+from anthropic.types import Message, MessageTokensCount
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
+from anthropic.types.messages import DeletedMessageBatch, MessageBatch, MessageBatchIndividualResponse
+from anthropic.types.messages.batch_create_params import BatchCreateParams
+from anthropic.types.shared import ErrorDetails, ErrorResponse
+from relay_local.emulator import Emulator, EmulatorServer, SimClock
+from typing_extensions import is_typeddict
+
+KEY = {"x-api-key": "k", "anthropic-version": "2026-10-21", "content-type": "application/json"}
+_adapters: dict[int, pydantic.TypeAdapter[Any]] = {}
+
+
+def _adapter(kind: Any) -> pydantic.TypeAdapter[Any]:
+    found = _adapters.get(id(kind))
+    if found is None:
+        found = _adapters[id(kind)] = pydantic.TypeAdapter(kind)
+    return found
+
+
+def _invalid(kind: Any, data: Any) -> str | None:
+    try:
+        _adapter(kind).validate_python(data)
+    except pydantic.ValidationError as exc:
+        return str(exc)
+    return None
+
+
+def _strip(kind: Any) -> Any:
+    """The type under Annotated, Required and NotRequired wrappers."""
+    while get_origin(kind) in (typing.Annotated, Required, NotRequired):
+        kind = get_args(kind)[0]
+    return kind
+
+
+def _fields(kind: Any) -> dict[str, Any]:
+    """The keys a model or TypedDict declares (by the name the JSON uses), with their types."""
+    if is_typeddict(kind):
+        return {name: hint for name, hint in typing.get_type_hints(kind, include_extras=True).items()}
+    return {(f.alias or name): f.annotation for name, f in kind.model_fields.items()}
+
+
+def undeclared(kind: Any, data: Any, path: str = "$") -> list[str]:
+    """Where `data` holds keys `kind` does not declare, walking models, TypedDicts, unions (the
+    member the data fits best), lists, iterables and dicts together with the data. Items of an
+    `Iterable` are validated here too: pydantic validates those only when they are iterated."""
+    kind = _strip(kind)
+    origin = get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        members = [m for m in get_args(kind) if m is not type(None)]
+        if data is None:
+            return []
+        fits = [undeclared(m, data, path) for m in members if _invalid(m, data) is None]
+        if not fits:
+            return [f"{path}: fits no member of {kind}"]
+        return min(fits, key=len)
+    if isinstance(kind, type) and (is_typeddict(kind) or issubclass(kind, pydantic.BaseModel)):
+        if not isinstance(data, dict):
+            return []
+        declared = _fields(kind)
+        found = [f"{path}.{key}" for key in data if key not in declared]
+        for key, value in data.items():
+            if key in declared:
+                found += undeclared(declared[key], value, f"{path}.{key}")
+        return found
+    if origin in (list, typing.List, Iterable, typing.Iterable, typing.Sequence):  # noqa: UP006
+        (item,) = get_args(kind) or (Any,)
+        found = []
+        for n, value in enumerate(data if isinstance(data, list) else []):
+            if origin not in (list, typing.List):  # noqa: UP006
+                problem = _invalid(item, value)
+                found += [f"{path}[{n}]: {problem}"] if problem else []
+            found += undeclared(item, value, f"{path}[{n}]")
+        return found
+    if origin in (dict, typing.Dict) and isinstance(data, dict):  # noqa: UP006
+        value_type = get_args(kind)[1] if get_args(kind) else Any
+        return [p for k, v in data.items() for p in undeclared(value_type, v, f"{path}.{k}")]
+    return []
+
+
+def strict(kind: Any, data: Any) -> None:
+    """`data` is what `kind` says, with nothing more."""
+    problem = _invalid(kind, data)
+    assert problem is None, problem
+    extra = undeclared(kind, data)
+    assert not extra, f"keys the SDK's {kind} does not declare: {extra}"
+
+
+def error_body(data: dict[str, Any]) -> None:
+    """An error envelope: ErrorResponse, whose error objects declare no `details`; the SDK declares
+    those apart (`ErrorDetails`, read by its exceptions), so they are checked as that."""
+    data = json.loads(json.dumps(data))
+    details = data["error"].pop("details", None)
+    strict(ErrorResponse, data)
+    if details is not None:
+        strict(ErrorDetails, details)
+
+
+@pytest.fixture
+def clock() -> SimClock:
+    return SimClock(start=1_800_000_000.0)
+
+
+@pytest.fixture
+def emu(clock: SimClock) -> Emulator:
+    return Emulator(latency_seconds=60, clock=clock, seed=5, cancel_seconds=5)
+
+
+def call(
+    emu: Emulator, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    raw = b"" if body is None else json.dumps(body).encode()
+    status, _, payload = emu.handle(method, path, KEY | (headers or {}), raw)
+    if isinstance(payload, Iterator):
+        return status, [json.loads(line) for line in b"".join(payload).splitlines()]
+    return status, json.loads(payload)
+
+
+def params(text: str = "Summarise this ticket.", **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": text}],
+    } | extra
+
+
+CACHED = [
+    {"type": "text", "text": "rules " * 400, "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+    {"type": "text", "text": "style " * 200, "cache_control": {"type": "ephemeral"}},
+]
+# One request of each kind of answer a batch gives.
+REQUESTS = [
+    {"custom_id": "plain", "params": params()},
+    {"custom_id": "cached", "params": params(system=CACHED)},
+    {"custom_id": "box", "params": params("[[emulate:container]] [[emulate:web_search:2]]")},
+    {"custom_id": "long", "params": params("[[emulate:long]]", max_tokens=20)},
+    {"custom_id": "errored", "params": params("[[emulate:errored:overloaded_error]]")},
+    {"custom_id": "invalid", "params": params(max_tokens=0)},
+    {"custom_id": "expired", "params": params("[[emulate:expired]]")},
+    {"custom_id": "canceled", "params": params("[[emulate:canceled]]")},
+]
+
+
+def test_batches_and_their_results_are_what_the_sdk_declares(emu: Emulator, clock: SimClock) -> None:
+    strict(BatchCreateParams, {"requests": REQUESTS})
+    status, made = call(emu, "POST", "/v1/messages/batches", {"requests": REQUESTS})
+    assert status == 200 and made["processing_status"] == "in_progress"
+    strict(MessageBatch, made)
+    _, other = call(emu, "POST", "/v1/messages/batches", {"requests": REQUESTS[:1]})
+    _, canceling = call(emu, "POST", f"/v1/messages/batches/{other['id']}/cancel")
+    assert canceling["processing_status"] == "canceling"
+    strict(MessageBatch, canceling)
+    clock.advance(61)
+    for batch_id in (made["id"], other["id"]):
+        _, ended = call(emu, "GET", f"/v1/messages/batches/{batch_id}")
+        assert ended["processing_status"] == "ended" and ended["results_url"]
+        strict(MessageBatch, ended)
+    _, page = call(emu, "GET", "/v1/messages/batches?limit=1")
+    assert page["has_more"] and len(page["data"]) == 1
+    strict(SyncPage[MessageBatch], page)
+    _, empty = call(emu, "GET", f"/v1/messages/batches?after_id={made['id']}")
+    strict(SyncPage[MessageBatch], empty)
+    status, lines = call(emu, "GET", f"/v1/messages/batches/{made['id']}/results")
+    by_id = {line["custom_id"]: line for line in lines}
+    kinds = {cid: line["result"]["type"] for cid, line in by_id.items()}
+    assert set(kinds.values()) == {"succeeded", "errored", "expired", "canceled"}
+    for line in lines:
+        strict(MessageBatchIndividualResponse, line)
+        if line["result"]["type"] == "errored":
+            error_body(line["result"]["error"])
+    box = by_id["box"]["result"]["message"]
+    assert box["container"]["expires_at"] and box["usage"]["server_tool_use"]["web_search_requests"] == 2
+    cache = by_id["cached"]["result"]["message"]["usage"]["cache_creation"]
+    assert cache == {"ephemeral_5m_input_tokens": 300, "ephemeral_1h_input_tokens": 600}
+    assert by_id["invalid"]["result"]["error"]["error"]["type"] == "invalid_request_error"
+    _, deleted = call(emu, "DELETE", f"/v1/messages/batches/{made['id']}")
+    strict(DeletedMessageBatch, deleted)
+
+
+def test_realtime_answers_and_counts_are_what_the_sdk_declares(emu: Emulator) -> None:
+    bodies = [
+        params(),
+        params(system=CACHED),
+        params(system=CACHED),  # read from the cache this time
+        params("[[emulate:container]] [[emulate:web_search:3]]", max_tokens=5),
+        params("[[emulate:long]]", max_tokens=12),
+        params(max_tokens=0, inference_geo="us"),
+    ]
+    for body in bodies:
+        strict(MessageCreateParamsNonStreaming, body)
+        status, answer = call(emu, "POST", "/v1/messages", body)
+        assert status == 200, answer
+        strict(Message, answer)
+        # What the API always sends, though the SDK's type lets it be absent.
+        assert {"cache_creation", "service_tier", "inference_geo"} <= set(answer["usage"])
+    counted = params(system=CACHED, tools=[{"name": "t", "input_schema": {"type": "object"}}])
+    del counted["max_tokens"]
+    status, count = call(emu, "POST", "/v1/messages/count_tokens", counted)
+    assert status == 200
+    strict(MessageTokensCount, count)
+
+
+def test_errors_are_what_the_sdk_declares(emu: Emulator, clock: SimClock) -> None:
+    answers = [
+        call(emu, "GET", "/v1/messages/batches", headers={"anthropic-version": ""}),
+        call(emu, "GET", "/v1/messages/batches", headers={"anthropic-version": "2099-01-01"}),
+        call(emu, "POST", "/v1/messages", params(temperature=0.5)),
+        call(emu, "POST", "/v1/messages", params(max_tokens=128_001)),
+        call(emu, "POST", "/v1/messages/batches", {"requests": []}),
+        call(emu, "GET", "/v1/messages/batches/msgbatch_missing"),
+        call(emu, "GET", "/v1/complete"),
+    ]
+    for kind in ("overloaded_error", "api_error", "rate_limit_error", "timeout_error", "billing_error"):
+        answers.append(call(emu, "POST", "/v1/messages", params(f"[[emulate:errored:{kind}]]")))
+    status, _, body = emu.handle("GET", "/v1/messages/batches", {"anthropic-version": "2026-10-21"}, b"")
+    answers.append((status, json.loads(body)))  # type: ignore[arg-type]
+    emu.inject("GET", "/v1/messages/batches", 529)
+    answers.append(call(emu, "GET", "/v1/messages/batches"))
+    statuses = []
+    for status, body in answers:
+        statuses.append(status)
+        error_body(body)
+    assert statuses == [400, 400, 400, 400, 400, 404, 404, 529, 500, 429, 504, 402, 401, 529]
+
+
+def test_an_oversize_body_is_the_one_error_type_the_sdk_does_not_declare(emu: Emulator) -> None:
+    # The API answers 413 with `request_too_large`, which the SDK's ErrorObject union lacks.
+    emu.max_bytes = 10
+    status, body = call(emu, "POST", "/v1/messages/batches", {"requests": REQUESTS})
+    assert status == 413 and body["error"]["type"] == "request_too_large"
+    with pytest.raises(AssertionError, match="request_too_large"):
+        error_body(body)
+    body["error"]["type"] = "invalid_request_error"
+    error_body(body)  # the rest of it is the envelope
+
+
+def test_over_http_the_sdk_gets_the_same_shapes(emu: Emulator, clock: SimClock) -> None:
+    with EmulatorServer(emu) as server:
+        client = anthropic.Anthropic(base_url=server.url, api_key="k", max_retries=0)
+        answer = client.messages.with_raw_response.create(**params("[[emulate:container]]"))  # type: ignore[arg-type]
+        strict(Message, json.loads(answer.http_response.content))
+        made = client.messages.batches.create(requests=REQUESTS[:4])  # type: ignore[arg-type]
+        clock.advance(61)
+        raw = client.messages.batches.with_raw_response.retrieve(made.id)
+        strict(MessageBatch, json.loads(raw.http_response.content))
+        ended = client.messages.batches.retrieve(made.id)
+        assert ended.results_url
+        request = urllib.request.Request(ended.results_url, headers=KEY)
+        with urllib.request.urlopen(request) as response:
+            lines = response.read().splitlines()
+        assert len(lines) == 4
+        for line in lines:
+            strict(MessageBatchIndividualResponse, json.loads(line))
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "where"),
+    [
+        (MessageTokensCount, {"input_tokens": 3, "output_tokens": 1}, "$.output_tokens"),
+        (
+            Message,
+            {
+                "id": "m",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-haiku-4-5",
+                "content": [{"type": "text", "text": "hi", "extra": 1}],
+                "usage": {
+                    "input_tokens": 1,
+                    "output_tokens": 1,
+                    "cache_creation": {
+                        "ephemeral_5m_input_tokens": 0,
+                        "ephemeral_1h_input_tokens": 0,
+                        "ephemeral_2h": 0,
+                    },
+                },
+            },
+            "$.content[0].extra",
+        ),
+        (
+            MessageBatchIndividualResponse,
+            {
+                "custom_id": "a",
+                "result": {
+                    "type": "errored",
+                    "error": {"type": "error", "error": {"type": "api_error", "message": "x", "code": 1}},
+                },
+            },
+            "$.result.error.error.code",
+        ),
+        (
+            BatchCreateParams,
+            {"requests": [{"custom_id": "a", "params": params(temperature=1)}]},
+            "$.requests[0].params.temperature",
+        ),
+    ],
+)
+def test_the_check_finds_undeclared_keys_at_any_depth(kind: Any, data: Any, where: str) -> None:
+    assert _invalid(kind, data) is None
+    assert where in undeclared(kind, data)
+    with pytest.raises(AssertionError):
+        strict(kind, data)
+
+
+def test_the_check_finds_missing_required_keys() -> None:
+    with pytest.raises(AssertionError, match="request_counts"):
+        strict(
+            MessageBatch,
+            {
+                "id": "b",
+                "type": "message_batch",
+                "processing_status": "ended",
+                "created_at": "2026-01-01T00:00:00Z",
+                "expires_at": "2026-01-02T00:00:00Z",
+            },
+        )
+    usage = {"input_tokens": 1, "output_tokens": 1, "server_tool_use": {"web_search_requests": 1}}
+    with pytest.raises(AssertionError, match="web_fetch_requests"):
+        strict(
+            Message,
+            {"id": "m", "type": "message", "role": "assistant", "model": "m", "content": [], "usage": usage},
+        )
