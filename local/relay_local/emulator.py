@@ -93,8 +93,9 @@ counts only what follows the last marker.
 Faults on demand: `inject(method, path_prefix, status, count, retry_after)` answers the next
 matching calls with an error (`retry-after` header when given); `lose_create_answers(n, how)` makes
 the next n creates go through and then answers 503 (`how="503"`) or drops the connection
-(`how="reset"`), as a gateway losing the answer would; `chaos(rate, seed)` does all of these at
-random (429/529/5xx before acting, lost create answers after, results streams cut half-way), and
+(`how="reset"`), as a gateway losing the answer would, and `lose_answers("message", n, how)` does
+the same to realtime calls after they are billed; `chaos(rate, seed)` does all of these at
+random (429/529/5xx before acting, lost create and realtime answers after, results streams cut half-way), and
 `batch_ids()` lists every batch made, to count who was billed twice; `break_results_after(n)` cuts the
 next results stream after n lines. A fault's path prefix is matched as it is: one on
 `/v1/messages/batches` never hits a realtime call, and its route ("create", "message", ...) narrows
@@ -405,7 +406,7 @@ class Emulator:
     _cached_prefixes: set[int] = field(default_factory=set, repr=False)
     _faults: list[_Fault] = field(default_factory=list, repr=False)
     _break_after: int | None = field(default=None, repr=False)
-    _lose: list[str] = field(default_factory=list, repr=False)
+    _lose: list[tuple[str, str]] = field(default_factory=list, repr=False)  # (route, how)
     _chaos: random.Random | None = field(default=None, repr=False)
     _chaos_rate: float = field(default=0.0, repr=False)
     faults_served: Counter[str] = field(default_factory=Counter, repr=False)
@@ -438,8 +439,13 @@ class Emulator:
 
     def lose_create_answers(self, count: int = 1, how: str = "503") -> None:
         """Create the next `count` batches, then lose each answer: a 503 or a dropped connection."""
+        self.lose_answers("create", count, how)
+
+    def lose_answers(self, route: str, count: int = 1, how: str = "503") -> None:
+        """Act on the next `count` calls of `route` ("create", "message"), then lose each answer:
+        a 503 or a dropped connection, after the batch was made or the message billed."""
         with self._lock:
-            self._lose.extend([how] * count)
+            self._lose.extend([(route, how)] * count)
 
     def chaos(self, rate: float, seed: int) -> None:
         """Fail about `rate` of calls at random, in every way the service can (seeded)."""
@@ -542,8 +548,8 @@ class Emulator:
             self._throttle(route)
             batch_id = found.group("id") if found else None
             payload = self._dispatch(route, batch_id, query, body, size, version, betas)
-            if route == "create":
-                self._lose_answer()
+            if route in ("create", "message"):
+                self._lose_answer(route)
         except ApiError as err:
             return self._error(err)
         request_id = {"request-id": _new_id("req_")}
@@ -567,16 +573,17 @@ class Emulator:
                 self.faults_served[f"refused {status}"] += 1
                 raise ApiError(status, f"injected {status}", 0.001 if status == 429 else None)
 
-    def _lose_answer(self) -> None:
+    def _lose_answer(self, route: str) -> None:
         with self._lock:
-            how = self._lose.pop(0) if self._lose else None
+            planned = next((n for n, (r, _) in enumerate(self._lose) if r == route), None)
+            how = self._lose.pop(planned)[1] if planned is not None else None
             if how is None and self._roll() < self._chaos_rate / 2:
                 how = "503" if self._roll() < 0.5 else "reset"
             if how is None:
                 return
-            self.faults_served[f"lost create answer ({how})"] += 1
+            self.faults_served[f"lost {route} answer ({how})"] += 1
         if how == "reset":
-            raise ConnectionResetError("answer lost after the batch was created")
+            raise ConnectionResetError(f"answer lost after the {route} call acted")
         raise ApiError(503, "upstream connect error or disconnect/reset before headers")
 
     def _authenticate(self, headers: dict[str, str]) -> None:
