@@ -309,3 +309,20 @@ def test_a_request_dearer_than_the_whole_budget_is_answered_not_left_blocking(ma
     got = once(stack, inbox, ["dear", "cheap"])
     assert got["dear"]["status"] == "errored" and got["dear"]["error"]["type"] == "budget_exceeded"
     assert got["cheap"]["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("how", ["503", "reset"])
+def test_a_realtime_call_whose_answer_was_lost_is_sent_again_only_as_a_new_attempt(stack, emulator, how):
+    # Given: the API runs a realtime call, then its answer is lost (a 5xx from a gateway, a reset)
+    inbox = stack.subscribe()
+    emulator.lose_answers("message", 1, how=how)
+
+    # When: a request no batch can make in time is answered
+    stack.send([request("lost-rt", deadline=at(1800))])
+    stack.pump()
+
+    # Then: it succeeds once, and every call billed for it is an attempt its completion counts
+    done = once(stack, inbox, ["lost-rt"])["lost-rt"]
+    assert (done["status"], done["route"]) == ("succeeded", "realtime")
+    billed = len(emulator.messages_created)
+    assert billed == 2 and done["attempts"] == billed, (billed, done["attempts"])
