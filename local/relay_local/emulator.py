@@ -36,7 +36,7 @@ forces the outcome of that request:
     [[emulate:expired]]
     [[emulate:canceled]]
     [[emulate:errored:<error_type>]]   e.g. overloaded_error, api_error, invalid_request_error
-    [[emulate:errored:<type>:<code>]]  the same; the code is kept in the forced outcome as written
+    [[emulate:errored:<type>:<code>]]  in a batch, the line's error.details.error_code
 
 and these shape a succeeded answer, alone or with one of the above:
 
@@ -90,8 +90,11 @@ prefix: the first request (batch or realtime) to send a given prefix writes it
 (`cache_creation_input_tokens`), later ones read it (`cache_read_input_tokens`), and `input_tokens`
 counts only what follows the last marker.
 
-Faults on demand: `inject(method, path_prefix, status, count, retry_after)` answers the next
-matching calls with an error (`retry-after` header when given); `lose_create_answers(n, how)` makes
+Faults on demand: `inject(method, path_prefix, status, count, retry_after, error_code=,
+should_retry=)` answers the next matching calls with an error (`retry-after` header when given,
+`error.details.error_code` and `x-should-retry` as the API sends them); `account_error` (a code of
+ACCOUNT_ERRORS, e.g. "organization_on_hold") refuses realtime calls with it and ends every request
+of a batch made meanwhile errored with it; `lose_create_answers(n, how)` makes
 the next n creates go through and then answers 503 (`how="503"`) or drops the connection
 (`how="reset"`), as a gateway losing the answer would, and `lose_answers("message", n, how)` does
 the same to realtime calls after they are billed; `chaos(rate, seed)` does all of these at
@@ -170,6 +173,19 @@ NO_CREDIT = (
     "Your credit balance is too low to access the Anthropic API. "
     "Please go to Plans & Billing to upgrade or purchase credits."
 )
+# Account problems the API names by code: (status, error type, message). Spend caps come as 429s
+# the client is told not to retry (`x-should-retry: false`), without a retry-after.
+ACCOUNT_ERRORS = {
+    "organization_on_hold": (400, "invalid_request_error", "This organization has been disabled."),
+    "cmek_key_disabled": (400, "invalid_request_error", "The workspace's encryption key is disabled."),
+    "workspace_human_review_disabled": (400, "invalid_request_error", "Human Review is off here."),
+    "enforced_spend_limit_reached": (429, "rate_limit_error", "You have reached your monthly usage limit."),
+    "contract_spend_limit_reached": (
+        429,
+        "rate_limit_error",
+        "You have reached your contract's spend limit.",
+    ),
+}
 # The HTTP status a realtime call answers with for each error type (the API's documented pairs).
 STATUSES = {
     "invalid_request_error": 400,
@@ -263,11 +279,21 @@ class SimClock:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, retry_after: float | None = None, kind: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        kind: str | None = None,
+        code: str | None = None,
+        should_retry: bool | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.retry_after = status, message, retry_after
         # The error type when the status alone does not name it (a 504 is a timeout_error).
         self.kind = kind
+        # `error.details.error_code`, and the `x-should-retry` header, as the API sends them.
+        self.code, self.should_retry = code, should_retry
 
 
 class MessageCall(NamedTuple):
@@ -325,6 +351,7 @@ class _Batch:
     # What the batch was created under: every request of it is read by these.
     version: str = LATEST
     betas: tuple[str, ...] = ()
+    account_error: str | None = None
     cancel_at: float | None = None
     cancel_seconds: float = 0.0
     deleted: bool = False
@@ -342,6 +369,8 @@ class _Fault:
     retry_after: float | None
     route: str | None
     message: str | None = None
+    code: str | None = None
+    should_retry: bool | None = None
 
 
 def _stamp(ts: float | None) -> str | None:
@@ -389,6 +418,10 @@ class Emulator:
     # False: batches are still accepted, but every request of one made now ends errored with
     # invalid_request_error "Your credit balance is too low ..." (as the API does).
     credit: bool = True
+    # An account problem the API names by `error.details.error_code` (a key of ACCOUNT_ERRORS, e.g.
+    # "organization_on_hold"): realtime calls are refused with it, and every request of a batch
+    # made meanwhile ends errored with it, as `credit = False` does with its words.
+    account_error: str | None = None
     # A batch holding one of these custom_ids is refused with 400, naming it.
     refused_ids: set[str] = field(default_factory=set)
     url: str | None = None
@@ -423,12 +456,25 @@ class Emulator:
         retry_after: float | None = None,
         route: str | None = None,
         message: str | None = None,
+        error_code: str | None = None,
+        should_retry: bool | None = None,
     ) -> None:
         """Answer the next `count` calls whose method and path (and route, e.g. "results") match
-        with this error status (and message), in the API's error shape."""
+        with this error status (and message), in the API's error shape: with `error_code` as
+        `error.details.error_code`, with `should_retry` as the `x-should-retry` header."""
         with self._lock:
             self._faults.append(
-                _Fault(method.upper(), path_prefix, status, count, retry_after, route, message)
+                _Fault(
+                    method.upper(),
+                    path_prefix,
+                    status,
+                    count,
+                    retry_after,
+                    route,
+                    message,
+                    error_code,
+                    should_retry,
+                )
             )
 
     def clear_faults(self) -> None:
@@ -564,7 +610,13 @@ class Emulator:
                 if fault.remaining > 0 and matches and fault.route in (None, route):
                     fault.remaining -= 1
                     message = fault.message or f"injected {fault.status}"
-                    raise ApiError(fault.status, message, fault.retry_after)
+                    raise ApiError(
+                        fault.status,
+                        message,
+                        fault.retry_after,
+                        code=fault.code,
+                        should_retry=fault.should_retry,
+                    )
 
     def _random_refusal(self) -> None:
         with self._lock:
@@ -668,6 +720,15 @@ class Emulator:
             raise ApiError(400, one.invalid)
         if not self.credit:
             raise ApiError(400, NO_CREDIT)
+        if self.account_error:
+            status, kind, message = ACCOUNT_ERRORS[self.account_error]
+            raise ApiError(
+                status,
+                message,
+                kind=kind,
+                code=self.account_error,
+                should_retry=False if status == 429 else None,
+            )
         kind, _, error = (one.forced or "").partition(":")
         if kind == "errored":
             error = error or "api_error"
@@ -746,6 +807,7 @@ class Emulator:
                 errored_share=self.errored_share,
                 expired_share=self.expired_share,
                 seed=self.seed,
+                account_error=self.account_error,
                 credit=self.credit,
                 version=version,
                 betas=betas,
@@ -799,7 +861,7 @@ class Emulator:
     def _outcome(self, batch: _Batch, req: _Request, end: _End) -> tuple[str, str | None]:
         if _unit(batch.id, req.custom_id, "rank") >= end.processed:
             return end.reason, None
-        if req.invalid or not batch.credit:
+        if req.invalid or not batch.credit or batch.account_error:
             return "errored", "invalid_request_error"
         if req.forced:
             kind, _, error = req.forced.partition(":")
@@ -852,17 +914,24 @@ class Emulator:
         if kind == "succeeded":
             return {"type": "succeeded", "message": _message(batch.id, req, batch.created + batch.latency)}
         if kind == "errored":
-            if error == "invalid_request_error" and not batch.credit:
+            error, _, code = (error or "").partition(":")
+            if batch.account_error:
+                _, error, message = ACCOUNT_ERRORS[batch.account_error]
+                code = batch.account_error
+            elif error == "invalid_request_error" and not batch.credit:
                 message = NO_CREDIT
             elif error == "invalid_request_error" and req.invalid:
                 message = req.invalid
             else:
                 message = ERROR_MESSAGES.get(error or "", f"{error} while processing the request")
+            inner: dict[str, Any] = {"type": error, "message": message}
+            if code:
+                inner["details"] = {"error_code": code}
             return {
                 "type": "errored",
                 "error": {
                     "type": "error",
-                    "error": {"type": error, "message": message},
+                    "error": inner,
                     "request_id": _stable_id("req_", batch.id, req.custom_id),
                 },
             }
@@ -871,20 +940,21 @@ class Emulator:
     def _error(self, err: ApiError) -> tuple[int, dict[str, str], bytes]:
         request_id = _new_id("req_")
         headers = {"content-type": "application/json", "request-id": request_id}
+        if err.should_retry is not None:
+            headers["x-should-retry"] = "true" if err.should_retry else "false"
         if err.retry_after is not None:
             headers["retry-after"] = str(max(0, math.ceil(err.retry_after)))
             if err.retry_after != int(err.retry_after):
                 # The API only says whole seconds; a test asking for less gets the SDK's precise
                 # header too, so that retries cost milliseconds.
                 headers["retry-after-ms"] = str(max(1, round(err.retry_after * 1000)))
-        body = {
-            "type": "error",
-            "error": {
-                "type": err.kind or ERROR_TYPES.get(err.status, "api_error"),
-                "message": err.message,
-            },
-            "request_id": request_id,
+        inner: dict[str, Any] = {
+            "type": err.kind or ERROR_TYPES.get(err.status, "api_error"),
+            "message": err.message,
         }
+        if err.code:
+            inner["details"] = {"error_code": err.code}
+        body = {"type": "error", "error": inner, "request_id": request_id}
         return err.status, headers, json.dumps(body).encode()
 
 

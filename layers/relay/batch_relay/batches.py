@@ -18,7 +18,14 @@ from anthropic.types.messages import MessageBatch
 from aws_lambda_powertools.utilities import parameters
 
 from . import clock
-from .errors import ApiAccessError, NotAcceptedError, OutcomeUnknownError, TransientError, classify
+from .errors import (
+    AccountError,
+    ApiAccessError,
+    NotAcceptedError,
+    OutcomeUnknownError,
+    TransientError,
+    classify,
+)
 from .models import BATCH_ONLY_BETAS
 from .observability import MetricUnit, logger, metrics
 
@@ -71,7 +78,7 @@ def _secret_key(arn: str) -> str:
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
-    except (anthropic.APIError, httpx.HTTPError) as exc:
+    except (anthropic.AnthropicError, httpx.HTTPError) as exc:
         raise _sorted(exc) from exc
 
 
@@ -138,12 +145,28 @@ def create_from(
                 raise
             logger.warning("batch create not accepted; trying again", extra={"wait_seconds": wait})
             clock.sleep(wait)
+        except AccountError as exc:
+            if _unknown(exc.__cause__):
+                # An uncoded 5xx the API says not to retry: still an answer that says nothing of
+                # whether the batch exists, so it is reconciled like any lost answer.
+                raise OutcomeUnknownError(f"create unanswered: {exc}") from exc
+            raise
         except TransientError as exc:
             if not sent.whole:
                 # Cut short on our side (a read of its object refused): the API, told the body's
                 # length, never had a whole request to act on, so nothing was created.
                 raise NotAcceptedError(f"create body not sent whole: {exc}") from exc
             raise OutcomeUnknownError(f"create unanswered: {exc}") from exc
+
+
+def _unknown(exc: BaseException | None) -> bool:
+    """An answer that leaves a create's outcome unknown: a 5xx other than 529 naming no cause."""
+    return (
+        isinstance(exc, anthropic.APIStatusError)
+        and exc.status_code >= 500
+        and exc.status_code != 529
+        and exc.error_code is None
+    )
 
 
 class _Told:
@@ -193,7 +216,7 @@ def created_between(start: float, end: float, deadline: float | None = None) -> 
                 return
             if created <= end:
                 yield batch
-    except (anthropic.APIError, httpx.HTTPError) as exc:
+    except (anthropic.AnthropicError, httpx.HTTPError) as exc:
         raise _sorted(exc) from exc
 
 
@@ -212,7 +235,8 @@ def results(batch_id: str, skip: int = 0, deadline: float | None = None) -> Iter
                 # JSON mode: a message's datetimes (container.expires_at) become strings here, not
                 # an error where the line is stored.
                 yield line.to_dict(mode="json")
-    except (anthropic.APIError, httpx.HTTPError) as exc:
+    except (anthropic.AnthropicError, httpx.HTTPError) as exc:
+        # (A batch the API shows without a `results_url` yet raises a bare AnthropicError.)
         raise _sorted(exc) from exc
 
 

@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -33,7 +33,11 @@ _RETRYABLE_AWS = frozenset(
 
 
 class RelayError(Exception):
-    """Base of the relay's own errors."""
+    """Base of the relay's own errors. One made from an API answer keeps that answer's error
+    type and `error.details.error_code`, so that what is told about it says what the API said."""
+
+    api_type: str | None = None
+    code: str | None = None
 
 
 class TransientError(RelayError):
@@ -54,8 +58,9 @@ class BatchRefusedError(RelayError):
 
 
 class AccountError(RelayError):
-    """The API refused the account, not the request (billing, credit, a spending limit): the
-    requests wait in their tier, which pauses, and are never answered for it too early."""
+    """The API refused the account, not the request (billing, credit, a spend cap, an organization
+    on hold, a workspace's settings or encryption key): the requests wait in their tier, which
+    pauses, and are never answered for it too early."""
 
 
 class NotAcceptedError(TransientError):
@@ -106,9 +111,7 @@ def classify(exc: BaseException) -> BaseException:
     if isinstance(exc, RelayError):
         return exc
     if type(exc).__module__.split(".")[0] == "anthropic":
-        kind = _anthropic(exc)
-        if kind is not None:
-            return kind
+        return _anthropic(exc)
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -121,28 +124,134 @@ def classify(exc: BaseException) -> BaseException:
     return exc
 
 
-def _anthropic(exc: BaseException) -> BaseException | None:
+# `error.details.error_code` values that name the organization, its workspace (settings, encryption
+# key), the key's standing in it, its billing or a spend cap, each read from its type's docstring in
+# the SDK: no change to the request helps, and the tier waits for an operator or the cap to lift.
+ACCOUNT_CODES = frozenset(
+    {
+        "organization_on_hold",
+        "organization_type_not_supported",
+        "parent_organization_required",
+        "cmek_key_disabled",
+        "cmek_key_network_blocked",
+        "cmek_key_unreachable",
+        "cmek_context_unavailable",
+        "skill_read_blocked_undecryptable",
+        "claude_code_key_creator_not_member",
+        "workspace_human_review_disabled",
+        "linked_organization_billing_unavailable",
+        "linked_organization_spend_limit_reached",
+        "enforced_spend_limit_reached",
+        "contract_spend_limit_reached",
+        "claude_tag_writes_not_enabled",
+        "compliance_configuration_restricted",
+        "environment_create_disabled",
+        "environment_update_disabled",
+        "spend_limits_admin_api_writes_not_enabled",
+    }
+)
+# Codes on a 403 that are about the one request (its user profile), not the key.
+REQUEST_CODES = frozenset({"user_profile_not_billable", "user_profile_billing_not_authorized"})
+# Statuses the SDK would try again; the API's `x-should-retry: false` says not to.
+RETRIED = frozenset({408, 409, 429, *range(500, 600)})
+# What an uncoded 400 said before codes existed: still the account's.
+ACCOUNT_WORDS = re.compile(r"credit balance|billing|usage limit|spend(ing)? limit", re.IGNORECASE)
+
+
+class Rule(NamedTuple):
+    """One row of the table: None matches anything."""
+
+    kind: type[RelayError]
+    status: frozenset[int] | None = None
+    type: str | None = None
+    code: frozenset[str] | None = None
+    retry: bool | None = None  # the `x-should-retry` header
+    words: re.Pattern[str] | None = None  # in the message of an answer with no code
+
+    def matches(
+        self, status: int, type_: str | None, code: str | None, retry: bool | None, message: str
+    ) -> bool:
+        return (
+            (self.status is None or status in self.status)
+            and (self.type is None or self.type == type_)
+            and (self.code is None or code in self.code)
+            and (self.retry is None or self.retry == retry)
+            and (self.words is None or (code is None and bool(self.words.search(message))))
+        )
+
+
+# What an error answer means to the relay: the first row that matches decides. An unknown code
+# reads as its bare status, as the SDK advises.
+RULES = (
+    Rule(AccountError, code=ACCOUNT_CODES),
+    Rule(BatchRefusedError, code=REQUEST_CODES),
+    Rule(BatchTooLargeError, status=frozenset({413})),
+    Rule(AccountError, status=RETRIED, retry=False),
+    Rule(NotAcceptedError, status=frozenset({429, 529})),
+    Rule(TransientError, retry=True),
+    Rule(ApiAccessError, status=frozenset({401, 403})),
+    Rule(AccountError, status=frozenset({402})),
+    Rule(AccountError, type="billing_error"),
+    Rule(AccountError, status=frozenset({400}), words=ACCOUNT_WORDS),
+    Rule(TransientError, status=RETRIED),
+    Rule(BatchRefusedError, status=frozenset(range(400, 500))),
+    Rule(TransientError),
+)
+
+# The status each error type comes with (the API's documented pairs), so that a result line, which
+# carries the type alone, is read by the same table. The last two are the relay's own.
+TYPES_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+STATUS_OF_TYPE = {t: s for s, t in TYPES_BY_STATUS.items()} | {"results_unavailable": 503}
+
+
+def kind_of(
+    status: int, type_: str | None, code: str | None, retry: bool | None, message: str
+) -> type[RelayError]:
+    return next(r.kind for r in RULES if r.matches(status, type_, code, retry, message))
+
+
+def of_line(error_type: str, error_code: str | None, message: str) -> type[RelayError]:
+    """What an errored result line's error means. A type the table does not know is the
+    request's own (final), as the relay's own error types are."""
+    return kind_of(STATUS_OF_TYPE.get(error_type, 400), error_type, error_code, None, message)
+
+
+def _anthropic(exc: BaseException) -> RelayError:
     # Imported here: only an exception of the SDK gets this far, so the SDK is loaded already,
     # and the buffer, which never calls the API, does not load it (about 50 MB) at all.
     import anthropic
+    from anthropic.lib.credentials import WorkloadIdentityError
 
-    if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
-        return ApiAccessError(f"Anthropic refused the API key: {exc.status_code}")
-    if isinstance(exc, anthropic.APIStatusError) and exc.status_code == 413:
-        return BatchTooLargeError(str(exc))
-    if isinstance(exc, anthropic.APIStatusError) and exc.status_code in (429, 529):
-        return NotAcceptedError(f"Anthropic answered {exc.status_code}")
-    if isinstance(exc, anthropic.APIStatusError) and (
-        exc.status_code >= 500 or exc.status_code in (408, 409)
-    ):
-        return TransientError(f"Anthropic answered {exc.status_code}")
-    if isinstance(exc, anthropic.APIStatusError) and _account_level(exc):
-        return AccountError(f"Anthropic refused the account ({exc.status_code}): {_api_message(exc)}")
-    if isinstance(exc, anthropic.APIStatusError) and 400 <= exc.status_code < 500:
-        return BatchRefusedError(f"Anthropic answered {exc.status_code}: {_api_message(exc)}")
-    if isinstance(exc, anthropic.APIConnectionError):
-        return TransientError(f"Anthropic unreachable: {type(exc).__name__}")
-    return None
+    if isinstance(exc, anthropic.APIStatusError):
+        retry = {"true": True, "false": False}.get(exc.response.headers.get("x-should-retry", ""))
+        message = _api_message(exc)
+        found = kind_of(exc.status_code, exc.type, exc.error_code, retry, message)
+        said = f"{exc.status_code}" + (f" {exc.error_code}" if exc.error_code else "")
+        text = f"Anthropic answered {said}: {message}"
+        if found is ApiAccessError:
+            text = f"Anthropic refused the API key: {said}"
+        elif found is AccountError:
+            text = f"Anthropic refused the account ({said}): {message}"
+        kind = found(text)
+        kind.api_type, kind.code = exc.type, exc.error_code
+        return kind
+    if isinstance(exc, anthropic.CredentialsError | WorkloadIdentityError):
+        return ApiAccessError(f"Anthropic credentials unavailable: {type(exc).__name__}")
+    # A broken connection, a timeout, an answer of the wrong shape, the SDK's own RetryableError,
+    # or `results` asked of a batch the API shows without a `results_url` yet: a later try may do.
+    return TransientError(f"Anthropic: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -176,24 +285,6 @@ def surfacing() -> Iterator[None]:
         if kind is exc:
             raise
         raise kind from exc
-
-
-# What the API says when the account, not the request, is at fault.
-ACCOUNT_MESSAGE = re.compile(r"credit balance|billing|usage limit|spend(ing)? limit", re.IGNORECASE)
-
-
-def account_level(error_type: str, message: str) -> bool:
-    """An error that says the account, not the request, is at fault."""
-    return error_type in ("billing_error", "authentication_error", "permission_error") or (
-        error_type == "invalid_request_error" and bool(ACCOUNT_MESSAGE.search(message))
-    )
-
-
-def _account_level(exc: Any) -> bool:
-    body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
-    inner = body.get("error")
-    kind = str(inner.get("type") or "") if isinstance(inner, dict) else ""
-    return exc.status_code == 402 or kind == "billing_error" or account_level(kind, _api_message(exc))
 
 
 def _api_message(exc: Any) -> str:

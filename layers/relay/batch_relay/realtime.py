@@ -10,7 +10,9 @@ price, whatever is delivered twice or dies on the way:
 - the answer is settled exactly like a batch's results (`results.Settler`, the realtime record
   standing for the batch, `route` realtime): outbox, item, publish, marker.
 A 429 or 529 is waited out when its `retry-after` fits in the invocation; otherwise the message
-goes back to the queue hidden for as long as the API asked. Other transient failures back off the
+goes back to the queue hidden for as long as the API asked. An account problem (a spend cap, an
+organization on hold, `x-should-retry: false`: see `errors.RULES`) sends the request back to its
+tier, which is held. Other transient failures back off the
 same way, up to MAX_TRIES; then the request is settled as `api_error`, which a later batch tries
 again while attempts remain. With a daily budget, the call's upper bound (input tokens counted by
 the API, `max_tokens` of output, at list price) is committed first; past the cap the request is
@@ -252,12 +254,14 @@ class Realtime:
             except BatchTooLargeError as exc:
                 return errored(rid, "request_too_large", str(exc))["result"]
             except AccountError as exc:
-                # Settled like a batch's account-level result: back to its tier, which is held.
-                return errored(rid, "billing_error", str(exc))["result"]
+                # Settled like a batch's account-level result: back to its tier, which is held. A
+                # spend cap's 429 lands here too: trying again before the cap lifts cannot help.
+                return errored(rid, "billing_error", str(exc), exc.code)["result"]
             except ApiAccessError as exc:
                 raise Later(300, str(exc)) from None
             except BatchRefusedError as exc:
-                return errored(rid, "invalid_request_error", str(exc))["result"]
+                # The request's own fault, in the API's words (a 403 about its user profile included).
+                return errored(rid, exc.api_type or "invalid_request_error", str(exc), exc.code)["result"]
 
     def _unlease(self, rid: str, token: str, pause: float = 0.0) -> None:
         """End this try's lease; with `pause`, no try starts before it has passed."""

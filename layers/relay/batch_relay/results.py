@@ -15,9 +15,13 @@ A realtime answer is settled the same way, its realtime record standing for the 
 that batch's; when the batch's line for it shows it was run there too, its batch price is counted
 as spent both ways, once, on the item and the batch.
 
-An account problem (billing, a key refused inside results, "credit balance is too low") is not the
-request's fault: its request goes back to its tier without spending an attempt and the tier is held
-with growing pauses, until `max_hold_seconds` have passed since it was first held.
+What an errored line means is read by `errors.of_line`, the table every API error goes through,
+from the line's error type and `error.details.error_code`. An account problem (billing, a spend cap,
+an organization on hold, a workspace's settings or key, a key refused inside results, "credit
+balance is too low") is not the request's fault: its request goes back to its tier without spending
+an attempt and the tier is held with growing pauses, until `max_hold_seconds` have passed since it
+was first held. A transient error (`api_error`, `overloaded_error`, `rate_limit_error`,
+`timeout_error`) sends the request to a later batch while attempts remain; any other is final.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from . import clock, errors
 from .budget import Budget
 from .completions import INLINE_BUDGET, Topic, encode, entry, groups
 from .deadlines import sort_key
-from .errors import TransientError, insist
+from .errors import AccountError, ApiAccessError, TransientError, insist
 from .models import Completion, ErrorInfo
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
@@ -47,8 +51,6 @@ from .store import REALTIME_TRY, Store, batch_key, dynamo, held_by, released, re
 LIVE_STATES = frozenset(
     {"claiming", "uploaded", "creating", "created", "polling", "failed", "collecting", "closing"}
 )
-# Transient per-request errors are tried again in a later batch; anything else is final.
-RETRYABLE_ERRORS = frozenset({"api_error", "overloaded_error", "results_unavailable"})
 CHUNK = 100
 TOKEN_METRICS = {
     "input_tokens": "InputTokens",
@@ -66,20 +68,20 @@ COST_METRICS = {
 }
 
 
-def errored(custom_id: str, error_type: str, message: str) -> dict[str, Any]:
+def errored(custom_id: str, error_type: str, message: str, code: str | None = None) -> dict[str, Any]:
     """A result line in the API's own errored shape, for requests the relay answers itself."""
-    return {
-        "custom_id": custom_id,
-        "result": {
-            "type": "errored",
-            "error": {"type": "error", "error": {"type": error_type, "message": message}},
-        },
-    }
+    inner: dict[str, Any] = {"type": error_type, "message": message}
+    if code:
+        inner["details"] = {"error_code": code}
+    return {"custom_id": custom_id, "result": {"type": "errored", "error": {"type": "error", "error": inner}}}
 
 
-def account_level(error: ErrorInfo | None) -> bool:
-    """An error that says the account, not the request, is at fault."""
-    return error is not None and errors.account_level(error.type, error.message)
+def verdict(error: ErrorInfo, code: str | None) -> str:
+    """What an errored line's error makes of its request: `held`, `retried` or `final`."""
+    kind = errors.of_line(error.type, code, error.message)
+    if issubclass(kind, AccountError | ApiAccessError):
+        return "held"
+    return "retried" if issubclass(kind, TransientError) else "final"
 
 
 @dataclass
@@ -241,11 +243,14 @@ class Settler:
         attempts = int(item.get("attempts", 1))
         error: ErrorInfo | None = None
         message = None
+        said = "final"
         if kind == "succeeded":
             message = result.get("message") or {}
         elif kind == "errored":
             inner = (result.get("error") or {}).get("error") or {}
             error = ErrorInfo(type=inner.get("type", "api_error"), message=inner.get("message", ""))
+            details = inner.get("details")
+            said = verdict(error, details.get("error_code") if isinstance(details, dict) else None)
         elif kind == "expired":
             error = ErrorInfo(type="expired", message="the batch ended before this request was processed")
         else:
@@ -259,16 +264,14 @@ class Settler:
         base = {k: v for k, v in item.items() if k not in dropped}
         base["last_batch_id"] = record.get("batch_id")
         again = {"status": "pending", "pending_tier": item["tier"], "pending_since": self._sort_key(item)}
-        if account_level(error):
+        if said == "held":
             since = float(item.get("held_since") or now)
             if now - since < self.settings.max_hold_seconds:
                 # Not this request's fault: back to its tier, the attempt given back.
                 base.update(again, attempts=attempts - 1, held_since=since)
                 base["last_error"] = error.model_dump() if error else None
                 return None, _dynamo_ready(base), "held"
-        retry = kind == "expired" or (
-            kind == "errored" and error is not None and error.type in RETRYABLE_ERRORS
-        )
+        retry = kind == "expired" or said == "retried"
         if retry and attempts < self.settings.max_attempts:
             base.update(again)
             base["last_error"] = error.model_dump() if error else None
