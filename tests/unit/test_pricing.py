@@ -47,7 +47,9 @@ def test_a_model_is_priced_by_its_exact_family_a_snapshot_date_or_an_alias(model
 
 def test_an_unpriced_model_has_no_cost_and_is_counted(monkeypatch):
     seen = []
-    monkeypatch.setattr(pricing.metrics, "add_metric", lambda **kw: seen.append(kw["name"]))
+    from batch_relay.observability import metrics
+
+    monkeypatch.setattr(metrics, "add_metric", lambda **kw: seen.append(kw["name"]))
     assert cost_of("claude-opus-4-9", MILLION) is None
     assert seen == ["UnpricedModel"]
 

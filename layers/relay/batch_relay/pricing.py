@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 from .models import Cost
-from .observability import MetricUnit, metrics
 
 _DATA = json.loads((Path(__file__).parent / "prices.json").read_text())
 BATCH_DISCOUNT: float = _DATA["batch_discount"]
@@ -158,6 +157,9 @@ def cost_of(model: str, usage: dict[str, Any] | None) -> Cost | None:
     geo = usage.get("inference_geo")
     multiplier = GEO.get(geo) if geo else 1.0
     if price is None or multiplier is None:
+        # Imported here: the metrics object reads its namespace when first made, in a function.
+        from .observability import MetricUnit, metrics
+
         metrics.add_metric(name="UnpricedModel", unit=MetricUnit.Count, value=1)
         return None
     created = usage.get("cache_creation") or {}
