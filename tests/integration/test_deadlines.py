@@ -255,11 +255,12 @@ def test_a_deadline_that_is_not_rfc3339_with_an_offset_is_rejected(stack, emulat
 
 
 def test_the_budget_holds_a_tier_until_the_next_utc_day(make_stack, emulator, capsys):
-    from batch_relay.pricing import bound, input_tokens_of
+    from batch_relay.payloads import request_text
+    from batch_relay.pricing import request_bound
 
     # A budget that fits about one request's upper bound at batch price
-    line = len(json.dumps({"custom_id": "b0", "params": request("b0")["params"]}))
-    one = bound("claude-haiku-4-5", input_tokens_of(line), 200, batch=True)
+    params = request("b0")["params"]
+    one = request_bound(params, len(request_text("b0", params).encode()), batch=True)
     stack = make_stack(DailyBudgetUSD=f"{one * 1.5:.8f}")
     inbox = stack.subscribe()
     ids = [f"b{i}" for i in range(3)]

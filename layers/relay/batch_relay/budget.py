@@ -2,17 +2,15 @@
 
 Work is committed before it is sent, at its upper bound (`pricing.bound`): a batch when it is
 created, a realtime request before its call. Once the real cost is known (a batch collected, a
-realtime answer) the difference is given back to the day it was committed on, once: the record
-or item says so first, so a retry never gives it back twice (a crash in between keeps the
-commitment, which errs on the side of the cap).
+realtime answer) the difference is given back to the day it was committed on, once: the give-back
+and the record or item saying so are one conditional transaction, so neither a retry of ours nor
+the SDK's resend after a lost answer frees the room twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-from boto3.dynamodb.conditions import Attr
 
 from . import clock
 from .observability import MetricUnit, metrics
@@ -52,8 +50,7 @@ class Budget:
         """Give back what a commitment on item <key> did not spend, once."""
         if not self.capped or not day or committed <= spent:
             return
-        if self.store.update_if(key, Attr("budget_settled").not_exists(), budget_settled=True):
-            self.store.uncommit(day, committed - spent)
+        self.store.give_back(day, committed - spent, mark=key)
 
     @staticmethod
     def terms(record: dict[str, Any]) -> tuple[float, str | None]:

@@ -45,6 +45,7 @@ from .models import (
 )
 from .observability import MetricUnit, logger, metrics
 from .payloads import SHARED_LINE_BYTES, Payloads, request_text
+from .pricing import unbounded_reason
 from .settings import Settings
 from .store import Store, request_key
 
@@ -164,6 +165,9 @@ class Intake:
             return self._refused(rid, rejection.reason, received_at, raw)
         rid = request.request_id or record.message_id
         params = request.params.payload()
+        why = unbounded_reason(params) if self.settings.daily_budget_usd else None
+        if why:  # a budget needs every request's cost bounded
+            return self._refused(rid, why, received_at, raw)
         tier = request.tier or self.settings.default_tier
         parsed = Parsed(
             message_id=record.message_id,

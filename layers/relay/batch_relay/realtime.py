@@ -14,9 +14,9 @@ goes back to the queue hidden for as long as the API asked. An account problem (
 organization on hold, `x-should-retry: false`: see `errors.RULES`) sends the request back to its
 tier, which is held. Other transient failures back off the
 same way, up to MAX_TRIES; then the request is settled as `api_error`, which a later batch tries
-again while attempts remain. With a daily budget, the call's upper bound (input tokens counted by
-the API, `max_tokens` of output, at list price) is committed first; past the cap the request is
-answered `errored` / `budget_exceeded`.
+again while attempts remain. With a daily budget, the call's upper bound (`pricing.request_bound`,
+at list price) is committed first; past the cap, or with no bound at all, the request is answered
+`errored` / `budget_exceeded`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from .errors import (
 from .handoff import Handoff
 from .observability import MetricUnit, logger, metrics
 from .payloads import Bodies, Payloads
-from .pricing import bound, input_tokens_of, realtime_cost_of
+from .pricing import realtime_cost_of, request_bound, unbounded_reason
 from .results import Settler, errored
 from .settings import Settings
 from .store import Store, dynamo, held_by, request_key
@@ -186,7 +186,9 @@ class Realtime:
         message = result.get("message") or {}
         cost = realtime_cost_of(item["model"], message.get("usage")) if message else None
         committed, day = Budget.terms(item)
-        self.budget.settle(key, committed, day, cost.list_usd if cost else 0.0)
+        # An answer with usage but no price keeps its whole commitment: spend is never counted as 0.
+        spent = cost.list_usd if cost else committed if message.get("usage") else 0.0
+        self.budget.settle(key, committed, day, spent)
         metrics.add_metric(name="RealtimeAnswered", unit=MetricUnit.Count, value=1)
         # From its handoff: a request taken out of a batch was submitted when the batch was.
         since = item.get("rt_since") or item.get("submitted_at")
@@ -208,9 +210,9 @@ class Realtime:
         # A commitment is made once per try of the request: one given back (a try that went
         # back to its tier) is made again.
         if self.budget.capped and (not item.get("budget_day") or item.get("budget_settled")):
-            usd = bound(
-                item["model"], self._input_tokens(item, params, line), int(params["max_tokens"]), batch=False
-            )
+            usd = request_bound(params, len(line), batch=False)
+            if usd is None:  # e.g. a model priced after it was accepted, then taken out of the table
+                return errored(rid, "budget_exceeded", str(unbounded_reason(params)))["result"]
             day = today()
             if not self.budget.commit(usd, day, mark=request_key(rid)):
                 logger.warning("realtime request over the day's budget", extra={"request_id": rid})
@@ -220,16 +222,6 @@ class Realtime:
             item.update(budget_usd=usd, budget_day=day)
             item.pop("budget_settled", None)
         return self._call(item, params, tries)
-
-    def _input_tokens(self, item: dict[str, Any], params: dict[str, Any], line: bytes) -> int:
-        until = min(self.until, clock.now() + batches.CALL_SECONDS)
-        try:
-            return batches.count_tokens(
-                params, deadline=until, headers=batches.headers_for(item, realtime=True)
-            )
-        except Exception as exc:  # counting is free but rate-limited: the estimate bounds it too
-            logger.warning("token count unavailable; estimated", extra={"error": type(exc).__name__})
-            return input_tokens_of(len(line))
 
     def _call(self, item: dict[str, Any], params: dict[str, Any], tries: int) -> dict[str, Any]:
         rid = item["request_id"]

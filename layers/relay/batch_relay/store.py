@@ -253,15 +253,34 @@ class Store:
             return False
         return True
 
-    def uncommit(self, day: str, usd: float) -> None:
-        """Give back what a commitment did not spend (rounded down)."""
+    def give_back(self, day: str, usd: float, mark: str) -> bool:
+        """Give back to day <day> what the commitment named on item <mark> did not spend (rounded
+        down), and have the item say so, in one transaction that expects it unsaid: a transaction
+        the SDK sends again after a lost answer is applied once (its request token, else its
+        condition), so room is never freed twice. False when the item had already said so."""
         amount = math.floor(usd * MICROS)
+        marked = {
+            "TableName": self.table.name,
+            "Key": {"pk": mark},
+            "UpdateExpression": "SET budget_settled = :t",
+            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(budget_settled)",
+            "ExpressionAttributeValues": {":t": True},
+        }
+        items: list[dict[str, Any]] = [{"Update": marked}]
         if amount > 0:
-            self.table.update_item(
-                Key={"pk": f"budget#{day}"},
-                UpdateExpression="ADD committed_micros :n",
-                ExpressionAttributeValues={":n": -amount},
-            )
+            budget = {
+                "TableName": self.table.name,
+                "Key": {"pk": f"budget#{day}"},
+                "UpdateExpression": "ADD committed_micros :n",
+                "ExpressionAttributeValues": {":n": -amount},
+            }
+            items.append({"Update": budget})
+        client = self.table.meta.client
+        try:
+            client.transact_write_items(TransactItems=items)
+        except client.exceptions.TransactionCanceledException:
+            return False
+        return True
 
     def committed(self, day: str) -> float:
         item = self.get(f"budget#{day}")

@@ -42,6 +42,7 @@ Claiming stops at a time budget, leaving the create its share of the invocation.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
@@ -66,7 +67,7 @@ from .errors import (
 from .handoff import Handoff
 from .observability import MetricUnit, logger, metrics
 from .payloads import Bodies, Payloads, RequestsBody
-from .pricing import bound, input_tokens_of
+from .pricing import request_bound, unbounded_reason
 from .results import Settler
 from .settings import Settings, Tier
 from .store import Store, batch_key, claimed, held_by, new_record, request_key
@@ -292,7 +293,7 @@ class Submitter:
         giants: list[dict[str, Any]] = []
         lost: list[dict[str, Any]] = []
         late: list[dict[str, Any]] = []
-        dear: list[tuple[dict[str, Any], float]] = []
+        dear: list[tuple[dict[str, Any], str]] = []
         schedule: list[tuple[float, str]] = []
         models: set[str] = set()
         # One create goes under one API version and one set of betas: the first request taken
@@ -335,7 +336,7 @@ class Submitter:
                         break
                     cost = self._bound(item, line)
                     if cost > self.settings.daily_budget_usd > 0:
-                        dear.append((item, cost))  # no day's budget can ever hold it
+                        dear.append((item, _too_dear(cost, line)))  # no day's budget can ever hold it
                         continue
                     if estimate + cost > allowance:
                         full = self.over_budget = True  # the rest waits for the next UTC day
@@ -366,8 +367,7 @@ class Submitter:
             )
         for item in lost:
             self.refuse_alone(tier, item, "request_unavailable", "the request's body could not be read back")
-        for item, cost in dear:
-            message = f"the request may cost up to {cost:.4f} USD, more than the whole daily budget"
+        for item, message in dear:
             self.refuse_alone(tier, item, "budget_exceeded", message)
         routed = self.handoff.route(tier, late, why="late", run=self.holder) if late else 0
         answered = len(giants) + len(lost) + len(dear) + routed
@@ -396,8 +396,8 @@ class Submitter:
         """The most this request can cost in a batch (0 when no budget is set)."""
         if not self.budget.capped:
             return 0.0
-        max_tokens = int(item.get("max_tokens") or json.loads(line)["params"]["max_tokens"])
-        return bound(str(item.get("model")), input_tokens_of(len(line)), max_tokens, batch=True)
+        usd = request_bound(json.loads(line)["params"], len(line), batch=True)
+        return math.inf if usd is None else usd  # nothing bounds it: no day's budget can hold it
 
     def _new_record(self, tier: str, status: str = "claiming", **extra: Any) -> dict[str, Any]:
         ref = uuid.uuid4().hex
@@ -845,3 +845,10 @@ def _total(batch: Any) -> int:
 
 def _stamp(value: Any) -> str | None:
     return clock.iso(value.timestamp()) if value is not None else None
+
+
+def _too_dear(cost: float, line: bytes) -> str:
+    """Why a request no daily budget can hold is refused."""
+    if cost < math.inf:
+        return f"the request may cost up to {cost:.4f} USD, more than the whole daily budget"
+    return str(unbounded_reason(json.loads(line)["params"]))
