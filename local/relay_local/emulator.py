@@ -100,7 +100,8 @@ the next n creates go through and then answers 503 (`how="503"`) or drops the co
 the same to realtime calls after they are billed; `chaos(rate, seed)` does all of these at
 random (429/529/5xx before acting, lost create and realtime answers after, results streams cut half-way), and
 `batch_ids()` lists every batch made, to count who was billed twice; `break_results_after(n)` cuts the
-next results stream after n lines. A fault's path prefix is matched as it is: one on
+next results stream after n lines. Custom ids put in `left_out` have their result line left out of the
+results of the next batch made holding them. A fault's path prefix is matched as it is: one on
 `/v1/messages/batches` never hits a realtime call, and its route ("create", "message", ...) narrows
 it further. `rate_limit_per_minute` refuses with 429 calls to the batch endpoints past that many in
 the last 60 seconds of `clock`; `max_queued_requests` refuses with 429 a batch that would put more
@@ -358,6 +359,7 @@ class _Batch:
     # Once ended a batch never changes, even if a test changes the latency afterwards.
     end: _End | None = None
     counts: dict[str, int] | None = None
+    left_out: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -424,6 +426,8 @@ class Emulator:
     account_error: str | None = None
     # A batch holding one of these custom_ids is refused with 400, naming it.
     refused_ids: set[str] = field(default_factory=set)
+    # The next batch made holding one of these custom_ids leaves its result line out (still counted).
+    left_out: set[str] = field(default_factory=set)
     url: str | None = None
     calls: Counter[tuple[str, str]] = field(default_factory=Counter, repr=False)
     # The version and betas of every call past the key and version checks, by route.
@@ -811,7 +815,9 @@ class Emulator:
                 credit=self.credit,
                 version=version,
                 betas=betas,
+                left_out=frozenset(self.left_out & seen),
             )
+            self.left_out -= seen
             self._batches[batch.id] = batch
             return self._view(batch)
 
@@ -902,6 +908,7 @@ class Emulator:
         assert end is not None
         # The API answers in its own order; callers must match lines by custom_id.
         order = sorted(range(len(batch.requests)), key=lambda i: _unit(batch.id, i, "order"))
+        order = [i for i in order if batch.requests[i].custom_id not in batch.left_out]
         for sent, i in enumerate(order):
             if cut is not None and sent >= cut:
                 raise ConnectionAbortedError("results stream cut")

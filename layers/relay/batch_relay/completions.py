@@ -78,17 +78,27 @@ class Topic:
 
     def send(self, group: list[dict[str, Any]], tries: int = 3) -> list[str]:
         """One PublishBatch call, its failed entries sent again alone (a call can half-succeed);
-        returns the request ids that went out."""
+        returns the request ids that went out. A retry that raises after some went out returns
+        those: the caller records them, so they are never published again."""
         sent: list[str] = []
         left = group
         for _ in range(tries):
-            answer = self.sns.publish_batch(
-                TopicArn=self.arn,
-                PublishBatchRequestEntries=[
-                    {"Id": str(n), "Message": e["body"], "MessageAttributes": e["attributes"]}
-                    for n, e in enumerate(left)
-                ],
-            )
+            try:
+                answer = self.sns.publish_batch(
+                    TopicArn=self.arn,
+                    PublishBatchRequestEntries=[
+                        {"Id": str(n), "Message": e["body"], "MessageAttributes": e["attributes"]}
+                        for n, e in enumerate(left)
+                    ],
+                )
+            except Exception as exc:
+                if not sent:
+                    raise
+                logger.warning(
+                    "completions not published",
+                    extra={"request_ids": [e["id"] for e in left], "error": type(exc).__name__},
+                )
+                return sent
             failed = {int(f["Id"]) for f in answer.get("Failed") or []}
             sent += [e["id"] for n, e in enumerate(left) if n not in failed]
             if not failed:

@@ -180,13 +180,17 @@ class Poller:
         return out
 
     def _finish(self, ref: str, cursor: int) -> None:
-        """Mark the batch collected once every journaled request has been answered: the tallies say
-        so, or else the journal is swept and those the API returned no line for are answered."""
+        """Mark the batch collected once every journaled request has been answered: when the API
+        returned fewer lines than the journal names, the journal is swept and those it returned no
+        line for are answered. Decided from the requests and the lines, not from the tallies alone:
+        a tally's write that botocore sent again after it applied counts a chunk twice."""
         record = self.store.get(batch_key(ref)) or {}
         short = _answered(record) < int(record.get("request_count", 0))
-        if short:
-            # A try died between writing items and counting them, or the API left some out.
-            self.settler.flush(ref)
+        # A try that died between writing items and publishing them left calls unsent, which
+        # tallies counted twice elsewhere may hide: they go out first, whatever the tallies say.
+        self.settler.flush(ref)
+        if short or cursor < len(self._journal(ref)):
+            # The API left some out, or a try died between writing items and counting them.
             self.settler.unresolved(record, "api_error", "no result returned for this request")
         if (
             record.get("after_hold")

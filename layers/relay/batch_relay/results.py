@@ -13,7 +13,9 @@ keeps retries and duplicate pollers from answering twice.
 A realtime answer is settled the same way, its realtime record standing for the batch (`route`
 `realtime`: list price, no batch id). A request taken out of a batch for realtime is no longer
 that batch's; when the batch's line for it shows it was run there too, its batch price is counted
-as spent both ways, once, on the item and the batch.
+as spent both ways, once, on the item and the batch. If its realtime answer made no billed call
+(refused for the budget, or by the API), it was paid once, by its batch: that price is the
+batch's spend (`copy_usd` on the item), whichever of the two is settled first.
 
 What an errored line means is read by `errors.of_line`, the table every API error goes through,
 from the line's error type and `error.details.error_code`. An account problem (billing, a spend cap,
@@ -124,11 +126,12 @@ class Settler:
             if held_by(item := items.get(request_key(result["custom_id"])), record["ref"])
             and item is not None
         ]
-        both_ways = self._both_ways(record, chunk, items)
+        both_ways, copies = self._both_ways(record, chunk, items)
         if not outcomes:
-            if both_ways:
-                self.store.update(batch_key(record["ref"]), add={"both_ways_usd": both_ways})
-                self._metrics([], Counter(), Counter(), {"both_ways_usd": both_ways})
+            spent = {k: v for k, v in (("both_ways_usd", both_ways), ("batch_usd", copies)) if v}
+            if spent:
+                self.store.update(batch_key(record["ref"]), add=spent)
+                self._metrics([], Counter(), Counter(), spent)
             return  # answered already, by an earlier try of this chunk or another poller
         done = [c for c, _, _ in outcomes if c is not None]
         calls = groups([entry(c) for c in done])
@@ -142,13 +145,30 @@ class Settler:
             same = (
                 Attr("both_ways_usd").not_exists() if both is None else Attr("both_ways_usd").eq(dynamo(both))
             )
+            # Its batch, collected first, took it for paid both ways; answered with no billed call,
+            # it was paid once, there: the batch's spend, not a second price.
+            usd = float(both) if both is not None else 0.0
+            moved = bool(usd and read.get("rescued_from") and _unbilled(written[0]))
+            if moved:
+                written[0] = {k: v for k, v in written[0].items() if k != "both_ways_usd"} | {
+                    "copy_usd": both
+                }
             if not self.store.put_if(written[0], same & Attr("batch_ref").eq(record["ref"])):
                 raise TransientError("a request changed while it was settled; settled again")
+            if moved:
+                # Through a throttle: the item no longer says so, and no retry would move it again.
+                insist(
+                    lambda: self.store.update(
+                        batch_key(read["rescued_from"]), add={"both_ways_usd": -usd, "batch_usd": usd}
+                    )
+                )
+                # The collector's metrics counted it both ways: their sums come out right.
+                self._metrics([], Counter(), Counter(), {"both_ways_usd": -usd, "batch_usd": usd})
         else:
             self.store.put_many(written)
         tally = Counter(kind for _, _, kind in outcomes)
         tokens: Counter[str] = Counter()
-        totals = {"batch_usd": 0.0, "list_usd": 0.0, "saved_usd": 0.0}
+        totals = {"batch_usd": copies, "list_usd": 0.0, "saved_usd": 0.0}
         for c in done:
             for k in TOKEN_METRICS:
                 tokens[k] += (c.usage or {}).get(k) or 0
@@ -167,9 +187,11 @@ class Settler:
 
     def _both_ways(
         self, record: dict[str, Any], chunk: list[dict[str, Any]], items: dict[str, dict[str, Any]]
-    ) -> float:
-        """The batch price of this batch's lines for requests it lost to realtime, counted once."""
-        total = 0.0
+    ) -> tuple[float, float]:
+        """The batch price of this batch's lines for requests it lost to realtime, counted once:
+        paid both ways, and (apart) paid only here, for those whose realtime answer made no billed
+        call (refused for the budget, or by the API), which are this batch's spend and no more."""
+        total = copies = 0.0
         for result in chunk:
             key = request_key(result["custom_id"])
             item = items.get(key)
@@ -180,11 +202,15 @@ class Settler:
             cost = cost_of(item.get("model", ""), usage) if usage else None
             if cost is None:
                 continue
-            if self.store.update_if(key, Attr("both_ways_usd").not_exists(), both_ways_usd=cost.batch_usd):
+            once = Attr("both_ways_usd").not_exists() & Attr("copy_usd").not_exists()
+            if _unbilled(item):
+                if self.store.update_if(key, once, copy_usd=cost.batch_usd):
+                    copies += cost.batch_usd
+            elif self.store.update_if(key, once, both_ways_usd=cost.batch_usd):
                 total += cost.batch_usd
         if total:
             logger.info("requests answered in realtime also ran in their batch", extra={"usd": total})
-        return total
+        return total, copies
 
     def flush(self, ref: str) -> int:
         """Publish what an earlier try wrote to batch <ref>'s outbox but did not send: only the
@@ -333,6 +359,15 @@ class Settler:
     def _sort_key(self, item: dict[str, Any]) -> str:
         tier = self.settings.tiers.get(item["tier"]) or self.settings.tiers[self.settings.default_tier]
         return sort_key(item["received_at"], item.get("deadline"), tier, self.settings)
+
+
+def _unbilled(item: dict[str, Any]) -> bool:
+    """A request answered in realtime without a billed call (its answer carries no cost)."""
+    return (
+        item.get("route") == "realtime"
+        and item.get("status") not in ("claimed", "pending")
+        and not item.get("cost")
+    )
 
 
 def _dynamo_ready(item: dict[str, Any]) -> dict[str, Any]:

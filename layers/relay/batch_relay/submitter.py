@@ -632,8 +632,9 @@ class Submitter:
             self.store.unlease(f"collect#{record['ref']}", holder)
 
     def _recover_realtime(self, record: dict[str, Any], idle: float) -> bool:
-        """A realtime record ends once none of its requests is still waiting for an answer; those
-        that are get their message again (lost, or sent by a run that died)."""
+        """A realtime record ends once none of its requests is still waiting for an answer and
+        what they settled is published; those that wait get their message again (lost, or sent by
+        a run that died)."""
         ref = record["ref"]
         ids = list(self.payloads.journaled(ref))
         items = self.store.get_many(request_key(rid) for rid in ids)
@@ -642,6 +643,9 @@ class Submitter:
         # One the API asked to pause (a retry-after) is not sent before the pause is over.
         ready = [rid for rid in waiting if float(items[request_key(rid)].get("rt_not_before", 0)) <= now]
         if not waiting:
+            # An answer settled while SNS refused it is published only from its outbox: once the
+            # record is closed, nothing else would (its message may be in the dead-letter queue).
+            self.settler.flush(ref)
             self.store.update(
                 batch_key(ref),
                 status="answered",
