@@ -106,3 +106,24 @@ def test_calls_without_needs_go_under_the_sdks_own_version(wire):
     )
     [(_, headers, _)] = wire
     assert headers["anthropic-version"] == "2026-10-21" and "anthropic-beta" not in headers
+
+
+def test_a_call_that_never_left_may_be_tried_again_but_a_lost_answer_may_not(monkeypatch):
+    import socket
+
+    from batch_relay.errors import OutcomeUnknownError, TransientError
+
+    # Given: nothing listens where the API should be (a refused connection: the call never left)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    batches.reset()
+    try:
+        # Then: the failure is transient, not an unknown outcome the caller must not resend
+        with pytest.raises(TransientError) as refused:
+            batches.message(PARAMS, deadline=clock.now() + 5)
+        assert not isinstance(refused.value, OutcomeUnknownError)
+    finally:
+        batches.reset()

@@ -255,13 +255,29 @@ def message(
     # Parameters this SDK does not name yet still reach the API, as they would in a batch.
     known = {k: v for k, v in params.items() if k in _CREATE_PARAMS}
     extra = {k: v for k, v in params.items() if k not in _CREATE_PARAMS}
-    answer = _call(
-        bounded.messages.create,
-        **known,
-        **({"extra_body": extra} if extra else {}),
-        **({"extra_headers": dict(headers)} if headers else {}),
-    )
+    try:
+        answer = _call(
+            bounded.messages.create,
+            **known,
+            **({"extra_body": extra} if extra else {}),
+            **({"extra_headers": dict(headers)} if headers else {}),
+        )
+    except TransientError as exc:
+        if isinstance(exc, NotAcceptedError) or _never_sent(exc):
+            raise
+        # As with a create: a 5xx, a reset or a read timeout says nothing of whether the API ran
+        # the call and billed it, and no key lets us ask. It is never sent again blindly.
+        raise OutcomeUnknownError(f"realtime call unanswered: {exc}") from exc
     return answer.to_dict(mode="json")
+
+
+def _never_sent(exc: BaseException | None) -> bool:
+    """Whether a failure happened before a connection was made, so the request never left."""
+    while exc is not None:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 _NOT_PARAMS = frozenset({"self", "extra_headers", "extra_query", "extra_body", "timeout", "stream"})

@@ -12,8 +12,11 @@ price, whatever is delivered twice or dies on the way:
 A 429 or 529 is waited out when its `retry-after` fits in the invocation; otherwise the message
 goes back to the queue hidden for as long as the API asked. An account problem (a spend cap, an
 organization on hold, `x-should-retry: false`: see `errors.RULES`) sends the request back to its
-tier, which is held. Other transient failures back off the
-same way, up to MAX_TRIES; then the request is settled as `api_error`, which a later batch tries
+tier, which is held. A call whose answer was lost after it was sent (a 5xx, a reset, a read timeout)
+may have run and been billed, and the API has no key to ask: it is settled `api_error`, so it is
+sent again only as a new attempt, which its completion counts and MaxAttempts bounds. A call that
+never left (a refused connection) backs off the
+same way as a 429, up to MAX_TRIES; then the request is settled as `api_error`, which a later batch tries
 again while attempts remain. With a daily budget, the call's upper bound (`pricing.request_bound`,
 at list price) is committed first; past the cap, or with no bound at all, the request is answered
 `errored` / `budget_exceeded`.
@@ -42,6 +45,7 @@ from .errors import (
     ApiAccessError,
     BatchRefusedError,
     BatchTooLargeError,
+    OutcomeUnknownError,
     TransientError,
     insist,
 )
@@ -231,7 +235,13 @@ class Realtime:
                     params, deadline=self.until, headers=batches.headers_for(item, realtime=True)
                 )
                 return {"type": "succeeded", "message": answer}
-            except TransientError as exc:  # 429/529 (NotAcceptedError), 5xx, a broken connection
+            except OutcomeUnknownError as exc:
+                # It may have run and been billed: sent again only as a new attempt, which the
+                # request's completion counts (and MaxAttempts bounds), never within this one.
+                metrics.add_metric(name="RealtimeOutcomeUnknown", unit=MetricUnit.Count, value=1)
+                message = f"the realtime call's answer was lost after it was sent; it may have run: {exc}"
+                return errored(rid, "api_error", message)["result"]
+            except TransientError as exc:  # 429/529 (NotAcceptedError), a call that never left
                 wait = batches.retry_after(exc) or min(
                     BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (tries - 1)
                 )
