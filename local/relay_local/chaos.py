@@ -22,7 +22,7 @@ refused `budget_exceeded` once it is spent.
   (`realtime_kill`) and the check function in the middle of a rescue (`rescue_kill`: at any call
   after it wrote the rescue's journal, so between moving requests and sending their messages
   too); the API refuses calls (429/529/5xx, realtime messages and token counts included), loses
-  create answers after creating and cuts result streams, and some realtime calls get a 429 with a
+  create and realtime answers after acting (a batch made, a message billed) and cuts result streams, and some realtime calls get a 429 with a
   retry-after of up to two minutes. A death is `FunctionKilled`, a `BaseException` no
   `except Exception` stops, and the invocation stays dead: the calls its `finally` clauses would
   make as the exception unwinds are killed before they act.
@@ -34,8 +34,9 @@ are the same; each completion's `route` says where it was answered (realtime: no
 saved, list price paid, the message id the Messages API gave for that request; batch: a batch the
 API made holding it, and the message id of its line there); no request was in two batches the API
 created; no request was sent to the Messages API more than once, unless an invocation answering it
-died or failed after the API had answered it (the emulator is watched to tell which request each
-call was for: the prompt names it); no request is left waiting or claimed, no batch or realtime
+died or failed after the API had answered it, or the API lost the answer of a call it billed and the
+call was made again as a new attempt that the request's completion counts (the emulator is watched
+to tell which request each call was for: the prompt names it); no request is left waiting or claimed, no batch or realtime
 record left live; and every deadline that was still ahead when its request was sent was met, unless
 a fault that could delay it (in a call or an invocation working on that request, or in a submitter
 run) was injected from 15 minutes before it was sent to its deadline. The report counts the faults
@@ -156,23 +157,29 @@ class Witness(Emulator):
     it) and which requests each refused or broken call concerned."""
 
     answered: dict[str, list[str]]
+    # Realtime calls the API ran and billed whose answer it then lost, per request.
+    lost: Counter[str]
     log: FaultLog
 
     def __init__(self, *args: Any, log: FaultLog, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.answered = defaultdict(list)
+        self.lost = Counter()
         self.log = log
 
     def handle(
         self, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, str], bytes | Iterator[bytes]]:
         path = urlsplit(target).path.rstrip("/")
+        billed = len(self.messages_created)
         try:
             status, out, payload = super().handle(method, target, headers, body)
-        except Exception:  # a create whose answer is lost by a dropped connection
+        except Exception:  # an answer lost by a dropped connection, after the API acted
+            self._billed_unanswered(path, body, billed)
             self.log.add(f"API {method} {path} lost", self._concerns(path, body))
             raise
         if status >= 400 and path != "/v1/messages/count_tokens":  # a count refused is estimated
+            self._billed_unanswered(path, body, billed)
             self.log.add(f"API {method} {path} {status}", self._concerns(path, body))
         elif path == "/v1/messages" and isinstance(payload, bytes):
             rid = _rid_of(body)
@@ -181,6 +188,14 @@ class Witness(Emulator):
         if isinstance(payload, Iterator):
             payload = self._watched(payload, path)
         return status, out, payload
+
+    def _billed_unanswered(self, path: str, body: bytes, billed: int) -> None:
+        """Note a realtime call the API billed (its answer then lost) for the request it was for."""
+        if path == "/v1/messages" and len(self.messages_created) > billed:
+            rid = _rid_of(body) or "?"
+            with self._lock:
+                self.answered[rid].append("(answer lost)")
+                self.lost[rid] += 1
 
     def _watched(self, lines: Iterator[bytes], path: str) -> Iterator[bytes]:
         try:
@@ -991,8 +1006,11 @@ def _check(drive: Drive, log: FaultLog, inbox: str, kinds: dict[str, str], outco
         raise RuntimeError(f"{outcome.realtime_calls} realtime calls, {told} of them told apart by request")
     for rid in ids:
         calls = len(emu.answered.get(rid, []))
-        allowed = 1 + faults.lost_answers[rid]
-        if calls > allowed:
+        # A call whose answer an invocation died holding may be made again; one whose answer the
+        # API lost only as a new attempt, which the request's completion then counts.
+        allowed = 1 + faults.lost_answers[rid] + emu.lost[rid]
+        attempts = max((int(c.get("attempts") or 0) for c in seen.get(rid, [])), default=0)
+        if calls > allowed or (emu.lost[rid] and calls - faults.lost_answers[rid] > attempts):
             outcome.called_twice.append(rid)
         elif calls > 1:
             outcome.extra_calls_excused += calls - 1
