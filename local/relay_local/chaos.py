@@ -20,12 +20,13 @@ refused `budget_exceeded` once it is spent.
   (`aws_refuse`, as throttling or a 500) and an invocation may die right after a call acted
   (`aws_kill`, at a random call); the realtime function may also die after any of its calls
   (`realtime_kill`) and the check function in the middle of a rescue (`rescue_kill`: at any call
-  after it wrote the rescue's journal, so between moving requests and sending their messages
-  too); the API refuses calls (429/529/5xx, realtime messages and token counts included), loses
-  create and realtime answers after acting (a batch made, a message billed) and cuts result streams, and some realtime calls get a 429 with a
-  retry-after of up to two minutes. A death is `FunctionKilled`, a `BaseException` no
-  `except Exception` stops, and the invocation stays dead: the calls its `finally` clauses would
-  make as the exception unwinds are killed before they act.
+  after it wrote the rescue's journal, so between moving requests and sending their messages too);
+  the API refuses calls (429/529/5xx, realtime messages and token counts included), loses create and
+  realtime answers after acting (a batch made, a message billed) and cuts result streams, and some
+  realtime calls get a 429 with a retry-after of up to two minutes; a DynamoDB write may be applied
+  twice (`twice`: it acted, its answer was lost, botocore sent it again). A death is
+  `FunctionKilled`, a `BaseException` no `except Exception` stops, and the invocation stays dead:
+  the calls its `finally` clauses would make as the exception unwinds are killed before they act.
 - calm: faults off, the request dead-letter queue redriven, the clock moving on until no request
   waits, no batch or realtime record is live, no poller runs and the realtime queue is empty.
 
@@ -36,15 +37,15 @@ API made holding it, and the message id of its line there); no request was in tw
 created; no request was sent to the Messages API more than once, unless an invocation answering it
 died or failed after the API had answered it, or the API lost the answer of a call it billed and the
 call was made again as a new attempt that the request's completion counts (the emulator is watched
-to tell which request each call was for: the prompt names it); no request is left waiting or claimed, no batch or realtime
-record left live; and every deadline that was still ahead when its request was sent was met, unless
-a fault that could delay it (in a call or an invocation working on that request, or in a submitter
-run) was injected from 15 minutes before it was sent to its deadline. The report counts the faults
-injected, the completions repeated, the routes, the Messages API calls, the deadlines met and
-missed (for each miss, where its request stood when its deadline came, read from the table and the
-queue, and the fault most likely to have kept it there; `--explain` prints what happened on the
-request's path) and any broken promise. A run without faults must meet every such deadline.
-"""
+to tell which request each call was for: the prompt names it); no request is left waiting or
+claimed, no batch or realtime record left live; and every deadline that was still ahead when its
+request was sent was met, unless a fault that could delay it (in a call or an invocation working on
+that request, or in a submitter run) was injected from 15 minutes before it was sent to its
+deadline. The report counts the faults injected, the completions repeated, the routes, the Messages
+API calls, the deadlines met and missed (for each miss, where its request stood when its deadline
+came, read from the table and the queue, and the fault most likely to have kept it there;
+`--explain` prints what happened on the request's path) and any broken promise. A run without faults
+must meet every such deadline."""
 
 from __future__ import annotations
 
@@ -95,6 +96,9 @@ STORM_TAIL_SECONDS = 2400
 CALM_STRIDE_SECONDS = 2 * 3600
 # A fault this long before a request is sent can still delay it (a dead run's lease, a stale claim).
 FAULT_LOOKBACK_SECONDS = 900
+# Writes a lost answer can make botocore apply twice (a transaction carries a request token that
+# DynamoDB applies once, so it is not among them).
+WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
 REFUSALS = (
     ("ProvisionedThroughputExceededException", 400),
     ("ThrottlingException", 400),
@@ -315,6 +319,8 @@ class Faults:
     witness: Witness
     realtime_kill: float = 0.0
     rescue_kill: float = 0.0
+    # Share of DynamoDB writes applied twice: acted on, their answer lost, sent again by botocore.
+    twice: float = 0.0
     injected: Counter[str] = field(default_factory=Counter)
     # Realtime answers lost per request: the invocation that got them died before settling them.
     lost_answers: Counter[str] = field(default_factory=Counter)
@@ -365,6 +371,24 @@ class Faults:
             self._note(kind)
             self._dead.add(invocation)
         raise FunctionKilled(f"{function} killed right after {operation} acted")
+
+    def again(
+        self, operation: Any, attempts: int, response: Any, caught_exception: Any, **_: Any
+    ) -> int | None:
+        """botocore's `needs-retry` hook: a write that succeeded is sent once more at once, as when
+        its answer is lost on the way back (conditional ones then fail on their own condition)."""
+        from relay_local.stack import current_call
+
+        invocation = current_call()[0]
+        applied = caught_exception is None and response is not None and response[0].status_code < 300
+        relay = invocation != 0 and invocation not in self._dead  # not the harness's own writes
+        if not applied or attempts != 1 or operation.name not in WRITES or not relay:
+            return None
+        with self._lock:
+            if not self.active or self.rng.random() >= self.twice:
+                return None
+            self._note(f"write applied twice ({operation.name})")
+        return 0
 
     def _note(self, kind: str, logged: str | None = None) -> None:
         """Count a fault and log whom it concerns (as `logged`, when it says more than the count's
@@ -576,6 +600,7 @@ def run(
     realtime_kill: float = 0.01,
     rescue_kill: float = 0.08,
     retry_after_share: float = 0.2,
+    twice: float = 0.02,
     budget: bool | None = None,
     explain: bool = False,
 ) -> Outcome:
@@ -616,8 +641,12 @@ def run(
                     emu,
                     realtime_kill=realtime_kill,
                     rescue_kill=rescue_kill,
+                    twice=twice,
                 )
                 stack.before, stack.after = faults.before, faults.after
+                from batch_relay import aws
+
+                aws.dynamodb().meta.client.meta.events.register("needs-retry.dynamodb", faults.again)
                 emu.chaos(api_rate, seed)
                 emu.make_late(1, LATENCY_MIX[-1][1])
                 drive = Drive(stack, sim, emu, faults)
@@ -1214,6 +1243,9 @@ def main(argv: list[str] | None = None) -> int:
         "--retry-after", type=float, default=0.2, help="share of rounds that give realtime calls a 429"
     )
     parser.add_argument(
+        "--twice", type=float, default=0.02, help="share of DynamoDB writes applied twice (answer lost)"
+    )
+    parser.add_argument(
         "--explain", action="store_true", help="print each missed deadline with what happened on its path"
     )
     parser.add_argument("--json", action="store_true", help="one JSON line per seed, then the totals")
@@ -1232,6 +1264,7 @@ def main(argv: list[str] | None = None) -> int:
             realtime_kill=args.realtime_kill,
             rescue_kill=args.rescue_kill,
             retry_after_share=args.retry_after,
+            twice=args.twice,
             explain=args.explain,
         )
         total.update({k: v for k, v in out.summary().items() if k != "seed"})
