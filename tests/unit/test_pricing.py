@@ -372,3 +372,18 @@ def test_a_give_back_sent_twice_frees_the_room_once(monkeypatch):
         assert store.committed("2026-12-07") == pytest.approx(1.0)
         assert store.get("batch#a")["budget_settled"] is True
     aws.reset()
+
+
+def test_extra_prices_are_checked_when_a_function_starts() -> None:
+    from batch_relay.settings import Settings
+
+    base = {"TABLE_NAME": "tab", "BUCKET_NAME": "bucket", "TOPIC_ARN": "arn:aws:sns:us-east-1:1:t"}
+    good = '{"claude-x-1": {"input": 3, "output": 15, "aliases": ["claude-x"]}}'
+    assert Settings.from_env(base | {"EXTRA_PRICES": good}).extra_prices == good
+    for bad in (
+        '{"claude-x-1": {"input": "three"}}',
+        "{not json",
+        '{"claude-x-1-20260101": {"input": 1, "output": 2}}',
+    ):
+        with pytest.raises(ValueError, match="EXTRA_PRICES"):
+            Settings.from_env(base | {"EXTRA_PRICES": bad})

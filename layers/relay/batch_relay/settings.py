@@ -81,6 +81,9 @@ class Settings(BaseModel):
     # A request only API version 2023-06-01 accepts (sampling parameters, ...): sent under that
     # version in batches of its own, or rejected on receipt.
     legacy_requests: Literal["send", "reject"] = Field(default="send", alias="LEGACY_REQUESTS")
+    # Prices of model families the shipped table lacks (or overrides), as JSON: checked here so a
+    # malformed value fails the cold start, not a completion's pricing.
+    extra_prices: str = Field(default="", alias="EXTRA_PRICES")
 
     @field_validator("tiers", mode="before")
     @classmethod
@@ -93,6 +96,17 @@ class Settings(BaseModel):
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return value or None
+
+    @field_validator("extra_prices")
+    @classmethod
+    def _prices(cls, value: str) -> str:
+        from .pricing import parse_extra
+
+        try:
+            parse_extra(value)
+        except ValueError as exc:  # json's own errors are ValueErrors too
+            raise ValueError(f"EXTRA_PRICES: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
