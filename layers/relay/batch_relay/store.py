@@ -11,7 +11,9 @@ One table holds two kinds of item:
 - `hold#<tier>`: a tier paused after an account problem, until when, and how many times in a row;
 - `turn#<model>#<batch_id>`: how long one of the relay's batches of that model took (a sample the
   relay learns turnaround from, indexed under `turn#<model>` by when it ended, kept a week);
-- `budget#<day>`: what the relay has committed to spend on that UTC day (`committed_micros`).
+- `budget#<day>`: what the relay has committed to spend on that UTC day (`committed_micros`);
+- `tiers`: every tier name a request was ever put in (`names`), so the requests of a tier that a
+  later policy no longer names are still found and flushed.
 
 The sparse `pending` index is the relay's work list. Its partition says what an item waits for:
 a tier name (a pending request) or `live` (a batch not yet collected). Within a tier, a request
@@ -43,6 +45,7 @@ LIVE = "live"
 MICROS = 1_000_000
 # Sort-key prefix of requests with a deadline: after every ISO timestamp ("2...").
 BY = "by:"
+TIERS = "tiers"
 
 
 def request_key(request_id: str) -> str:
@@ -292,6 +295,23 @@ class Store:
                 )
 
         insist(delete)
+
+    # tiers
+
+    def note_tiers(self, names: Iterable[str]) -> None:
+        """Add tier names to the ones requests were ever put in (a set: a write sent twice is harmless)."""
+        names = set(names)
+        if names:
+            self.table.update_item(
+                Key={"pk": TIERS},
+                UpdateExpression="SET kind = :k ADD #names :n",
+                ExpressionAttributeNames={"#names": "names"},
+                ExpressionAttributeValues={":k": "tiers", ":n": names},
+            )
+
+    def known_tiers(self) -> set[str]:
+        item = self.get(TIERS)
+        return set(item.get("names", ())) if item else set()
 
     # batches
 

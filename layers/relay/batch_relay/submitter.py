@@ -153,21 +153,33 @@ class Submitter:
         self.create_until = now + max(0.0, seconds_left - LEASE_MARGIN_SECONDS)
         try:
             self.reconcile()
-            for name, tier in self.settings.tiers.items():
+            tiers = self.tiers()
+            for name, tier in tiers.items():
                 self.flush(name, tier)
-            self.measure_waits()
+            self.measure_waits(tiers)
         finally:
             self.store.unlease("submitter", holder)
         return self.report
 
-    def measure_waits(self) -> None:
-        """Age of each tier's oldest pending request, and the worst age over its tier's max wait."""
+    def tiers(self) -> dict[str, Tier]:
+        """The tiers to flush: the policy's, and any a request was put in under an earlier policy
+        (whose requests are answered all the same, under the default tier's timing)."""
+        known = self.store.known_tiers()
+        if not set(self.settings.tiers) <= known:
+            self.store.note_tiers(self.settings.tiers)
+        return self.settings.flushed(known)
+
+    def measure_waits(self, tiers: dict[str, Tier]) -> None:
+        """Age of each tier's oldest pending request, and the worst age over its tier's max wait;
+        requests waiting in a tier the policy no longer names are counted apart."""
         worst = 0.0
-        for name, tier in self.settings.tiers.items():
+        for name, tier in tiers.items():
             oldest = next(self.store.waiting(name, limit=1, span="plain"), None)
             age = clock.now() - clock.parse(oldest["pending_since"]) if oldest else 0.0
             metrics.add_metric(name=f"OldestPendingSeconds_{name}", unit=MetricUnit.Seconds, value=age)
             worst = max(worst, age / tier.max_wait_seconds)
+        orphaned = sum(self.store.count(name, 10**9) for name in tiers if name not in self.settings.tiers)
+        metrics.add_metric(name="OrphanedTierRequests", unit=MetricUnit.Count, value=orphaned)
         metrics.add_metric(name="OldestPendingRatio", unit=MetricUnit.NoUnit, value=worst)
 
     # flushing
