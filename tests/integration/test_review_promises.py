@@ -10,13 +10,15 @@ function, `after(function, operation)` once it acted.
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
 from tests.conftest import TEST_PARAMETERS
 from tests.helpers import request
-from tests.integration.test_deadlines import once
+from tests.integration.test_deadlines import at, items, once, wait_for
 from tests.integration.test_promises import emitted
+from tests.integration.test_review_leases import as_harness, table
 
 pytestmark = pytest.mark.integration
 
@@ -46,3 +48,79 @@ def test_requests_of_a_tier_a_redeploy_dropped_are_answered(stack, emulator, cap
     got = once(stack, inbox, ids)
     assert {c["status"] for c in got.values()} == {"succeeded"}
     assert {c["route"] for c in got.values()} == {"batch"}
+
+
+# a rescue counted twice
+
+
+class AddedTwice:
+    """The first write of <function> that adds to the batch record's `n_rescued` is applied
+    twice, as when its answer is lost and the SDK sends it again (a throttle, a reset)."""
+
+    def __init__(self, stack, function: str):
+        self.stack, self.function = stack, function
+        self.fired = threading.Event()
+        self._before = threading.local()
+
+    def n_rescued(self) -> int:
+        with as_harness():
+            found = [b for b in items(self.stack, "batch#").values() if b.get("batch_id")]
+        return sum(int(b.get("n_rescued", 0)) for b in found)
+
+    def before(self, function: str, operation: str) -> None:
+        if function == self.function and operation == "UpdateItem" and not self.fired.is_set():
+            self._before.n = self.n_rescued()
+
+    def after(self, function: str, operation: str) -> None:
+        if function != self.function or operation != "UpdateItem" or self.fired.is_set():
+            return
+        added = self.n_rescued() - self._before.n
+        if added:
+            self.fired.set()
+            with as_harness():
+                [ref] = [b["ref"] for b in items(self.stack, "batch#").values() if b.get("batch_id")]
+                table(self.stack).update_item(
+                    Key={"pk": f"batch#{ref}"},
+                    UpdateExpression="ADD n_rescued :n",
+                    ExpressionAttributeValues={":n": added},
+                )
+
+
+def test_a_rescue_counted_twice_cancels_no_batch_that_still_holds_a_request(make_stack, emulator):
+    """A late batch holds three requests: two with deadlines half an hour apart, one without. The
+    check that takes the first out for realtime adds 1 to the batch's `n_rescued`, and that write
+    is applied twice. When the second is taken out, the tally read 3 of 3: the batch was canceled
+    though it still held the third request, which got a `canceled` completion. Whether a batch
+    holds none of its requests is read from the requests: no cancel is sent, and the third is
+    answered by its batch."""
+    from batch_relay import clock
+
+    stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds="60")
+    inbox = stack.subscribe()
+    emulator.make_late(1, 7200)
+    start = clock.now()
+    stack.send([request("first", deadline=at(1800)), request("second", deadline=at(3600)), request("third")])
+    stack.deliver()
+    stack.tick()
+    [batch_id] = emulator.batch_ids()
+    twice = AddedTwice(stack, "CheckBatchFunction")
+    stack.before, stack.after = twice.before, twice.after
+    # When the first deadline comes within the margin, its rescue is counted twice
+    stack.advance(start + 1800 - 60 + 5 - clock.now())
+    wait_for(twice.fired.is_set)
+    stack.before = stack.after = None
+    wait_for(lambda: stack.deliver_realtime() and len(emulator.messages_created) == 1)
+    # And the second is taken out too
+    stack.advance(start + 3600 - 60 + 5 - clock.now())
+    wait_for(lambda: stack.deliver_realtime() and len(emulator.messages_created) == 2)
+    # Then the batch, which still holds the third request, is not canceled
+    assert emulator._batches[batch_id].cancel_at is None, "a batch that holds a request was canceled"
+    stack.advance(7200)
+    stack.pump()
+    got = once(stack, inbox, ["first", "second", "third"])
+    assert {rid: c["route"] for rid, c in got.items()} == {
+        "first": "realtime",
+        "second": "realtime",
+        "third": "batch",
+    }
+    assert got["third"]["status"] == "succeeded", got["third"].get("error")

@@ -529,7 +529,8 @@ class Submitter:
         record.update(status="created", batch_id=batch.id, submitted_at=now)
         metrics.add_metric(name="BatchesCreated", unit=MetricUnit.Count, value=1)
         fresh = self.store.get(batch_key(ref)) or record
-        if int(fresh.get("n_rescued", 0)) >= int(record["request_count"]):
+        rescuer = Rescuer(self.settings, self.store, self.payloads)
+        if rescuer.may_be_empty(fresh, 0) and not rescuer.holds_any(ref):
             # Adopted after every one of its requests went realtime: nothing in it is ours to wait for.
             batches.cancel(batch.id, deadline=self.create_until)
             metrics.add_metric(name="BatchesCanceled", unit=MetricUnit.Count, value=1)
