@@ -13,9 +13,11 @@ import json
 import threading
 
 import pytest
+from batch_relay.errors import FunctionKilled
 
 from tests.conftest import TEST_PARAMETERS
 from tests.helpers import request
+from tests.integration.test_deadline_faults import Once, answered_in_time, install
 from tests.integration.test_deadlines import at, items, once, wait_for
 from tests.integration.test_promises import emitted
 from tests.integration.test_review_leases import as_harness, table
@@ -124,3 +126,56 @@ def test_a_rescue_counted_twice_cancels_no_batch_that_still_holds_a_request(make
         "third": "batch",
     }
     assert got["third"]["status"] == "succeeded", got["third"].get("error")
+
+
+# a submitter run killed while it holds the lease
+
+
+def test_a_submitter_run_killed_holding_its_lease_keeps_the_next_runs_out_briefly(stack, emulator):
+    """A submitter run is killed right after it takes its lease. The lease used to last as long
+    as the run's invocation could (15 minutes and a minute): every run meanwhile did nothing,
+    and a request due in 10 minutes, which the first of them would send realtime, missed its
+    deadline. The lease is short and renewed as a run goes, so the next runs take it within
+    minutes and the request is answered in time."""
+    inbox = stack.subscribe()
+    killed = Once("SubmitterFunction", "PutItem", "kill after")
+    install(stack, killed)
+    with pytest.raises(FunctionKilled):
+        stack.tick()
+    assert killed.fired.is_set()
+    stack.before = stack.after = None
+    answered_in_time(stack, inbox, "killed1")
+
+
+def test_a_run_whose_lease_was_taken_stops_before_its_next_claim(stack, emulator):
+    """A run that stalls past its lease (here: its clock jumps on while it claims) finds, at its
+    next write that needs the lease, that another run has taken it, and stops: it claims and
+    creates nothing more, so two runs never claim at once."""
+    from batch_relay import clock
+    from batch_relay.settings import settings
+    from batch_relay.store import Store
+
+    inbox = stack.subscribe()
+    stack.send([request(f"lt{i}") for i in range(3)])
+    stack.deliver()
+    other: list[bool] = []
+
+    def before(function: str, operation: str) -> None:
+        if function == "SubmitterFunction" and operation == "BatchWriteItem" and not other:
+            # The run stalls past its lease (however long), and another run takes it meanwhile.
+            stack.advance(20 * 60)
+            with as_harness():
+                now = clock.now()
+                other.append(Store(settings().table_name).lease("submitter", "another-run", now + 600, now))
+
+    stack.before = before
+    report = stack.tick()
+    stack.before = None
+    assert other == [True]
+    assert report.get("lease_lost") and not report["batches"]
+    assert emulator.batch_ids() == [], "a run whose lease was taken created a batch"
+    with as_harness():
+        Store(settings().table_name).unlease("submitter", "another-run")
+    stack.pump()
+    assert set(once(stack, inbox, [f"lt{i}" for i in range(3)])) == {"lt0", "lt1", "lt2"}
+
