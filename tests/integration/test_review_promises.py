@@ -18,7 +18,7 @@ from batch_relay.errors import FunctionKilled
 from tests.conftest import TEST_PARAMETERS
 from tests.helpers import request
 from tests.integration.test_deadline_faults import Once, answered_in_time, install
-from tests.integration.test_deadlines import at, items, once, wait_for
+from tests.integration.test_deadlines import at, items, learn, once, wait_for
 from tests.integration.test_promises import emitted
 from tests.integration.test_review_leases import as_harness, table
 
@@ -179,3 +179,31 @@ def test_a_run_whose_lease_was_taken_stops_before_its_next_claim(stack, emulator
     stack.pump()
     assert set(once(stack, inbox, [f"lt{i}" for i in range(3)])) == {"lt0", "lt1", "lt2"}
 
+
+# what an expired batch teaches
+
+
+def test_a_batch_that_expired_does_not_send_deadline_requests_realtime_for_a_week(stack, emulator):
+    """The relay has timed three batches of a fraction of a second; then one runs to the API's
+    24-hour limit and its request expires (and is tried again). That batch used to be recorded as
+    a 24-hour sample: the p95 of four samples is the slowest, so for a week every request due
+    within about a day went realtime at list price. A batch whose requests expired says when the
+    API gave up, not how long batches take: it is not a sample, and a request due in 40 minutes
+    keeps its batch price."""
+    inbox = stack.subscribe()
+    learn(stack, emulator)
+    emulator.make_late(1, 3 * 86400)
+    stack.send([request("slow")])
+    stack.deliver()
+    stack.advance(5)
+    stack.tick()
+    assert len(emulator.batch_ids()) == 4
+    stack.advance(86400 + 60)
+    stack.pump()
+    slow = once(stack, inbox, ["slow", *(f"warm-{n}" for n in range(3))])["slow"]
+    assert slow["status"] == "succeeded" and slow["attempts"] == 2, "the first batch did not expire"
+    stack.send([request("d40", deadline=at(2400))])
+    stack.pump()
+    got = once(stack, inbox, ["d40"])["d40"]
+    assert got["route"] == "batch" and got["cost"]["saved_usd"] > 0
+    assert emulator.messages_created == []

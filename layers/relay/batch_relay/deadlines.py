@@ -77,6 +77,15 @@ def flush_by(key: str) -> float | None:
     return clock.parse(key[len(BY) :]) if key.startswith(BY) else None
 
 
+def telling(batch: Any) -> bool:
+    """Whether an ended batch says how long batches take. Not one we canceled (it ended early by
+    our hand), nor one whose requests expired: it ended at the API's 24-hour limit, not when its
+    work was done, and as the slowest of a few samples it would be the expected turnaround for
+    a week, sending realtime, at list price, every deadline request a batch could have answered.
+    (Requests still in a batch near their deadline are taken out for realtime anyway.)"""
+    return batch.cancel_initiated_at is None and not int(batch.request_counts.expired)
+
+
 @dataclass
 class Turnaround:
     """How long the relay's batches take, per model, learned from its own recent batches."""
