@@ -162,6 +162,16 @@ class LocalStack:
         os.environ.update(self.environment())
         _reset()
 
+    def redeploy(self, **parameters: str) -> None:
+        """Deploy again with some parameters changed, as `sam deploy` would: the data stays, and
+        every function starts cold with its new environment."""
+        self.params.update(parameters)
+        os.environ.update(self.environment())
+        for key in list(self.modules):
+            sys.modules.pop(f"relay_fn_{key}", None)
+        self.modules.clear()
+        _reset()
+
     def stop(self) -> None:
         for p in reversed(self._patches):
             p.stop()
@@ -626,7 +636,7 @@ class LocalStack:
         store = Store(settings().table_name)
         live = list(store.live_batches())
         return {
-            "pending": sum(store.count(t, 10**9) for t in settings().tiers),
+            "pending": sum(store.count(t, 10**9) for t in settings().flushed(store.known_tiers())),
             "live_batches": len(live),
             "running": sum(e["status"] == "RUNNING" for e in self.executions()),
         }

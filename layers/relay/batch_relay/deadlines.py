@@ -10,7 +10,8 @@ conservative default until it has seen a few) and, for a request with a deadline
 - while its batch runs, takes it out of the batch for a realtime answer `DEADLINE_MARGIN_SECONDS`
   before its deadline (`Rescuer`): the request's item moves to a realtime record with a
   conditional write, so the batch's results, when they come, find it no longer theirs and never
-  answer it again. A batch left with no request of its own is canceled.
+  answer it again. A batch left with no request of its own (as its requests' items say, not a
+  tally of rescues, which a retried write can add to twice) is canceled.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr
@@ -26,7 +28,7 @@ from . import clock
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .settings import Settings, Tier
-from .store import BY, Store, batch_key, request_key
+from .store import BY, Store, batch_key, held_by, request_key
 
 # Samples older than this are forgotten; fewer than MIN_SAMPLES and the default is used.
 WINDOW_SECONDS = 7 * 86400
@@ -39,6 +41,8 @@ POLL_SHARE = 0.1
 RESCUE_GROUP_SECONDS = 60
 # Requests moved, then sent, at a time: a check that runs out of time has sent what it moved.
 RESCUE_CHUNK = 100
+# Requests read at a time to learn whether a batch still holds any (one BatchGetItem).
+CHECK_CHUNK = 100
 # A tier is flushed this long before a batch would be too late: submitter runs come a minute
 # apart and a claim of 100,000 requests takes minutes.
 FLUSH_LEAD_SECONDS = 600
@@ -71,6 +75,15 @@ def sort_key(received_at: str, deadline: str | None, tier: Tier, settings: Setti
 def flush_by(key: str) -> float | None:
     """The flush moment a deadline request's sort key holds (None for one without a deadline)."""
     return clock.parse(key[len(BY) :]) if key.startswith(BY) else None
+
+
+def telling(batch: Any) -> bool:
+    """Whether an ended batch says how long batches take. Not one we canceled (it ended early by
+    our hand), nor one whose requests expired: it ended at the API's 24-hour limit, not when its
+    work was done, and as the slowest of a few samples it would be the expected turnaround for
+    a week, sending realtime, at list price, every deadline request a batch could have answered.
+    (Requests still in a batch near their deadline are taken out for realtime anyway.)"""
+    return batch.cancel_initiated_at is None and not int(batch.request_counts.expired)
 
 
 @dataclass
@@ -147,6 +160,7 @@ class Rescuer:
         cut = now + RESCUE_GROUP_SECONDS
         due = [rid for at, rid in schedule if at <= cut]
         moved = done = 0
+        emptied = False
         target: dict[str, Any] | None = None
         while done < len(due) and clock.now() < until:
             chunk = due[done : done + RESCUE_CHUNK]
@@ -165,7 +179,9 @@ class Rescuer:
             fields: dict[str, Any] = {"updated_at": clock.iso(), "rescue_from": start + done}
             if left:
                 fields["rescue_at"] = min(left)
-            if moved and moved + int(record.get("n_rescued", 0)) >= int(record.get("request_count", 0)):
+            if taken and not emptied and self.may_be_empty(record, moved):
+                emptied = not self.holds_any(ref)
+            if emptied:
                 fields["cancel_wanted"] = True
             self.store.update(
                 batch_key(ref),
@@ -181,8 +197,7 @@ class Rescuer:
                 extra={"ref": ref, "batch_id": record.get("batch_id"), "n": moved},
             )
             metrics.add_metric(name="DeadlineRescues", unit=MetricUnit.Count, value=moved)
-        rescued = int(record.get("n_rescued", 0)) + moved
-        if moved and rescued >= int(record.get("request_count", 0)) and record.get("batch_id"):
+        if emptied and record.get("batch_id"):
             # Nothing of this batch is still ours to answer: stop paying for what it has not run.
             # (A cancel that fails is sent again by the next check: `cancel_wanted`.)
             from . import batches  # the SDK, loaded only where the API is called (not the buffer)
@@ -191,6 +206,22 @@ class Rescuer:
             logger.info("every request of a batch went realtime; batch canceled", extra={"ref": ref})
             metrics.add_metric(name="BatchesCanceled", unit=MetricUnit.Count, value=1)
         return moved
+
+    @staticmethod
+    def may_be_empty(record: dict[str, Any], moved: int) -> bool:
+        """Whether the batch's tally of rescues says it may hold none of its requests now. A
+        tally only ever says too many (a write the SDK sent again after it applied adds twice),
+        so it only says when to look; `holds_any` decides."""
+        return moved + int(record.get("n_rescued", 0)) >= int(record.get("request_count", 0))
+
+    def holds_any(self, ref: str) -> bool:
+        """Whether batch <ref> still holds one of its requests, as the requests' items say."""
+        ids = self.payloads.journaled(ref)
+        while chunk := list(islice(ids, CHECK_CHUNK)):
+            items = self.store.get_many(request_key(rid) for rid in chunk)
+            if any(held_by(items.get(request_key(rid)), ref) for rid in chunk):
+                return True
+        return False
 
     def _take(self, rid: str, ref: str, target: str) -> bool:
         """Move one request from batch <ref> to realtime record <target>, if the batch still holds it."""

@@ -105,6 +105,8 @@ class Intake:
     parsed: dict[str, Parsed | Refused | Exception] = field(default_factory=dict)
     shelf: list[tuple[Parsed, bytes]] = field(default_factory=list)
     shelf_bytes: int = 0
+    # Whether this process has recorded its policy's tier names (`Store.note_tiers`): once is enough.
+    tiers_noted: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
@@ -323,6 +325,10 @@ class Intake:
         if isinstance(parsed, Refused):
             return self._reject(parsed)
         rid = parsed.rid
+        if not self.tiers_noted:
+            # Before its first request is written: no request waits in a tier no one knows of.
+            self.store.note_tiers(self.settings.tiers)
+            self.tiers_noted = True
         stored = self.store.add(self._item(parsed))
         self.tally["RequestsReceived"] += 1
         if not stored:

@@ -19,7 +19,7 @@ from typing import Any
 from . import batches, clock
 from .budget import Budget
 from .completions import Topic
-from .deadlines import Rescuer, Turnaround
+from .deadlines import Rescuer, Turnaround, telling
 from .errors import TransientError
 from .handoff import Handoff
 from .observability import MetricUnit, logger, metrics
@@ -97,8 +97,7 @@ class Poller:
                     k: int(getattr(counts, k)) for k in ("succeeded", "errored", "canceled", "expired")
                 },
             )
-            if batch.cancel_initiated_at is None and record.get("models"):
-                # A canceled batch ends early by our hand: it says nothing of how long batches take.
+            if telling(batch) and record.get("models"):
                 turnaround = Turnaround(self.store, self.settings)
                 turnaround.record(record["models"], batch.id, batch.created_at.timestamp(), ended_at)
         self.store.update(batch_key(event["ref"]), **fields)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Annotated, Any, Literal
 
@@ -117,6 +117,18 @@ class Settings(BaseModel):
         if self.poll_max_seconds < self.poll_min_seconds:
             raise ValueError("POLL_MAX_SECONDS is below POLL_MIN_SECONDS")
         return self
+
+    def timing(self, tier: str) -> Tier:
+        """A tier's policy; a tier the policy no longer names (dropped or renamed by a later
+        deployment, its requests still waiting or coming back for another attempt) is flushed and
+        measured as the default tier is."""
+        return self.tiers.get(tier) or self.tiers[self.default_tier]
+
+    def flushed(self, known: Iterable[str]) -> dict[str, Tier]:
+        """Every tier the submitter flushes: the policy's, then those requests were put in under
+        an earlier policy, each with its timing."""
+        orphans = sorted(set(known) - set(self.tiers))
+        return {**self.tiers, **{name: self.timing(name) for name in orphans}}
 
     @property
     def inbox(self) -> str:

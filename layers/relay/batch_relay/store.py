@@ -5,13 +5,16 @@ One table holds two kinds of item:
 - `batch#<ref>`: a batch the relay made (the API keeps no metadata of ours), from the moment its
   requests are claimed until its results are collected.
 
-- `lease#submitter`: which submitter run may claim requests, and until when;
+- `lease#submitter`: which submitter run may claim requests, and until when (a short lease its
+  run renews as it goes, see `Lease`);
 - `batchid#<batch_id>`: which batch record owns an API batch, written before the record names it,
   so no two records ever take one batch and no batch the stack made is adopted again;
 - `hold#<tier>`: a tier paused after an account problem, until when, and how many times in a row;
 - `turn#<model>#<batch_id>`: how long one of the relay's batches of that model took (a sample the
   relay learns turnaround from, indexed under `turn#<model>` by when it ended, kept a week);
-- `budget#<day>`: what the relay has committed to spend on that UTC day (`committed_micros`).
+- `budget#<day>`: what the relay has committed to spend on that UTC day (`committed_micros`);
+- `tiers`: every tier name a request was ever put in (`names`), so the requests of a tier that a
+  later policy no longer names are still found and flushed.
 
 The sparse `pending` index is the relay's work list. Its partition says what an item waits for:
 a tier name (a pending request) or `live` (a batch not yet collected). Within a tier, a request
@@ -29,6 +32,7 @@ import math
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -43,6 +47,7 @@ LIVE = "live"
 MICROS = 1_000_000
 # Sort-key prefix of requests with a deadline: after every ISO timestamp ("2...").
 BY = "by:"
+TIERS = "tiers"
 
 
 def request_key(request_id: str) -> str:
@@ -299,6 +304,21 @@ class Store:
             return (self.get(f"lease#{name}") or {}).get("holder") == holder
         return True
 
+    def renew(self, name: str, holder: str, until: float) -> bool:
+        """Extend lease <name> to `until`, only while `holder` still has it (a renewal the SDK
+        sends again is applied again, harmlessly); False when another holder has taken it."""
+        try:
+            self.table.update_item(
+                Key={"pk": f"lease#{name}"},
+                UpdateExpression="SET #until = :until",
+                ConditionExpression=Attr("holder").eq(holder),
+                ExpressionAttributeNames={"#until": "until"},
+                ExpressionAttributeValues={":until": dynamo(until)},
+            )
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def unlease(self, name: str, holder: str) -> None:
         """Give lease <name> back. A lease that expired may be someone else's by now: only the
         holder's own is removed. Tried again through a throttle: a lease left behind by work that
@@ -311,6 +331,23 @@ class Store:
                 )
 
         insist(delete)
+
+    # tiers
+
+    def note_tiers(self, names: Iterable[str]) -> None:
+        """Add tier names to the ones requests were ever put in (a set: a write sent twice is harmless)."""
+        names = set(names)
+        if names:
+            self.table.update_item(
+                Key={"pk": TIERS},
+                UpdateExpression="SET kind = :k ADD #names :n",
+                ExpressionAttributeNames={"#names": "names"},
+                ExpressionAttributeValues={":k": "tiers", ":n": names},
+            )
+
+    def known_tiers(self) -> set[str]:
+        item = self.get(TIERS)
+        return set(item.get("names", ())) if item else set()
 
     # batches
 
@@ -431,3 +468,45 @@ def dynamo(value: Any) -> Any:
     if isinstance(value, list):
         return [dynamo(v) for v in value]
     return value
+
+
+class LeaseLost(Exception):
+    """A run's lease ran out and another holder took it: the run stops before its next write."""
+
+
+@dataclass
+class Lease:
+    """A short lease a run keeps by renewing it as it goes (a heartbeat), so a run that dies keeps
+    everyone out for `seconds` at most, not for as long as its invocation could have lasted.
+
+    Another invocation's clock may run `skew` ahead of ours, and take the lease that much before
+    `until` by our clock: the holder counts on it only until `until - skew`. `keep` is called
+    before each write that needs the lease, and renews it unless more than `ahead` seconds (the
+    longest such a write takes) of that are left; a renewal refused (another run has it) raises
+    `LeaseLost`, so a run that lost its lease never makes such a write again."""
+
+    store: Store
+    name: str
+    holder: str
+    seconds: float
+    skew: float
+    ahead: float
+    until: float = 0.0
+
+    def take(self, now: float) -> bool:
+        taken = self.store.lease(self.name, self.holder, now + self.seconds, now)
+        if taken:
+            self.until = now + self.seconds
+        return taken
+
+    def keep(self) -> None:
+        now = clock.now()
+        if now + self.ahead < self.until - self.skew:
+            return
+        until = now + self.seconds
+        if not insist(lambda: self.store.renew(self.name, self.holder, until)):
+            raise LeaseLost(f"lease {self.name} was taken by another holder")
+        self.until = until
+
+    def give_back(self) -> None:
+        self.store.unlease(self.name, self.holder)

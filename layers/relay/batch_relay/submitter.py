@@ -32,8 +32,11 @@ says `creating` with the window the call may take; a lost answer leaves it so. O
 inside that window, with the same request count, owned by no record of this stack, and the only
 one that fits, is adopted; the `batchid#` item makes the claim on it atomic.
 
-A run holds the `submitter` lease for as long as its invocation can last, so claims never race:
-a page of pending requests is read again consistently, its ids journaled in S3, then claimed with
+A run holds the `submitter` lease, so claims never race. The lease is short and renewed as the
+run goes (`store.Lease`): before each write that needs it (a page claimed, a batch's state moved,
+a record recovered), a run renews it when little is left, and stops (`LeaseLost`) if another run
+has taken it meanwhile; a run that dies keeps the others out for `LEASE_SECONDS` at most. A page
+of pending requests is read again consistently, its ids journaled in S3, then claimed with
 batched writes (25 a call, not one conditional write each). The journal is how a batch's requests
 are found again (to release them, or answer those the API never did) without an index entry each.
 Claiming stops at a time budget, leaving the create its share of the invocation.
@@ -70,7 +73,7 @@ from .payloads import Bodies, Payloads, RequestsBody
 from .pricing import request_bound, unbounded_reason
 from .results import Settler
 from .settings import Settings, Tier
-from .store import Store, batch_key, claimed, held_by, new_record, request_key
+from .store import Lease, LeaseLost, Store, batch_key, claimed, held_by, new_record, request_key
 
 # A batch left in one state longer than a submitter run may take was left by a crashed run.
 STALE_SECONDS = 15 * 60
@@ -78,6 +81,11 @@ STALE_SECONDS = 15 * 60
 # by as long, and a create's window is widened by it on both sides.
 CLOCK_SKEW_SECONDS = 60
 LEASE_MARGIN_SECONDS = CLOCK_SKEW_SECONDS
+# The submitter lease lasts this long from its last renewal: a run that dies keeps the next
+# runs out no longer. Renewed before a write that needs it once fewer than LEASE_AHEAD_SECONDS
+# of it are left (less the skew): the longest a write that needs it takes (a page's claims).
+LEASE_SECONDS = 120
+LEASE_AHEAD_SECONDS = 30
 # Room for the `{"requests":[...]}` envelope around the request lines.
 ENVELOPE_BYTES = 1024
 # Of a run's time, what claiming leaves for the create (and the writes after it).
@@ -118,12 +126,17 @@ class Submitter:
     over_budget: bool = field(default=False, init=False)
     # This run's hold on the `submitter` lease, written on the records it starts.
     holder: str = field(default_factory=lambda: uuid.uuid4().hex, init=False)
+    lease: Lease = field(init=False)
 
     def __post_init__(self) -> None:
         self.bodies = Bodies(self.payloads)
         self.turnaround = Turnaround(self.store, self.settings)
         self.handoff = Handoff(self.settings, self.store, self.payloads)
         self.budget = Budget(self.settings, self.store)
+        self.lease = self._lease(self.holder)
+
+    def _lease(self, holder: str) -> Lease:
+        return Lease(self.store, "submitter", holder, LEASE_SECONDS, CLOCK_SKEW_SECONDS, LEASE_AHEAD_SECONDS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Submitter:
@@ -133,12 +146,14 @@ class Submitter:
     def run(self, seconds_left: float = STALE_SECONDS) -> dict[str, Any]:
         """One scheduled run: finish what crashed runs left, then flush every tier that is due.
 
-        Nothing is done unless this run holds the lease; it lasts until this invocation must have
-        ended (`seconds_left`, from the Lambda context), so a run that dies keeps no one out longer."""
+        Nothing is done unless this run holds the lease, which it renews as it goes; a run that
+        dies keeps the others out for `LEASE_SECONDS` at most. `seconds_left` (from the Lambda
+        context) bounds how long it claims and creates."""
         self.holder = holder = uuid.uuid4().hex
+        self.lease = lease = self._lease(holder)
         now = clock.now()
         try:
-            taken = self.store.lease("submitter", holder, now + seconds_left + LEASE_MARGIN_SECONDS, now)
+            taken = lease.take(now)
         except Exception:
             # The write may have applied before its answer was lost: not left to keep runs out.
             with suppress(Exception):
@@ -154,21 +169,38 @@ class Submitter:
         self.create_until = now + max(0.0, seconds_left - LEASE_MARGIN_SECONDS)
         try:
             self.reconcile()
-            for name, tier in self.settings.tiers.items():
+            tiers = self.tiers()
+            for name, tier in tiers.items():
                 self.flush(name, tier)
-            self.measure_waits()
+            self.measure_waits(tiers)
+        except LeaseLost:
+            # Its lease ran out (the run stalled) and another run holds it: that run goes on.
+            logger.warning("the submitter lease was taken by another run; this one stops")
+            metrics.add_metric(name="SubmitterLeaseLost", unit=MetricUnit.Count, value=1)
+            self.report["lease_lost"] = True
         finally:
-            self.store.unlease("submitter", holder)
+            lease.give_back()
         return self.report
 
-    def measure_waits(self) -> None:
-        """Age of each tier's oldest pending request, and the worst age over its tier's max wait."""
+    def tiers(self) -> dict[str, Tier]:
+        """The tiers to flush: the policy's, and any a request was put in under an earlier policy
+        (whose requests are answered all the same, under the default tier's timing)."""
+        known = self.store.known_tiers()
+        if not set(self.settings.tiers) <= known:
+            self.store.note_tiers(self.settings.tiers)
+        return self.settings.flushed(known)
+
+    def measure_waits(self, tiers: dict[str, Tier]) -> None:
+        """Age of each tier's oldest pending request, and the worst age over its tier's max wait;
+        requests waiting in a tier the policy no longer names are counted apart."""
         worst = 0.0
-        for name, tier in self.settings.tiers.items():
+        for name, tier in tiers.items():
             oldest = next(self.store.waiting(name, limit=1, span="plain"), None)
             age = clock.now() - clock.parse(oldest["pending_since"]) if oldest else 0.0
             metrics.add_metric(name=f"OldestPendingSeconds_{name}", unit=MetricUnit.Seconds, value=age)
             worst = max(worst, age / tier.max_wait_seconds)
+        orphaned = sum(self.store.count(name, 10**9) for name in tiers if name not in self.settings.tiers)
+        metrics.add_metric(name="OrphanedTierRequests", unit=MetricUnit.Count, value=orphaned)
         metrics.add_metric(name="OldestPendingRatio", unit=MetricUnit.NoUnit, value=worst)
 
     # flushing
@@ -224,6 +256,7 @@ class Submitter:
             if self.budget.left() <= 0:
                 self._budget_held(name)
                 return
+            self.lease.keep()
             record, refused = self.claim(name, min(room, cap))
             if record is None:
                 if self.over_budget:
@@ -280,7 +313,10 @@ class Submitter:
                     late.append(item)
             if clock.now() >= self.claim_until:
                 break
-        return self.handoff.route(name, late, why="late", run=self.holder) if late else 0
+        if not late:
+            return 0
+        self.lease.keep()
+        return self.handoff.route(name, late, why="late", run=self.holder)
 
     def claim(self, tier: str, cap: int) -> tuple[dict[str, Any] | None, int]:
         """Claim the most urgent pending requests of a tier (deadline ones by when they must go,
@@ -351,6 +387,7 @@ class Submitter:
                     if item.get("deadline"):
                         schedule.append((clock.parse(item["deadline"]), item["request_id"]))
                 if taken:
+                    self.lease.keep()
                     self.payloads.journal(record["ref"], number, (item["request_id"] for item in taken))
                     self.store.put_many(claimed(item, record["ref"], record["claimed_at"]) for item in taken)
                     for line in lines:
@@ -361,6 +398,7 @@ class Submitter:
         except BaseException:
             writer.abort()
             raise
+        self.lease.keep()
         for item in giants:
             self.refuse_alone(
                 tier, item, "request_too_large", "the request alone exceeds the batch size limit"
@@ -389,6 +427,7 @@ class Submitter:
             first = min(d for d, _ in schedule)
             fields["rescue_at"] = first - self.settings.deadline_margin_seconds
         record.update(fields, status="uploaded")
+        self.lease.keep()
         self.store.update(batch_key(record["ref"]), status="uploaded", updated_at=clock.iso(), **fields)
         return record, answered
 
@@ -449,6 +488,7 @@ class Submitter:
     def submit(self, record: dict[str, Any]) -> None:
         """Create the batch from the uploaded JSONL and start its poller."""
         ref = record["ref"]
+        self.lease.keep()
         started = clock.now()
         self.store.update(
             batch_key(ref),
@@ -517,7 +557,8 @@ class Submitter:
         record.update(status="created", batch_id=batch.id, submitted_at=now)
         metrics.add_metric(name="BatchesCreated", unit=MetricUnit.Count, value=1)
         fresh = self.store.get(batch_key(ref)) or record
-        if int(fresh.get("n_rescued", 0)) >= int(record["request_count"]):
+        rescuer = Rescuer(self.settings, self.store, self.payloads)
+        if rescuer.may_be_empty(fresh, 0) and not rescuer.holds_any(ref):
             # Adopted after every one of its requests went realtime: nothing in it is ours to wait for.
             batches.cancel(batch.id, deadline=self.create_until)
             metrics.add_metric(name="BatchesCanceled", unit=MetricUnit.Count, value=1)
@@ -577,9 +618,12 @@ class Submitter:
             if step is None:
                 continue
             try:
+                self.lease.keep()
                 self._rescue_overdue(record)
                 if step(record, idle):
                     self.report["reconciled"] += 1
+            except LeaseLost:
+                raise
             except _Taken:
                 logger.warning("batch already owned by another record", extra={"ref": record["ref"]})
             except (
@@ -667,9 +711,11 @@ class Submitter:
         """The record as it is, if the run that left it in its state is over; else None.
 
         This run holds the lease, so one that wrote the record under another hold has ended (it
-        failed, or died and its lease ran out); a record of unknown run is taken for over once it
-        is stale. The work list is an index, which lags its table: a record listed in a state it
-        has since left (its run went on, then ended) is acted on only as it is now."""
+        failed, or died and its lease ran out) or makes no more writes that need the lease (its
+        lease ran out while it stalled: it renews before each, and stops once another run holds
+        it); a record of unknown run is taken for over once it is stale. The work list is an
+        index, which lags its table: a record listed in a state it has since left (its run went
+        on, then ended) is acted on only as it is now."""
         if idle < STALE_SECONDS and record.get("run") in (None, self.holder):
             return None
         fresh = self.store.get(batch_key(record["ref"]))
