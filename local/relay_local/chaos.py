@@ -24,9 +24,11 @@ refused `budget_exceeded` once it is spent.
   the API refuses calls (429/529/5xx, realtime messages and token counts included), loses create and
   realtime answers after acting (a batch made, a message billed) and cuts result streams, and some
   realtime calls get a 429 with a retry-after of up to two minutes; a DynamoDB write may be applied
-  twice (`twice`: it acted, its answer was lost, botocore sent it again). A death is
-  `FunctionKilled`, a `BaseException` no `except Exception` stops, and the invocation stays dead:
-  the calls its `finally` clauses would make as the exception unwinds are killed before they act.
+  twice (`twice`: it acted, its answer was lost, botocore sent it again); halfway, a parameter
+  changes as a redeploy would (a tier dropped from the policy, a smaller batch, a slower assumed
+  turnaround). A death is `FunctionKilled`, a `BaseException` no `except Exception` stops, and the
+  invocation stays dead: the calls its `finally` clauses would make as the exception unwinds are
+  killed before they act.
 - calm: faults off, the request dead-letter queue redriven, the clock moving on until no request
   waits, no batch or realtime record is live, no poller runs and the realtime queue is empty.
 
@@ -722,6 +724,8 @@ class Drive:
                 self.sent_at.update(dict.fromkeys(sent, _clock_now()))
                 self.expect(bodies, kinds)
                 r += 1
+                if r == rounds // 2:
+                    self.redeploy(rng, tiers, ids[r * per_round :])
             if rng.random() < retry_after_share / 10:
                 wait = rng.choice([1, 15, 45, 120])
                 self.emu.inject(
@@ -732,6 +736,27 @@ class Drive:
             if r >= rounds and _clock_now() >= storm_end:
                 return kinds
             self.move_to([storm_end] + ([sends[r]] if r < rounds else []))
+
+    def redeploy(self, rng: random.Random, tiers: dict[str, str], unsent: list[str]) -> None:
+        """A parameter changed between runs, as `sam deploy` does mid-storm: a tier dropped from the
+        policy (requests already in it must still be answered), a smaller batch, a slower assumed
+        turnaround. The data stays; every function starts cold."""
+        change = rng.choice(["TierPolicy", "MaxBatchRequests", "DefaultTurnaroundSeconds"])
+        if change == "TierPolicy":
+            kept = {name: tier for name, tier in CHAOS_TIERS.items() if name != "standard"}
+            self.stack.redeploy(TierPolicy=json.dumps(kept))
+            for rid in unsent:  # producers follow the new policy; what is buffered stays in `standard`
+                if tiers[rid] == "standard":
+                    tiers[rid] = "urgent"
+        elif change == "MaxBatchRequests":
+            self.stack.redeploy(MaxBatchRequests="7")
+        else:
+            self.stack.redeploy(DefaultTurnaroundSeconds=str(2 * TURNAROUND_SECONDS))
+        from batch_relay import aws
+
+        # The functions' clients are new: the fault of writes applied twice goes on with them.
+        aws.dynamodb().meta.client.meta.events.register("needs-retry.dynamodb", self.faults.again)
+        self.faults.injected[f"parameter changed ({change})"] += 1
 
     def calm(self) -> None:
         """Faults off, the dead letters redriven, the clock moving on until nothing is left to do."""
