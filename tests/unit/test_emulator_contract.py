@@ -2,20 +2,18 @@
 
 The SDK's models take unknown keys silently and read missing optional ones as None, so a response
 that drifted from the API would still parse. Here every answer is validated with pydantic (not the
-SDK's lenient `construct`) and walked with its type: a key the type does not declare is drift.
+SDK's lenient `construct`) and walked with its type (`relay_local.contract`): a key the type does not
+declare is drift.
 """
 
 from __future__ import annotations
 
 import json
-import types
-import typing
 import urllib.request
-from collections.abc import Iterable, Iterator
-from typing import Any, NotRequired, Required, get_args, get_origin
+from collections.abc import Iterator
+from typing import Any
 
 import anthropic
-import pydantic
 import pytest
 from anthropic.pagination import SyncPage
 from anthropic.types import Message, MessageTokensCount
@@ -23,86 +21,16 @@ from anthropic.types.message_create_params import MessageCreateParamsNonStreamin
 from anthropic.types.messages import DeletedMessageBatch, MessageBatch, MessageBatchIndividualResponse
 from anthropic.types.messages.batch_create_params import BatchCreateParams
 from anthropic.types.shared import ErrorDetails, ErrorResponse
+from relay_local.contract import drift, invalid, undeclared
 from relay_local.emulator import Emulator, EmulatorServer, SimClock
-from typing_extensions import is_typeddict
 
 KEY = {"x-api-key": "k", "anthropic-version": "2026-10-21", "content-type": "application/json"}
-_adapters: dict[int, pydantic.TypeAdapter[Any]] = {}
-
-
-def _adapter(kind: Any) -> pydantic.TypeAdapter[Any]:
-    found = _adapters.get(id(kind))
-    if found is None:
-        found = _adapters[id(kind)] = pydantic.TypeAdapter(kind)
-    return found
-
-
-def _invalid(kind: Any, data: Any) -> str | None:
-    try:
-        _adapter(kind).validate_python(data)
-    except pydantic.ValidationError as exc:
-        return str(exc)
-    return None
-
-
-def _strip(kind: Any) -> Any:
-    """The type under Annotated, Required and NotRequired wrappers."""
-    while get_origin(kind) in (typing.Annotated, Required, NotRequired):
-        kind = get_args(kind)[0]
-    return kind
-
-
-def _fields(kind: Any) -> dict[str, Any]:
-    """The keys a model or TypedDict declares (by the name the JSON uses), with their types."""
-    if is_typeddict(kind):
-        return {name: hint for name, hint in typing.get_type_hints(kind, include_extras=True).items()}
-    return {(f.alias or name): f.annotation for name, f in kind.model_fields.items()}
-
-
-def undeclared(kind: Any, data: Any, path: str = "$") -> list[str]:
-    """Where `data` holds keys `kind` does not declare, walking models, TypedDicts, unions (the
-    member the data fits best), lists, iterables and dicts together with the data. Items of an
-    `Iterable` are validated here too: pydantic validates those only when they are iterated."""
-    kind = _strip(kind)
-    origin = get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        members = [m for m in get_args(kind) if m is not type(None)]
-        if data is None:
-            return []
-        fits = [undeclared(m, data, path) for m in members if _invalid(m, data) is None]
-        if not fits:
-            return [f"{path}: fits no member of {kind}"]
-        return min(fits, key=len)
-    if isinstance(kind, type) and (is_typeddict(kind) or issubclass(kind, pydantic.BaseModel)):
-        if not isinstance(data, dict):
-            return []
-        declared = _fields(kind)
-        found = [f"{path}.{key}" for key in data if key not in declared]
-        for key, value in data.items():
-            if key in declared:
-                found += undeclared(declared[key], value, f"{path}.{key}")
-        return found
-    if origin in (list, typing.List, Iterable, typing.Iterable, typing.Sequence):  # noqa: UP006
-        (item,) = get_args(kind) or (Any,)
-        found = []
-        for n, value in enumerate(data if isinstance(data, list) else []):
-            if origin not in (list, typing.List):  # noqa: UP006
-                problem = _invalid(item, value)
-                found += [f"{path}[{n}]: {problem}"] if problem else []
-            found += undeclared(item, value, f"{path}[{n}]")
-        return found
-    if origin in (dict, typing.Dict) and isinstance(data, dict):  # noqa: UP006
-        value_type = get_args(kind)[1] if get_args(kind) else Any
-        return [p for k, v in data.items() for p in undeclared(value_type, v, f"{path}.{k}")]
-    return []
 
 
 def strict(kind: Any, data: Any) -> None:
     """`data` is what `kind` says, with nothing more."""
-    problem = _invalid(kind, data)
-    assert problem is None, problem
-    extra = undeclared(kind, data)
-    assert not extra, f"keys the SDK's {kind} does not declare: {extra}"
+    problems = drift(kind, data)
+    assert not problems, f"what the SDK's {kind} does not say: {problems}"
 
 
 def error_body(data: dict[str, Any]) -> None:
@@ -315,7 +243,7 @@ def test_over_http_the_sdk_gets_the_same_shapes(emu: Emulator, clock: SimClock) 
     ],
 )
 def test_the_check_finds_undeclared_keys_at_any_depth(kind: Any, data: Any, where: str) -> None:
-    assert _invalid(kind, data) is None
+    assert invalid(kind, data) is None
     assert where in undeclared(kind, data)
     with pytest.raises(AssertionError):
         strict(kind, data)
@@ -339,3 +267,4 @@ def test_the_check_finds_missing_required_keys() -> None:
             Message,
             {"id": "m", "type": "message", "role": "assistant", "model": "m", "content": [], "usage": usage},
         )
+
