@@ -268,3 +268,45 @@ def test_the_check_finds_missing_required_keys() -> None:
             {"id": "m", "type": "message", "role": "assistant", "model": "m", "content": [], "usage": usage},
         )
 
+
+def test_the_emulator_records_what_a_body_sends_beyond_the_sdks_types(emu: Emulator) -> None:
+    old = {"anthropic-version": "2023-06-01"}
+    typo = [{"custom_id": "typo", "params": params(temprature=0)}, {"custom_id": "fine", "params": params()}]
+    assert call(emu, "POST", "/v1/messages/batches", {"requests": typo})[0] == 200
+    assert emu.drift == ["create typo (2026-10-21): $.temprature: not declared"]
+    emu.drift.clear()
+    # Under 2023-06-01 sampling params are the API's own; a key is still checked below them.
+    sampled = params(temperature=0, top_p=0.9, top_k=5)
+    one = {"requests": [{"custom_id": "t", "params": sampled}]}
+    assert call(emu, "POST", "/v1/messages/batches", one, old)[0] == 200
+    assert call(emu, "POST", "/v1/messages", sampled, old)[0] == 200
+    assert emu.drift == []
+    block = {"role": "user", "content": [{"type": "text", "text": "hi", "colour": "red"}]}
+    assert call(emu, "POST", "/v1/messages", params(temperature=0, messages=[block]), old)[0] == 200
+    counted = {"model": "claude-haiku-4-5", "messages": [block], "max_tokens": 5}
+    assert call(emu, "POST", "/v1/messages/count_tokens", counted)[0] == 200
+    assert emu.drift == [
+        "message (2023-06-01): $.messages[0].content[0].colour: not declared",
+        "count_tokens (2026-10-21): $.max_tokens: not declared",
+        "count_tokens (2026-10-21): $.messages[0].content[0].colour: not declared",
+    ]
+
+
+def test_bodies_the_emulator_refuses_are_not_drift(emu: Emulator) -> None:
+    # Errors the client sees already: a 400, and a batch request that ends errored.
+    assert call(emu, "POST", "/v1/messages", params(temperature=0.5))[0] == 400
+    bad = [{"custom_id": "zero", "params": params(max_tokens=0, temprature=0)}]
+    assert call(emu, "POST", "/v1/messages/batches", {"requests": bad})[0] == 200
+    assert emu.drift == []
+
+
+def test_a_large_batch_is_checked_in_a_spread_sample_and_by_shape(emu: Emulator) -> None:
+    many = [{"custom_id": f"r{n}", "params": params(f"ticket {n}")} for n in range(2000)]
+    for n in (0, 1000, 1003):
+        many[n]["params"]["temprature"] = 0
+    assert call(emu, "POST", "/v1/messages/batches", {"requests": many})[0] == 200
+    # Every 4th of 2,000 is checked: r1003 is not, and r0 and r1000 share a shape, checked once.
+    assert emu.drift == [
+        "create r0 (2026-10-21): $.temprature: not declared",
+        "create r1000 (2026-10-21): $.temprature: not declared",
+    ]
