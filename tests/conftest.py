@@ -29,18 +29,31 @@ TEST_PARAMETERS = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Beside the fixture that reads it.
+    config.addinivalue_line(
+        "markers", "allows_drift(why): sends the API params the SDK's types do not declare, on purpose"
+    )
+
+
 def load_event(name: str) -> Any:
     return json.loads((EVENTS / name).read_text())
 
 
 @pytest.fixture
-def emulator() -> Iterator[Any]:
+def emulator(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The API, over HTTP. At the end every body it took must be what the SDK's param types declare
+    (`Emulator.drift`), so each test that uses it checks what the relay sends; a test that sends
+    undeclared params on purpose says so with `@pytest.mark.allows_drift("why")`."""
     from relay_local.emulator import Emulator, EmulatorServer
 
     emu = Emulator(latency_seconds=0.2, seed=7)
     with EmulatorServer(emu) as server:
         emu.url = server.url
         yield emu
+    if request.node.get_closest_marker("allows_drift") is None:
+        found = list(emu.drift)  # a plain list: the emulator's repr would bury the findings
+        assert not found, "sent what the SDK's types do not declare:\n" + "\n".join(found)
 
 
 @pytest.fixture

@@ -107,6 +107,20 @@ it further. `rate_limit_per_minute` refuses with 429 calls to the batch endpoint
 the last 60 seconds of `clock`; `max_queued_requests` refuses with 429 a batch that would put more
 requests in processing than that. `clock` may be a `SimClock`, to live through a day at once; rate
 limits then lift only when the test advances it.
+
+Drift: every body the emulator takes is also held to the SDK's param types (`relay_local.contract`),
+so what a client sends cannot drift from the SDK unnoticed: a batch request's `params` to
+`batch_create_params.Request`'s (MessageCreateParamsNonStreaming), a realtime call's body to
+MessageCreateParamsNonStreaming, a count's to MessageCountTokensParams. What differs (pydantic's
+refusal, or a key the type does not declare) is added to `drift` as "route custom_id (version):
+problem"; the answer is the same either way. Only bodies whose params pass the emulator's own
+checks are held to the types: one it refuses (a 400, or a batch request that ends errored with
+`invalid_request_error`) is already an error the client sees, and often the point of a test.
+Under `2023-06-01`, `temperature`, `top_p` and `top_k` are the API's params, which the SDK 2.x no
+longer declares: not drift there. The check costs milliseconds a body, so it is kept cheap: a body's
+shape (its keys, lists, value types, and the strings that could be the SDK's literals) is checked
+once per route and version and remembered, and a batch past 500 requests has 500 of them checked,
+spread evenly over it (a 10,000-request create takes about 50 ms more).
 """
 
 from __future__ import annotations
@@ -122,16 +136,29 @@ import string
 import sys
 import threading
 import time
+import typing
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import chain
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
+from relay_local import contract
+
 DAY = 24 * 3600
+# Drift checks (see the docstring) cost milliseconds each: a batch past SAMPLED requests has that
+# many checked, spread over it; each shape of body is checked once (per route and version), at most
+# CHECKED_SHAPES new ones a call, and at most MAX_SHAPES remembered.
+SAMPLED = 500
+CHECKED_SHAPES = 100
+MAX_SHAPES = 10_000
+# A string that could be one of the SDK's literals ("text", "image/jpeg", "5m"): kept in a body's
+# shape, where any other string counts only as a string.
+LITERAL = re.compile(r"[a-z0-9][a-z0-9_./-]{0,63}")
 # The API versions the emulator knows, oldest first; the SDK 2.x sends the newest.
 VERSIONS = ("2023-06-01", "2026-10-21")
 LATEST = VERSIONS[-1]
@@ -434,6 +461,8 @@ class Emulator:
     versions: Counter[Sent] = field(default_factory=Counter, repr=False)
     # Every realtime message answered, to count the calls billed at list price.
     messages_created: list[MessageCall] = field(default_factory=list, repr=False)
+    # Where a body the emulator took differs from the SDK's param types: "route custom_id: problem".
+    drift: list[str] = field(default_factory=list, repr=False)
     # Kept out of repr: a failing test would otherwise print every stored request.
     _batches: dict[str, _Batch] = field(default_factory=dict, repr=False)
     _admitted: deque[float] = field(default_factory=deque, repr=False)
@@ -441,6 +470,7 @@ class Emulator:
     _late: list[float] = field(default_factory=list, repr=False)
     _made: int = field(default=0, repr=False)  # batches created, to pick each one's latency from
     _cached_prefixes: set[int] = field(default_factory=set, repr=False)
+    _shapes: dict[tuple[str, str, Any], tuple[str, ...]] = field(default_factory=dict, repr=False)
     _faults: list[_Fault] = field(default_factory=list, repr=False)
     _break_after: int | None = field(default=None, repr=False)
     _lose: list[tuple[str, str]] = field(default_factory=list, repr=False)  # (route, how)
@@ -722,6 +752,7 @@ class Emulator:
         one, prefix = _digest("", params, version, (0, MAX_OUTPUT))
         if one.invalid:
             raise ApiError(400, one.invalid)
+        self._check_sent("message", [("", params)], version)
         if not self.credit:
             raise ApiError(400, NO_CREDIT)
         if self.account_error:
@@ -760,6 +791,7 @@ class Emulator:
         one, _ = _digest("", params | {"max_tokens": 1}, version)
         if one.invalid:
             raise ApiError(400, one.invalid)
+        self._check_sent("count_tokens", [("", params)], version)
         return {"input_tokens": sum(_input_tokens(one))}
 
     def _create(
@@ -775,6 +807,7 @@ class Emulator:
             raise ApiError(413, f"A batch may hold at most {self.max_requests} requests")
         seen: set[str] = set()
         requests = []
+        params_of: list[dict[str, Any]] = []
         limits = (1, MAX_OUTPUT_300K if OUTPUT_300K in betas else MAX_OUTPUT)
         for n, item in enumerate(items):
             cid = item.get("custom_id") if isinstance(item, dict) else None
@@ -791,6 +824,7 @@ class Emulator:
                 raise ApiError(400, f"requests.{n}.params: this request cannot be processed ({cid})")
             seen.add(cid)
             requests.append(_digest(cid, params, version, limits))
+            params_of.append(params)
         with self._lock:
             if self.max_queued_requests is not None:
                 queued = sum(len(b.requests) for b in self._batches.values() if self._state(b)[0] != "ended")
@@ -819,7 +853,37 @@ class Emulator:
             )
             self.left_out -= seen
             self._batches[batch.id] = batch
-            return self._view(batch)
+            view = self._view(batch)
+        # Once the batch exists, and outside the lock: only the requests the API would process.
+        taken = [
+            (one.custom_id, p) for (one, _), p in zip(requests, params_of, strict=True) if not one.invalid
+        ]
+        self._check_sent("create", taken, version)
+        return view
+
+    def _check_sent(self, route: str, bodies: list[tuple[str, dict[str, Any]]], version: str) -> None:
+        """Record where bodies differ from the SDK's param types for `route` (see "Drift")."""
+        kind = _param_types()[route]
+        fresh = 0
+        step = max(1, len(bodies) // SAMPLED)
+        for custom_id, params in bodies[::step][:SAMPLED]:
+            if version != LATEST:  # params the older version takes and the SDK 2.x no longer names
+                params = {k: v for k, v in params.items() if k not in SAMPLING}
+            key = (route, version, _shape(params))
+            found = self._shapes.get(key)
+            if found is None:
+                if fresh >= CHECKED_SHAPES:
+                    continue
+                fresh += 1
+                found = tuple(contract.drift(kind, params))
+                with self._lock:
+                    if len(self._shapes) >= MAX_SHAPES:
+                        self._shapes.clear()
+                    self._shapes[key] = found
+            if found:
+                where = f"{route} {custom_id}".rstrip()
+                with self._lock:
+                    self.drift.extend(f"{where} ({version}): {problem}" for problem in found)
 
     def _list(self, query: dict[str, str]) -> dict[str, Any]:
         try:
@@ -1121,6 +1185,34 @@ def _digest(
         sys.intern(geo) if isinstance(geo, str) and geo else INFERENCE_GEO,
     )
     return digest, prefix_key if invalid is None and cached_chars else None
+
+
+@cache
+def _param_types() -> dict[str, Any]:
+    """The SDK's type for the params of each route that takes some (imported on first use: the
+    command line starts without the SDK)."""
+    from anthropic.types.message_count_tokens_params import MessageCountTokensParams
+    from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
+    from anthropic.types.messages.batch_create_params import Request
+
+    batch = typing.get_type_hints(Request)["params"]  # what a batch request's params are typed as
+    return {
+        "create": batch,
+        "message": MessageCreateParamsNonStreaming,
+        "count_tokens": MessageCountTokensParams,
+    }
+
+
+def _shape(value: Any) -> Any:
+    """What a drift check of `value` depends on: its keys, lists, value types and the strings that
+    could be literals; two bodies of one shape get the same findings."""
+    if isinstance(value, dict):
+        return (dict, tuple((k, _shape(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return (list, tuple(_shape(v) for v in value))
+    if isinstance(value, str):
+        return value if LITERAL.fullmatch(value) else str
+    return type(value)
 
 
 def _last_user_text(messages: Any) -> str:

@@ -2,20 +2,18 @@
 
 The SDK's models take unknown keys silently and read missing optional ones as None, so a response
 that drifted from the API would still parse. Here every answer is validated with pydantic (not the
-SDK's lenient `construct`) and walked with its type: a key the type does not declare is drift.
+SDK's lenient `construct`) and walked with its type (`relay_local.contract`): a key the type does not
+declare is drift.
 """
 
 from __future__ import annotations
 
 import json
-import types
-import typing
 import urllib.request
-from collections.abc import Iterable, Iterator
-from typing import Any, NotRequired, Required, get_args, get_origin
+from collections.abc import Iterator
+from typing import Any
 
 import anthropic
-import pydantic
 import pytest
 from anthropic.pagination import SyncPage
 from anthropic.types import Message, MessageTokensCount
@@ -23,86 +21,16 @@ from anthropic.types.message_create_params import MessageCreateParamsNonStreamin
 from anthropic.types.messages import DeletedMessageBatch, MessageBatch, MessageBatchIndividualResponse
 from anthropic.types.messages.batch_create_params import BatchCreateParams
 from anthropic.types.shared import ErrorDetails, ErrorResponse
+from relay_local.contract import drift, invalid, undeclared
 from relay_local.emulator import Emulator, EmulatorServer, SimClock
-from typing_extensions import is_typeddict
 
 KEY = {"x-api-key": "k", "anthropic-version": "2026-10-21", "content-type": "application/json"}
-_adapters: dict[int, pydantic.TypeAdapter[Any]] = {}
-
-
-def _adapter(kind: Any) -> pydantic.TypeAdapter[Any]:
-    found = _adapters.get(id(kind))
-    if found is None:
-        found = _adapters[id(kind)] = pydantic.TypeAdapter(kind)
-    return found
-
-
-def _invalid(kind: Any, data: Any) -> str | None:
-    try:
-        _adapter(kind).validate_python(data)
-    except pydantic.ValidationError as exc:
-        return str(exc)
-    return None
-
-
-def _strip(kind: Any) -> Any:
-    """The type under Annotated, Required and NotRequired wrappers."""
-    while get_origin(kind) in (typing.Annotated, Required, NotRequired):
-        kind = get_args(kind)[0]
-    return kind
-
-
-def _fields(kind: Any) -> dict[str, Any]:
-    """The keys a model or TypedDict declares (by the name the JSON uses), with their types."""
-    if is_typeddict(kind):
-        return {name: hint for name, hint in typing.get_type_hints(kind, include_extras=True).items()}
-    return {(f.alias or name): f.annotation for name, f in kind.model_fields.items()}
-
-
-def undeclared(kind: Any, data: Any, path: str = "$") -> list[str]:
-    """Where `data` holds keys `kind` does not declare, walking models, TypedDicts, unions (the
-    member the data fits best), lists, iterables and dicts together with the data. Items of an
-    `Iterable` are validated here too: pydantic validates those only when they are iterated."""
-    kind = _strip(kind)
-    origin = get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        members = [m for m in get_args(kind) if m is not type(None)]
-        if data is None:
-            return []
-        fits = [undeclared(m, data, path) for m in members if _invalid(m, data) is None]
-        if not fits:
-            return [f"{path}: fits no member of {kind}"]
-        return min(fits, key=len)
-    if isinstance(kind, type) and (is_typeddict(kind) or issubclass(kind, pydantic.BaseModel)):
-        if not isinstance(data, dict):
-            return []
-        declared = _fields(kind)
-        found = [f"{path}.{key}" for key in data if key not in declared]
-        for key, value in data.items():
-            if key in declared:
-                found += undeclared(declared[key], value, f"{path}.{key}")
-        return found
-    if origin in (list, typing.List, Iterable, typing.Iterable, typing.Sequence):  # noqa: UP006
-        (item,) = get_args(kind) or (Any,)
-        found = []
-        for n, value in enumerate(data if isinstance(data, list) else []):
-            if origin not in (list, typing.List):  # noqa: UP006
-                problem = _invalid(item, value)
-                found += [f"{path}[{n}]: {problem}"] if problem else []
-            found += undeclared(item, value, f"{path}[{n}]")
-        return found
-    if origin in (dict, typing.Dict) and isinstance(data, dict):  # noqa: UP006
-        value_type = get_args(kind)[1] if get_args(kind) else Any
-        return [p for k, v in data.items() for p in undeclared(value_type, v, f"{path}.{k}")]
-    return []
 
 
 def strict(kind: Any, data: Any) -> None:
     """`data` is what `kind` says, with nothing more."""
-    problem = _invalid(kind, data)
-    assert problem is None, problem
-    extra = undeclared(kind, data)
-    assert not extra, f"keys the SDK's {kind} does not declare: {extra}"
+    problems = drift(kind, data)
+    assert not problems, f"what the SDK's {kind} does not say: {problems}"
 
 
 def error_body(data: dict[str, Any]) -> None:
@@ -315,7 +243,7 @@ def test_over_http_the_sdk_gets_the_same_shapes(emu: Emulator, clock: SimClock) 
     ],
 )
 def test_the_check_finds_undeclared_keys_at_any_depth(kind: Any, data: Any, where: str) -> None:
-    assert _invalid(kind, data) is None
+    assert invalid(kind, data) is None
     assert where in undeclared(kind, data)
     with pytest.raises(AssertionError):
         strict(kind, data)
@@ -339,3 +267,46 @@ def test_the_check_finds_missing_required_keys() -> None:
             Message,
             {"id": "m", "type": "message", "role": "assistant", "model": "m", "content": [], "usage": usage},
         )
+
+
+def test_the_emulator_records_what_a_body_sends_beyond_the_sdks_types(emu: Emulator) -> None:
+    old = {"anthropic-version": "2023-06-01"}
+    typo = [{"custom_id": "typo", "params": params(temprature=0)}, {"custom_id": "fine", "params": params()}]
+    assert call(emu, "POST", "/v1/messages/batches", {"requests": typo})[0] == 200
+    assert emu.drift == ["create typo (2026-10-21): $.temprature: not declared"]
+    emu.drift.clear()
+    # Under 2023-06-01 sampling params are the API's own; a key is still checked below them.
+    sampled = params(temperature=0, top_p=0.9, top_k=5)
+    one = {"requests": [{"custom_id": "t", "params": sampled}]}
+    assert call(emu, "POST", "/v1/messages/batches", one, old)[0] == 200
+    assert call(emu, "POST", "/v1/messages", sampled, old)[0] == 200
+    assert emu.drift == []
+    block = {"role": "user", "content": [{"type": "text", "text": "hi", "colour": "red"}]}
+    assert call(emu, "POST", "/v1/messages", params(temperature=0, messages=[block]), old)[0] == 200
+    counted = {"model": "claude-haiku-4-5", "messages": [block], "max_tokens": 5}
+    assert call(emu, "POST", "/v1/messages/count_tokens", counted)[0] == 200
+    assert emu.drift == [
+        "message (2023-06-01): $.messages[0].content[0].colour: not declared",
+        "count_tokens (2026-10-21): $.max_tokens: not declared",
+        "count_tokens (2026-10-21): $.messages[0].content[0].colour: not declared",
+    ]
+
+
+def test_bodies_the_emulator_refuses_are_not_drift(emu: Emulator) -> None:
+    # Errors the client sees already: a 400, and a batch request that ends errored.
+    assert call(emu, "POST", "/v1/messages", params(temperature=0.5))[0] == 400
+    bad = [{"custom_id": "zero", "params": params(max_tokens=0, temprature=0)}]
+    assert call(emu, "POST", "/v1/messages/batches", {"requests": bad})[0] == 200
+    assert emu.drift == []
+
+
+def test_a_large_batch_is_checked_in_a_spread_sample_and_by_shape(emu: Emulator) -> None:
+    many = [{"custom_id": f"r{n}", "params": params(f"ticket {n}")} for n in range(2000)]
+    for n in (0, 1000, 1003):
+        many[n]["params"]["temprature"] = 0
+    assert call(emu, "POST", "/v1/messages/batches", {"requests": many})[0] == 200
+    # Every 4th of 2,000 is checked: r1003 is not, and r0 and r1000 share a shape, checked once.
+    assert emu.drift == [
+        "create r0 (2026-10-21): $.temprature: not declared",
+        "create r1000 (2026-10-21): $.temprature: not declared",
+    ]
