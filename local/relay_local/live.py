@@ -49,12 +49,13 @@ def requests(model: str) -> list[dict[str, Any]]:
 
 
 def run(model: str, timeout: float, wait_cap: float = 30.0) -> int:
-    from batch_relay import batches
-
     from relay_local.stack import LocalStack
 
     sent = requests(model)
     with LocalStack(parameters=PARAMETERS, wait_cap=wait_cap) as stack:
+        # Imported once the stack has set the functions' environment: metrics read it when made.
+        from batch_relay import batches
+
         inbox = stack.subscribe()
         counted = batches.count_tokens(sent[0]["params"])
         print(f"count_tokens: {counted} input tokens for {sent[0]['request_id']} ({model})")

@@ -829,6 +829,12 @@ def _reset() -> None:
     batches.reset()
     settings.cache_clear()
     api_settings.cache_clear()
+    observability = sys.modules.get("batch_relay.observability")
+    if observability is not None:
+        # Metrics read their namespace when first made, maybe before a stack set the environment
+        # (a test module that imports the layer): they take this stack's, as a cold start would.
+        observability.metrics.namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE")
+        observability.metrics.service = os.environ.get("POWERTOOLS_SERVICE_NAME")
 
 
 def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
