@@ -766,10 +766,10 @@ class Emulator:
             )
         kind, _, error = (one.forced or "").partition(":")
         if kind == "errored":
-            error = error or "api_error"
+            error, _, code = (error or "api_error").partition(":")
             status = STATUSES.get(error, 500)
             message = ERROR_MESSAGES.get(error, f"{error} while processing the request")
-            raise ApiError(status, message, 1 if status == 429 else None, kind=error)
+            raise ApiError(status, message, 1 if status == 429 else None, kind=error, code=code or None)
         if self.realtime_seconds > 0:
             time.sleep(self.realtime_seconds)  # outside the lock: other calls go on meanwhile
         with self._lock:

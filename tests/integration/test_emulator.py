@@ -955,3 +955,23 @@ def test_container_and_web_search_directives(client, clock):
     assert box.container.expires_at == started + timedelta(seconds=60, days=30)
     # A forced outcome wins: the container shapes only a succeeded answer.
     assert results["both"].type == "errored"
+
+
+def test_a_realtime_directive_with_an_error_code_answers_that_type_and_code(emu):
+    from relay_local.emulator import LATEST
+
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": "x [[emulate:errored:permission_error:user_profile_not_billable]]"}
+        ],
+    }
+    headers = {"x-api-key": "k", "anthropic-version": LATEST}
+    status, _, payload = emu.handle("POST", "/v1/messages", headers, json.dumps(body).encode())
+    error = json.loads(payload)["error"]
+    assert (status, error["type"], error["details"]["error_code"]) == (
+        403,
+        "permission_error",
+        "user_profile_not_billable",
+    )
