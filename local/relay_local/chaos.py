@@ -489,6 +489,7 @@ class Outcome:
     live_batches: int = 0
     stuck: list[str] = field(default_factory=list)
     wrong_route: list[str] = field(default_factory=list)
+    retired_tier: int = 0
     called_twice: list[str] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
     routes: Counter[str] = field(default_factory=Counter)
@@ -535,6 +536,7 @@ class Outcome:
             "live_batches": self.live_batches,
             "stuck": len(self.stuck),
             "wrong_route": len(self.wrong_route),
+            "retired_tier": self.retired_tier,
             "called_twice": len(self.called_twice),
             "realtime": self.routes["realtime"],
             "batch": self.routes["batch"],
@@ -685,6 +687,8 @@ class Drive:
         # Whether the submitter had nothing to do at the end of the last round.
         self.was_idle = False
         self.ticks = self.rounds = 0
+        # Whether a redeploy dropped a tier: requests received after it naming it are rejected.
+        self.retired = False
         # When each request was sent (the relay's receipt can come later, after faults).
         self.sent_at: dict[str, float] = {}
         # Each deadline still ahead, and where its request stood when it came (see `observe`).
@@ -743,6 +747,7 @@ class Drive:
         turnaround. The data stays; every function starts cold."""
         change = rng.choice(["TierPolicy", "MaxBatchRequests", "DefaultTurnaroundSeconds"])
         if change == "TierPolicy":
+            self.retired = True
             kept = {name: tier for name, tier in CHAOS_TIERS.items() if name != "standard"}
             self.stack.redeploy(TierPolicy=json.dumps(kept))
             for rid in unsent:  # producers follow the new policy; what is buffered stays in `standard`
@@ -1072,6 +1077,10 @@ def _check(drive: Drive, log: FaultLog, inbox: str, kinds: dict[str, str], outco
         if rid not in kinds:
             continue  # an invalid request, answered rejected
         c = cs[0]
+        if c["status"] == "rejected" and drive.retired and "unknown tier" in c["error"]["message"]:
+            # Sent to a tier a redeploy then dropped, and received after it: answered at once.
+            outcome.retired_tier += 1
+            continue
         outcome.routes[c.get("route") or "none"] += 1
         if not _route_holds(c, emu):
             outcome.wrong_route.append(rid)
@@ -1316,6 +1325,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{total['lost']} lost, {total['conflicting']} conflicting, {total['billed_twice']} billed twice, "
         f"{total['live_batches']} batches left live, {total['stuck']} requests stuck, "
         f"{total['wrong_route']} answered on another route than they say, "
+        f"{total['retired_tier']} rejected for a tier a redeploy dropped before they were received, "
         f"{total['repeated']} repeated completions ({share:.2f}%)"
     )
     missed = total["missed_excused"] + total["missed"]
