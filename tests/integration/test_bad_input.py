@@ -111,7 +111,8 @@ def send(stack, bodies: list[str]) -> list[str]:
 
 def items(stack) -> dict[str, dict[str, Any]]:
     pages = boto3.client("dynamodb").get_paginator("scan").paginate(TableName=stack.physical["RequestTable"])
-    return {i["request_id"]["S"]: _plain(i) for page in pages for i in page["Items"]}
+    # Request items only: the table also holds the relay's own (the tiers it has known, leases).
+    return {i["request_id"]["S"]: _plain(i) for page in pages for i in page["Items"] if "request_id" in i}
 
 
 def _plain(item: dict[str, Any]) -> dict[str, Any]:
