@@ -605,6 +605,7 @@ def run(
     rescue_kill: float = 0.08,
     retry_after_share: float = 0.2,
     twice: float = 0.02,
+    redeploy: bool = True,
     budget: bool | None = None,
     explain: bool = False,
 ) -> Outcome:
@@ -654,6 +655,7 @@ def run(
                 emu.chaos(api_rate, seed)
                 emu.make_late(1, LATENCY_MIX[-1][1])
                 drive = Drive(stack, sim, emu, faults)
+                drive.redeploys = redeploy
                 kinds = drive.storm(rng, seed, requests, storm_rounds, retry_after_share)
                 drive.calm()
                 outcome.rounds, outcome.ticks = drive.rounds, drive.ticks
@@ -687,7 +689,9 @@ class Drive:
         # Whether the submitter had nothing to do at the end of the last round.
         self.was_idle = False
         self.ticks = self.rounds = 0
-        # Whether a redeploy dropped a tier: requests received after it naming it are rejected.
+        # Whether the storm redeploys halfway, and whether that dropped a tier (requests received
+        # after it naming that tier are rejected).
+        self.redeploys = True
         self.retired = False
         # When each request was sent (the relay's receipt can come later, after faults).
         self.sent_at: dict[str, float] = {}
@@ -728,7 +732,7 @@ class Drive:
                 self.sent_at.update(dict.fromkeys(sent, _clock_now()))
                 self.expect(bodies, kinds)
                 r += 1
-                if r == rounds // 2:
+                if r == rounds // 2 and self.redeploys:
                     self.redeploy(rng, tiers, ids[r * per_round :])
             if rng.random() < retry_after_share / 10:
                 wait = rng.choice([1, 15, 45, 120])
@@ -1280,6 +1284,9 @@ def main(argv: list[str] | None = None) -> int:
         "--twice", type=float, default=0.02, help="share of DynamoDB writes applied twice (answer lost)"
     )
     parser.add_argument(
+        "--no-redeploy", action="store_true", help="no parameter change halfway through the storm"
+    )
+    parser.add_argument(
         "--explain", action="store_true", help="print each missed deadline with what happened on its path"
     )
     parser.add_argument("--json", action="store_true", help="one JSON line per seed, then the totals")
@@ -1299,6 +1306,7 @@ def main(argv: list[str] | None = None) -> int:
             rescue_kill=args.rescue_kill,
             retry_after_share=args.retry_after,
             twice=args.twice,
+            redeploy=not args.no_redeploy,
             explain=args.explain,
         )
         total.update({k: v for k, v in out.summary().items() if k != "seed"})

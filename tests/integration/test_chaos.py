@@ -2,8 +2,9 @@
 
 Each seed storms the whole pipeline, deadlines and realtime answers included, with AWS refusals,
 functions killed right after a call acted (the realtime function after any call, the check in the
-middle of a rescue), API refusals and 429s with a retry-after, lost create answers and cut result
-streams, then heals and checks the promises. A seed without faults checks that every deadline a
+middle of a rescue), API refusals and 429s with a retry-after, lost create and realtime answers,
+cut result streams, DynamoDB writes applied twice and a parameter changed by a redeploy halfway,
+then heals and checks the promises. A seed without faults checks that every deadline a
 request could make was met."""
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def test_without_faults_every_reachable_deadline_is_met(monkeypatch):
         realtime_kill=0,
         rescue_kill=0,
         retry_after_share=0,
+        twice=0,
+        redeploy=False,
     )
     assert sum(out.faults.values()) == 0
     assert_promises_hold(out)
