@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import boto3
@@ -54,3 +55,16 @@ def stop_execution(arn: str, tries: int = 100) -> None:
             if n == tries - 1:
                 raise
             time.sleep(0.05)
+
+
+def emitted(capsys: Any) -> Counter[str]:
+    """The functions' EMF metrics printed so far, summed by name."""
+    out: Counter[str] = Counter()
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith('{"_aws"'):
+            doc = json.loads(line)
+            for block in doc["_aws"]["CloudWatchMetrics"]:
+                for m in block["Metrics"]:
+                    value = doc[m["Name"]]
+                    out[m["Name"]] += sum(value) if isinstance(value, list) else value
+    return out

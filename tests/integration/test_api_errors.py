@@ -47,12 +47,7 @@ def test_an_account_code_at_create_holds_the_tier_and_answers_nothing(loaded, em
     assert held(stack) and metric(capsys, "AccountHolds") >= 1
     # and once the account works again, every request is answered, no attempt spent
     emulator.clear_faults()
-    stack.advance(600)
-    stack.pump()
-    got = by_id(stack.drain(inbox))
-    assert sorted(got) == sorted(ids)
-    assert {c[0]["status"] for c in got.values()} == {"succeeded"}
-    assert {c[0]["attempts"] for c in got.values()} == {1}
+    answered_once_the_hold_lifts(stack, inbox, ids)
 
 
 @pytest.mark.parametrize("code", ["enforced_spend_limit_reached", "contract_spend_limit_reached"])
@@ -89,12 +84,7 @@ def test_errored_lines_with_an_account_code_hold_the_tier_and_are_answered_after
     assert held(stack) and metric(capsys, "AccountHolds") >= 1
     # When the hold lifts, they are answered, the held try not counted as an attempt
     emulator.account_error = None
-    stack.advance(600)
-    stack.pump()
-    got = by_id(stack.drain(inbox))
-    assert sorted(got) == sorted(ids)
-    assert {c[0]["status"] for c in got.values()} == {"succeeded"}
-    assert {c[0]["attempts"] for c in got.values()} == {1}
+    answered_once_the_hold_lifts(stack, inbox, ids)
 
 
 @pytest.mark.parametrize("kind", ["rate_limit_error", "timeout_error"])
@@ -175,3 +165,13 @@ def test_a_request_level_403_on_the_realtime_path_is_answered_errored(stack, emu
     stack.deliver_realtime()
     [c] = by_id(stack.drain(inbox))["rt-403"]
     assert (c["status"], c["error"]["type"]) == ("errored", "permission_error")
+
+
+def answered_once_the_hold_lifts(stack, inbox, ids):
+    """Past the hold, every request succeeds, the held try not counted as an attempt."""
+    stack.advance(600)
+    stack.pump()
+    got = by_id(stack.drain(inbox))
+    assert sorted(got) == sorted(ids)
+    assert {c[0]["status"] for c in got.values()} == {"succeeded"}
+    assert {c[0]["attempts"] for c in got.values()} == {1}

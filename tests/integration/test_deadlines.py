@@ -10,8 +10,7 @@ import time
 import boto3
 import pytest
 
-from tests.helpers import by_id, request
-from tests.integration.test_promises import emitted
+from tests.helpers import by_id, emitted, request
 
 pytestmark = pytest.mark.integration
 

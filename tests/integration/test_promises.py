@@ -4,7 +4,6 @@ account problems. Every test drives the real SDK against the emulator and the te
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 
@@ -15,26 +14,13 @@ from batch_relay import errors
 from botocore.exceptions import ClientError
 
 from tests.conftest import load_event
-from tests.helpers import by_id, request, stop_execution
+from tests.helpers import by_id, emitted, request, stop_execution
 from tests.integration.test_faults import STALE, assert_once, ids_in_batches
 
 pytestmark = pytest.mark.integration
 
 # Past a create's window: the submitter's invocation (900 s) plus the clock-skew allowance.
 PAST_WINDOW = 900 + 120
-
-
-def emitted(capsys) -> Counter:
-    """The functions' EMF metrics printed so far, summed by name."""
-    out: Counter = Counter()
-    for line in capsys.readouterr().out.splitlines():
-        if line.startswith('{"_aws"'):
-            doc = json.loads(line)
-            for block in doc["_aws"]["CloudWatchMetrics"]:
-                for m in block["Metrics"]:
-                    value = doc[m["Name"]]
-                    out[m["Name"]] += sum(value) if isinstance(value, list) else value
-    return out
 
 
 def records(stack):

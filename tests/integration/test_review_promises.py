@@ -16,10 +16,9 @@ import pytest
 from batch_relay.errors import FunctionKilled
 
 from tests.conftest import TEST_PARAMETERS
-from tests.helpers import request
+from tests.helpers import emitted, request
 from tests.integration.test_deadline_faults import Once, answered_in_time, install
 from tests.integration.test_deadlines import at, items, learn, once, wait_for
-from tests.integration.test_promises import emitted
 from tests.integration.test_review_leases import as_harness, table
 
 pytestmark = pytest.mark.integration

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.helpers import by_id, request
+from tests.helpers import by_id, emitted, request
 
 pytestmark = pytest.mark.integration
 
@@ -59,19 +58,6 @@ def queued(stack: Any, queue: str) -> int:
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
-def metrics_emitted(capsys: Any) -> Counter[str]:
-    """The functions' EMF metrics printed so far, summed by name."""
-    out: Counter[str] = Counter()
-    for line in capsys.readouterr().out.splitlines():
-        if line.startswith('{"_aws"'):
-            doc = json.loads(line)
-            for block in doc["_aws"]["CloudWatchMetrics"]:
-                for m in block["Metrics"]:
-                    value = doc[m["Name"]]
-                    out[m["Name"]] += sum(value) if isinstance(value, list) else value
-    return out
 
 
 # 1. Whoever closes a realtime record publishes what its requests settled first.
@@ -220,7 +206,7 @@ def test_a_rescued_request_refused_for_budget_is_not_reported_as_paid_both_ways(
     [record] = [r for r in table_items(stack, "batch#").values() if r.get("batch_id") == batch_id]
     assert record["status"] == "collected"
     assert not record.get("both_ways_usd"), "the batch record says a request was paid both ways"
-    seen = metrics_emitted(capsys)
+    seen = emitted(capsys)
     assert seen["BothWaysUSD"] == 0, "the BothWaysUSD metric counts a request paid one way"
     assert seen["BudgetExceeded"] == 1
     # What the batch ran is still spent: the day keeps it committed.
