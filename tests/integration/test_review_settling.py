@@ -157,9 +157,9 @@ def test_a_rescued_request_refused_for_budget_is_not_reported_as_paid_both_ways(
     from batch_relay import clock
 
     # Batches assumed to take a minute, a realtime margin of a minute; a budget the batch of two
-    # fits (about 0.00105 USD committed) but a realtime call on top (about 0.00105 more) does not,
-    # even once the batch has given back what it did not spend (all but about 0.00026).
-    stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds="60", DailyBudgetUSD="0.0012")
+    # fits (its bound: about 0.00122 USD committed) but a realtime call on top (about 0.00122 more)
+    # does not, even once the batch has given back what it did not spend (all but about 0.00026).
+    stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds="60", DailyBudgetUSD="0.0013")
     now = clock.now()
     stack.advance(86400 - now % 86400 + 6 * 3600)  # morning: the day does not change mid-test
     inbox = stack.subscribe()
