@@ -489,7 +489,8 @@ def test_estimate_falls_back_to_the_bytes_estimate_when_counting_fails(stack, em
     shown = json.loads(out)
     # Then that line alone is estimated from its bytes, and said so; the others are counted
     assert shown["estimated_lines"] == [1]
-    assert "input tokens estimated from bytes (count_tokens failed: Anthropic answered 500: injected 500): lines 1" in err
+    said = "input tokens estimated from bytes (count_tokens failed: Anthropic answered 500: injected 500)"
+    assert f"{said}: lines 1" in err
     expected = expected_rows(emulator, lines)
     line_1 = lines[0]["params"]
     fix = input_tokens_of(len(json.dumps(lines[0]).encode())) - counted(emulator, line_1)
