@@ -127,3 +127,35 @@ def test_a_call_that_never_left_may_be_tried_again_but_a_lost_answer_may_not(mon
         assert not isinstance(refused.value, OutcomeUnknownError)
     finally:
         batches.reset()
+
+
+def test_a_realtime_5xx_the_api_says_not_to_retry_is_an_unknown_outcome(monkeypatch):
+    from batch_relay.errors import OutcomeUnknownError
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            body = json.dumps({"type": "error", "error": {"type": "api_error", "message": "boom"}}).encode()
+            self.send_response(500)
+            self.send_header("content-type", "application/json")
+            self.send_header("x-should-retry", "false")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    # Given: the API answers 500, marked not to be retried, after it may have run the call
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    batches.reset()
+    try:
+        # Then: the outcome is unknown (a new attempt at most), not an account hold that resends it
+        with pytest.raises(OutcomeUnknownError):
+            batches.message(PARAMS, deadline=clock.now() + 5)
+    finally:
+        server.shutdown()
+        batches.reset()

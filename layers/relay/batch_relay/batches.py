@@ -262,6 +262,11 @@ def message(
             **({"extra_body": extra} if extra else {}),
             **({"extra_headers": dict(headers)} if headers else {}),
         )
+    except AccountError as exc:
+        if _unknown(exc.__cause__):
+            # An uncoded 5xx the API says not to retry says no more of whether the call ran.
+            raise OutcomeUnknownError(f"realtime call unanswered: {exc}") from exc
+        raise
     except TransientError as exc:
         if isinstance(exc, NotAcceptedError) or _never_sent(exc):
             raise
