@@ -60,14 +60,26 @@ def test_an_account_or_workspace_400_is_an_account_error_not_a_refused_batch(cod
 @pytest.mark.parametrize(
     ("status", "kind", "code"),
     [
-        (402, "billing_error", "linked_organization_billing_unavailable"),
-        (402, "billing_error", "linked_organization_spend_limit_reached"),
         (503, "api_error", "cmek_key_unreachable"),
         (503, "api_error", "cmek_context_unavailable"),
     ],
 )
 def test_billing_and_workspace_key_codes_on_other_statuses_are_account_errors(status, kind, code):
     assert isinstance(classify(answer(status, kind, code)), AccountError)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "code"),
+    [
+        (402, "billing_error", "linked_organization_billing_unavailable"),
+        (402, "billing_error", "linked_organization_spend_limit_reached"),
+        (400, "invalid_request_error", "skill_read_blocked_undecryptable"),
+    ],
+)
+def test_codes_about_the_requests_own_profile_or_skill_are_the_requests_fault(status, kind, code):
+    # The SDK's docstrings: the organization linked to *the request's* user profile; a skill the
+    # request names. Holding the tier would hold every neighbour for it.
+    assert isinstance(classify(answer(status, kind, code)), BatchRefusedError)
 
 
 @pytest.mark.parametrize("code", ["enforced_spend_limit_reached", "contract_spend_limit_reached"])

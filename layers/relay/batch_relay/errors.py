@@ -136,11 +136,8 @@ ACCOUNT_CODES = frozenset(
         "cmek_key_network_blocked",
         "cmek_key_unreachable",
         "cmek_context_unavailable",
-        "skill_read_blocked_undecryptable",
         "claude_code_key_creator_not_member",
         "workspace_human_review_disabled",
-        "linked_organization_billing_unavailable",
-        "linked_organization_spend_limit_reached",
         "enforced_spend_limit_reached",
         "contract_spend_limit_reached",
         "claude_tag_writes_not_enabled",
@@ -150,8 +147,18 @@ ACCOUNT_CODES = frozenset(
         "spend_limits_admin_api_writes_not_enabled",
     }
 )
-# Codes on a 403 that are about the one request (its user profile), not the key.
-REQUEST_CODES = frozenset({"user_profile_not_billable", "user_profile_billing_not_authorized"})
+# Codes about the one request, not the key or the account: its user profile, the organization
+# linked to that profile (its billing, its spend limit), a custom skill it names. Its neighbours
+# go on; holding the tier for it would hold them too, for as long as it keeps coming back.
+REQUEST_CODES = frozenset(
+    {
+        "user_profile_not_billable",
+        "user_profile_billing_not_authorized",
+        "linked_organization_billing_unavailable",
+        "linked_organization_spend_limit_reached",
+        "skill_read_blocked_undecryptable",
+    }
+)
 # Statuses the SDK would try again; the API's `x-should-retry: false` says not to.
 RETRIED = frozenset({408, 409, 429, *range(500, 600)})
 # What an uncoded 400 said before codes existed: still the account's.
