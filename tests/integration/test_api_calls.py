@@ -129,14 +129,20 @@ def test_a_call_that_never_left_may_be_tried_again_but_a_lost_answer_may_not(mon
         batches.reset()
 
 
-def test_a_realtime_5xx_the_api_says_not_to_retry_is_an_unknown_outcome(monkeypatch):
-    from batch_relay.errors import OutcomeUnknownError
+@pytest.fixture
+def refusing(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The API answering every call with the error `answer` holds (status, type, code), marked
+    `x-should-retry: false`, as when it may have acted before the answer was made."""
+    answer: dict[str, Any] = {"status": 500, "type": "api_error", "code": None}
 
     class Refuse(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["content-length"]))
-            body = json.dumps({"type": "error", "error": {"type": "api_error", "message": "boom"}}).encode()
-            self.send_response(500)
+            error: dict[str, Any] = {"type": answer["type"], "message": "boom"}
+            if answer["code"]:
+                error["details"] = {"error_code": answer["code"]}
+            body = json.dumps({"type": "error", "error": error}).encode()
+            self.send_response(answer["status"])
             self.send_header("content-type", "application/json")
             self.send_header("x-should-retry", "false")
             self.send_header("content-length", str(len(body)))
@@ -146,16 +152,33 @@ def test_a_realtime_5xx_the_api_says_not_to_retry_is_an_unknown_outcome(monkeypa
         def log_message(self, *args: Any) -> None:
             pass
 
-    # Given: the API answers 500, marked not to be retried, after it may have run the call
     server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.server_port}")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     batches.reset()
-    try:
-        # Then: the outcome is unknown (a new attempt at most), not an account hold that resends it
-        with pytest.raises(OutcomeUnknownError):
-            batches.message(PARAMS, deadline=clock.now() + 5)
-    finally:
-        server.shutdown()
-        batches.reset()
+    yield answer
+    server.shutdown()
+    batches.reset()
+
+
+def test_a_realtime_5xx_the_api_says_not_to_retry_is_an_unknown_outcome(refusing):
+    from batch_relay.errors import OutcomeUnknownError
+
+    # Given: the API answers 500, marked not to be retried, after it may have run the call
+    # Then: the outcome is unknown (a new attempt at most), not an account hold that resends it
+    with pytest.raises(OutcomeUnknownError):
+        batches.message(PARAMS, deadline=clock.now() + 5)
+
+
+@pytest.mark.parametrize("code", [None, "change_outcome_unknown"])
+def test_a_create_answered_5xx_not_to_retry_is_reconciled_whatever_code_it_names(refusing, code):
+    from batch_relay.errors import OutcomeUnknownError
+
+    # Given: a create answered 503 marked not to be retried, naming a code the relay does not know
+    refusing.update(status=503, code=code)
+    body = json.dumps({"requests": [{"custom_id": "a", "params": PARAMS}]}).encode()
+
+    # Then: the batch may exist: reconciled, never released and created again
+    with pytest.raises(OutcomeUnknownError):
+        batches.create_from([body], len(body), deadline=clock.now() + 30)

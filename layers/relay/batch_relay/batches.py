@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities import parameters
 
 from . import clock
 from .errors import (
+    ACCOUNT_CODES,
     AccountError,
     ApiAccessError,
     NotAcceptedError,
@@ -160,12 +161,13 @@ def create_from(
 
 
 def _unknown(exc: BaseException | None) -> bool:
-    """An answer that leaves a create's outcome unknown: a 5xx other than 529 naming no cause."""
+    """An answer that leaves a call's outcome unknown: a 5xx other than 529 naming no account
+    cause (a code the relay does not know is read as its bare status, as the SDK advises)."""
     return (
         isinstance(exc, anthropic.APIStatusError)
         and exc.status_code >= 500
         and exc.status_code != 529
-        and exc.error_code is None
+        and exc.error_code not in ACCOUNT_CODES
     )
 
 
