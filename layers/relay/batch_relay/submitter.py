@@ -335,6 +335,7 @@ class Submitter:
         # One create goes under one API version and one set of betas: the first request taken
         # sets them, and requests that need others wait for a batch of their own.
         needs: dict[str, Any] | None = None
+        headers: dict[str, str] | None = None  # the headers `needs` makes, once
         allowance = self.budget.left()
         estimate = 0.0
         self.over_budget = False
@@ -358,7 +359,7 @@ class Submitter:
                     if self.turnaround.late(item, now):
                         late.append(item)  # a batch could not make its deadline: realtime
                         continue
-                    if needs is not None and batches.headers_for(item) != batches.headers_for(needs):
+                    if headers is not None and batches.headers_for(item) != headers:
                         continue
                     line = self._line(item)
                     if line is None:
@@ -380,6 +381,7 @@ class Submitter:
                     estimate += cost
                     if needs is None:
                         needs = {k: item[k] for k in ("api_version", "betas") if item.get(k)}
+                        headers = batches.headers_for(needs)
                     taken.append(item)
                     lines.append(line)
                     size += len(line) + 1
