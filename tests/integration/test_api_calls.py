@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,6 +30,22 @@ ANSWERS = {
 }
 
 
+@contextmanager
+def _api(handler: type[BaseHTTPRequestHandler], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A bare HTTP server on loopback standing in for the API, the SDK pointed at it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.delenv("API_KEY_SECRET_ARN", raising=False)
+    batches.reset()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        batches.reset()
+
+
 @pytest.fixture
 def wire(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, str], Any]]]:
     seen: list[tuple[str, dict[str, str], Any]] = []
@@ -47,15 +64,8 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    monkeypatch.delenv("API_KEY_SECRET_ARN", raising=False)
-    batches.reset()
-    yield seen
-    server.shutdown()
-    batches.reset()
+    with _api(Handler, monkeypatch):
+        yield seen
 
 
 PARAMS = {
@@ -152,14 +162,8 @@ def refusing(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    batches.reset()
-    yield answer
-    server.shutdown()
-    batches.reset()
+    with _api(Refuse, monkeypatch):
+        yield answer
 
 
 def test_a_realtime_5xx_the_api_says_not_to_retry_is_an_unknown_outcome(refusing):
