@@ -663,9 +663,10 @@ class LocalStack:
         runs: `count` requests claimed by it in the table, its claim journal in S3, and, when an
         emulator is given, the batch at the API, ended. Returns the requests' ids."""
         from batch_relay import clock
+        from batch_relay.lifecycle import Batch, new_record
         from batch_relay.payloads import Payloads
         from batch_relay.settings import settings
-        from batch_relay.store import Store, new_record, request_key
+        from batch_relay.store import Store, request_key
 
         config = settings()
         store, payloads = Store(config.table_name), Payloads(config.bucket_name)
@@ -698,8 +699,8 @@ class LocalStack:
             new_record(
                 config.default_tier,
                 config.retention_days,
+                Batch.POLLING,
                 ref=ref,
-                status="polling",
                 batch_id=batch_id,
                 submitted_at=now,
                 input_key=f"input/{ref}.jsonl",
@@ -715,9 +716,10 @@ class LocalStack:
         submitter leaves it when a batch cannot make its deadline: its line in S3, its item claimed
         by the record, the record and its claim journal."""
         from batch_relay import clock
+        from batch_relay.lifecycle import Batch, new_record
         from batch_relay.payloads import Payloads, request_line
         from batch_relay.settings import settings
-        from batch_relay.store import Store, new_record, request_key
+        from batch_relay.store import Store, request_key
 
         config = settings()
         store, payloads = Store(config.table_name), Payloads(config.bucket_name)
@@ -758,9 +760,9 @@ class LocalStack:
             new_record(
                 config.default_tier,
                 config.retention_days,
+                Batch.REALTIME,
                 ref=ref,
                 route="realtime",
-                status="realtime",
                 request_count=1,
             )
         )

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from boto3.dynamodb.conditions import Attr
-
 from . import clock
+from .lifecycle import held_by, holds
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .settings import Settings, Tier
-from .store import BY, Store, batch_key, held_by, request_key
+from .store import BY, Store, batch_key, request_key
 
 # Samples older than this are forgotten; fewer than MIN_SAMPLES and the default is used.
 WINDOW_SECONDS = 7 * 86400
@@ -232,7 +231,7 @@ class Rescuer:
             "route": "realtime",
             "rt_since": clock.iso(),
         }
-        if self.store.update_if(key, Attr("status").eq("claimed") & Attr("batch_ref").eq(ref), **fields):
+        if self.store.update_if(key, holds(ref), **fields):
             return True
         # A write retried behind our back after it applied reads as refused: it is ours then.
         return (self.store.get(key) or {}).get("batch_ref") == target

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import aws, clock
+from .lifecycle import Batch, claimed, new_record
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .settings import Settings
-from .store import Store, batch_key, claimed, new_record
+from .store import Store, batch_key
 
 SEND_BATCH = 10
 # SQS hides a message for at most 12 hours.
@@ -34,7 +35,7 @@ class Handoff:
     payloads: Payloads
 
     def record(self, tier: str, **extra: Any) -> dict[str, Any]:
-        record = new_record(tier, self.settings.retention_days, route="realtime", status="realtime", **extra)
+        record = new_record(tier, self.settings.retention_days, Batch.REALTIME, route="realtime", **extra)
         self.store.add(record)
         return record
 

@@ -33,6 +33,7 @@ from . import bodies, clock
 from .completions import Topic
 from .deadlines import sort_key
 from .errors import RejectedRequest, TransientError, excerpt, insist, is_transient
+from .lifecycle import admitted, rejected
 from .models import (
     ID_PATTERN,
     MAX_TOKENS,
@@ -362,7 +363,6 @@ class Intake:
             "request_id": parsed.rid,
             "tier": parsed.tier,
             "model": parsed.model,
-            "status": "pending",
             "attempts": 0,
             "metadata": parsed.metadata,
             "received_at": parsed.received_at,
@@ -386,7 +386,7 @@ class Intake:
             item["betas"] = parsed.betas
         if self.settings.daily_budget_usd:
             item["max_tokens"] = parsed.max_tokens  # for the budget's bound, without reading the line
-        return item
+        return admitted(item)
 
     def _reject(self, refused: Refused) -> str:
         rid, reason = refused.rid, refused.reason
@@ -412,7 +412,6 @@ class Intake:
             "pk": key,
             "kind": "request",
             "request_id": rid,
-            "status": "rejected",
             "error": {"type": "invalid_request", "message": reason},
             "received_at": refused.received_at,
             "completed_at": completion.completed_at,
@@ -422,7 +421,7 @@ class Intake:
         }
         if refused.digest:
             item["params_digest"] = refused.digest
-        if not self.store.add(item):
+        if not self.store.add(rejected(item)):
             existing = self.store.get(key) or {}
             unsent = existing.get("status") == "rejected" and not existing.get("notified")
             if not unsent or "completion" not in existing:

@@ -22,6 +22,7 @@ from .completions import Topic
 from .deadlines import Rescuer, Turnaround, telling
 from .errors import TransientError
 from .handoff import Handoff
+from .lifecycle import COLLECT, ENDED_AT_API, Batch, move
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .results import CHUNK, Settler
@@ -91,7 +92,6 @@ class Poller:
             counts = batch.request_counts
             ended_at = batch.ended_at.timestamp() if batch.ended_at else clock.now()
             fields.update(
-                status="collecting",
                 ended_at=clock.iso(ended_at),
                 api_counts={
                     k: int(getattr(counts, k)) for k in ("succeeded", "errored", "canceled", "expired")
@@ -100,7 +100,10 @@ class Poller:
             if telling(batch) and record.get("models"):
                 turnaround = Turnaround(self.store, self.settings)
                 turnaround.record(record["models"], batch.id, batch.created_at.timestamp(), ended_at)
-        self.store.update(batch_key(event["ref"]), **fields)
+        if ended:
+            move(self.store, event["ref"], ENDED_AT_API, **fields)
+        else:
+            self.store.update(batch_key(event["ref"]), **fields)
         return out
 
     def _rescue(self, record: dict[str, Any], deadline: float | None) -> dict[str, Any]:
@@ -129,7 +132,7 @@ class Poller:
         if record is None:
             raise ValueError(f"no batch record for ref {ref}")
         out = {**event, "done": False}
-        if record["status"] in ("collected", "foreign"):
+        if record["status"] in (Batch.COLLECTED, Batch.FOREIGN):
             return out | {"done": True}  # a duplicate or late poller: nothing left to do
         # One collector at a time per batch: two (a restarted poller beside a late one) would both
         # read a request as still claimed and both answer it.
@@ -205,14 +208,7 @@ class Poller:
             spent = float(record.get("batch_usd", 0) or 0) + float(record.get("both_ways_usd", 0) or 0)
             committed, day = Budget.terms(record)
             Budget(self.settings, self.store).settle(batch_key(ref), committed, day, spent)
-        self.store.update(
-            batch_key(ref),
-            status="collected",
-            collected_at=clock.iso(),
-            updated_at=clock.iso(),
-            cursor=cursor,
-            remove=("pending_tier", "pending_since"),
-        )
+        move(self.store, ref, COLLECT, collected_at=clock.iso(), updated_at=clock.iso(), cursor=cursor)
 
     def _journal(self, ref: str) -> frozenset[str]:
         if ref not in self._journals:
@@ -223,7 +219,7 @@ class Poller:
         """Result lines for requests this batch never held: the batch is not ours (a wrong
         adoption). Its lines are not used; our requests go back to their tier for a new batch."""
         ref = record["ref"]
-        back = self.settler.release(record, status="foreign")
+        back = self.settler.release(record, Batch.FOREIGN)
         # The batch may be another record's of this stack, whose create answer was lost too.
         self.store.disown(record["batch_id"], ref)
         logger.error(

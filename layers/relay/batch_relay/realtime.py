@@ -50,12 +50,13 @@ from .errors import (
     insist,
 )
 from .handoff import Handoff
+from .lifecycle import held_by, holds
 from .observability import MetricUnit, logger, metrics
 from .payloads import Bodies, Payloads
 from .pricing import realtime_cost_of, request_bound, unbounded_reason
 from .results import Settler, errored
 from .settings import Settings
-from .store import Store, dynamo, held_by, request_key
+from .store import Store, dynamo, request_key
 
 # Kept at the end of an invocation for settling and publishing after the call.
 SAFETY_SECONDS = 30.0
@@ -154,7 +155,7 @@ class Realtime:
         free = Attr("rt_until").not_exists() | Attr("rt_until").lt(dynamo(now))
         taken = self.store.update_if(
             key,
-            Attr("status").eq("claimed") & Attr("batch_ref").eq(ref) & free,
+            holds(ref) & free,
             add={"rt_tries": 1},
             rt_until=self.until + SAFETY_SECONDS,
             rt_holder=token,

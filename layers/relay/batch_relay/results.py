@@ -42,17 +42,24 @@ from .budget import Budget
 from .completions import INLINE_BUDGET, Topic, encode, entry, groups
 from .deadlines import sort_key
 from .errors import AccountError, ApiAccessError, TransientError, insist
+from .lifecycle import (
+    AWAITING_RESULTS,
+    REALTIME_TRY,
+    RELEASE,
+    Batch,
+    answered,
+    held_by,
+    move,
+    released,
+    requeued,
+)
 from .models import Completion, ErrorInfo
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .pricing import BATCH_DISCOUNT, cost_of, realtime_cost_of
 from .settings import Settings
-from .store import REALTIME_TRY, Store, batch_key, dynamo, held_by, released, request_key
+from .store import Store, batch_key, dynamo, request_key
 
-# States of a batch record whose results may still come (its both-ways cost is not known yet).
-LIVE_STATES = frozenset(
-    {"claiming", "uploaded", "creating", "created", "polling", "failed", "collecting", "closing"}
-)
 CHUNK = 100
 TOKEN_METRICS = {
     "input_tokens": "InputTokens",
@@ -100,16 +107,14 @@ class Settler:
         while chunk := [errored(rid, error_type, message) for rid in islice(ids, CHUNK)]:
             self.settle(record, chunk, None)
 
-    def release(self, record: dict[str, Any], status: str) -> int:
+    def release(self, record: dict[str, Any], to: Batch) -> int:
         """Put the requests batch <ref> still holds back in their tier (the batch was never
-        created, or is not ours), the attempt given back, and end the batch with `status`."""
+        created, or is not ours), the attempt given back, and end the batch in state `to`."""
         ref = record["ref"]
         items = self.store.get_many(request_key(rid) for rid in self.payloads.journaled(ref))
         back = [released(item) for item in items.values() if held_by(item, ref)]
         self.store.put_many(back)
-        self.store.update(
-            batch_key(ref), status=status, updated_at=clock.iso(), remove=("pending_tier", "pending_since")
-        )
+        move(self.store, ref, RELEASE, to, updated_at=clock.iso())
         committed, day = Budget.terms(record)
         Budget(self.settings, self.store).settle(batch_key(ref), committed, day, 0.0)
         return len(back)
@@ -289,19 +294,17 @@ class Settler:
         dropped = ("pending_tier", "pending_since", "batch_ref", *REALTIME_TRY)
         base = {k: v for k, v in item.items() if k not in dropped}
         base["last_batch_id"] = record.get("batch_id")
-        again = {"status": "pending", "pending_tier": item["tier"], "pending_since": self._sort_key(item)}
         if said == "held":
             since = float(item.get("held_since") or now)
             if now - since < self.settings.max_hold_seconds:
                 # Not this request's fault: back to its tier, the attempt given back.
-                base.update(again, attempts=attempts - 1, held_since=since)
+                base.update(attempts=attempts - 1, held_since=since)
                 base["last_error"] = error.model_dump() if error else None
-                return None, _dynamo_ready(base), "held"
+                return None, _dynamo_ready(requeued(base, self._sort_key(item))), "held"
         retry = kind == "expired" or said == "retried"
         if retry and attempts < self.settings.max_attempts:
-            base.update(again)
             base["last_error"] = error.model_dump() if error else None
-            return None, _dynamo_ready(base), "retried"
+            return None, _dynamo_ready(requeued(base, self._sort_key(item))), "retried"
         usage = message.get("usage") if message else None
         realtime = record.get("route") == "realtime"
         cost = (realtime_cost_of if realtime else cost_of)(item["model"], usage) if usage else None
@@ -335,7 +338,6 @@ class Settler:
         if realtime:
             base["route"] = "realtime"  # (a batch's answer says nothing: items stay under 1 KB)
         base.update(
-            status=kind,
             batch_id=record.get("batch_id"),
             completed_at=completion.completed_at,
             notified=True,
@@ -344,7 +346,7 @@ class Settler:
             cost=cost.model_dump() if cost else None,
             results_key=results_key,
         )
-        return completion, _dynamo_ready(base), kind
+        return completion, _dynamo_ready(answered(base, kind)), kind
 
     def _both_ways_of(self, item: dict[str, Any], estimate: float) -> float | None:
         """What the batch a realtime request was taken from spent on its copy: as its results
@@ -352,7 +354,7 @@ class Settler:
         if item.get("both_ways_usd") is not None:
             return round(float(item["both_ways_usd"]), 8)
         batch = self.store.get(batch_key(item["rescued_from"])) or {}
-        if batch.get("status") not in (None, *LIVE_STATES):
+        if batch.get("status") not in (None, *AWAITING_RESULTS):
             return None  # its batch has ended and been collected: the copy was never billed
         return round(estimate, 8)
 

@@ -29,7 +29,6 @@ Items stay under 1 KB (request bodies live in S3), so each write costs one write
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -56,50 +55,6 @@ def request_key(request_id: str) -> str:
 
 def batch_key(ref: str) -> str:
     return f"batch#{ref}"
-
-
-def new_record(tier: str, retention_days: int, ref: str | None = None, **extra: Any) -> dict[str, Any]:
-    """A `batch#<ref>` item as first written, on the work list: a batch's, or a realtime record's."""
-    ref = ref or uuid.uuid4().hex
-    now = clock.iso()
-    return {
-        "pk": batch_key(ref),
-        "kind": "batch",
-        "ref": ref,
-        "tier": tier,
-        "status": "claiming",
-        "pending_tier": LIVE,
-        "pending_since": now,
-        "claimed_at": now,
-        "updated_at": now,
-        "request_count": 0,
-        "ttl": int(clock.now()) + retention_days * 86400,
-        **extra,
-    }
-
-
-def claimed(item: dict[str, Any], ref: str, at: str) -> dict[str, Any]:
-    """A pending request as batch <ref> holds it: out of the index, one more attempt."""
-    out = {k: v for k, v in item.items() if k != "pending_tier"}
-    out.update(status="claimed", batch_ref=ref, submitted_at=at, attempts=int(item.get("attempts", 0)) + 1)
-    return out
-
-
-def held_by(item: dict[str, Any] | None, ref: str) -> bool:
-    """Whether batch <ref> still holds this request: claimed by it and not yet answered."""
-    return item is not None and item.get("status") == "claimed" and item.get("batch_ref") == ref
-
-
-# What a realtime try leaves on a request, for as long as one record holds it: a request back in
-# its tier starts afresh (no lease of a past try to wait out, its tries counted from one again).
-REALTIME_TRY = ("rt_until", "rt_holder", "rt_tries", "rt_answer", "rt_since")
-
-
-def released(item: dict[str, Any]) -> dict[str, Any]:
-    """A claimed request back in its tier, as if never claimed (its batch was never created)."""
-    out = {k: v for k, v in item.items() if k not in ("batch_ref", "submitted_at", *REALTIME_TRY)}
-    out.update(status="pending", pending_tier=item["tier"], attempts=int(item.get("attempts", 1)) - 1)
-    return out
 
 
 def plain(value: Any) -> Any:

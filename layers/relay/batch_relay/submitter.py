@@ -68,12 +68,32 @@ from .errors import (
     OutcomeUnknownError,
 )
 from .handoff import Handoff
+from .lifecycle import (
+    ANSWER,
+    BEGIN_CREATE,
+    CLOSE,
+    CLOSED,
+    CREATED,
+    EMPTY,
+    IN_FLIGHT,
+    RESTART,
+    RETRY_CREATE,
+    START,
+    UPLOAD,
+    Batch,
+    Moved,
+    Transition,
+    claimed,
+    held_by,
+    move,
+    new_record,
+)
 from .observability import MetricUnit, logger, metrics
 from .payloads import Bodies, Payloads, RequestsBody
 from .pricing import request_bound, unbounded_reason
 from .results import Settler
 from .settings import Settings, Tier
-from .store import Lease, LeaseLost, Store, batch_key, claimed, held_by, new_record, request_key
+from .store import Lease, LeaseLost, Store, batch_key, request_key
 
 # A batch left in one state longer than a submitter run may take was left by a crashed run.
 STALE_SECONDS = 15 * 60
@@ -98,7 +118,6 @@ RESTART_CAP_SECONDS = 6 * 3600
 RESULTS_KEPT_SECONDS = 29 * 86400
 # A batch ends within 24 hours of its creation (its unprocessed requests expire).
 BATCH_LIFETIME_SECONDS = 24 * 3600
-IN_FLIGHT = frozenset({"claiming", "uploaded", "creating", "created", "polling", "failed"})
 # A realtime record still holding requests this long after its last send sends them again.
 RESEND_SECONDS = 180
 # Deadline requests of a tier looked at for a flush the learned turnaround brings forward.
@@ -173,9 +192,12 @@ class Submitter:
             for name, tier in tiers.items():
                 self.flush(name, tier)
             self.measure_waits(tiers)
-        except LeaseLost:
-            # Its lease ran out (the run stalled) and another run holds it: that run goes on.
-            logger.warning("the submitter lease was taken by another run; this one stops")
+        except (LeaseLost, Moved) as exc:
+            # Its lease ran out (the run stalled) and another run holds it (and moved a record
+            # this run wrote): that run goes on.
+            logger.warning(
+                "the submitter lease was taken by another run; this one stops", extra={"error": str(exc)}
+            )
             metrics.add_metric(name="SubmitterLeaseLost", unit=MetricUnit.Count, value=1)
             self.report["lease_lost"] = True
         finally:
@@ -294,7 +316,7 @@ class Submitter:
         if self.budget.commit(usd, day, mark=batch_key(record["ref"])):
             record["budget_day"] = day
             return True
-        self.settler.release(record, status="over_budget")
+        self.settler.release(record, Batch.OVER_BUDGET)
         return False
 
     def route_late(self, name: str) -> int:
@@ -412,9 +434,7 @@ class Submitter:
         routed = self.handoff.route(tier, late, why="late", run=self.holder) if late else 0
         answered = len(giants) + len(lost) + len(dear) + routed
         if writer.count == 0:
-            self.store.update(
-                batch_key(record["ref"]), status="empty", remove=("pending_tier", "pending_since")
-            )
+            move(self.store, record, EMPTY)
             return None, answered
         fields: dict[str, Any] = {
             "request_count": writer.count,
@@ -428,9 +448,8 @@ class Submitter:
             self.payloads.put_lines(f"deadlines/{record['ref']}.json", [schedule_of(schedule).encode()])
             first = min(d for d, _ in schedule)
             fields["rescue_at"] = first - self.settings.deadline_margin_seconds
-        record.update(fields, status="uploaded")
         self.lease.keep()
-        self.store.update(batch_key(record["ref"]), status="uploaded", updated_at=clock.iso(), **fields)
+        move(self.store, record, UPLOAD, updated_at=clock.iso(), **fields)
         return record, answered
 
     def _bound(self, item: dict[str, Any], line: bytes) -> float:
@@ -440,13 +459,13 @@ class Submitter:
         usd = request_bound(json.loads(line)["params"], len(line), batch=True)
         return math.inf if usd is None else usd  # nothing bounds it: no day's budget can hold it
 
-    def _new_record(self, tier: str, status: str = "claiming", **extra: Any) -> dict[str, Any]:
+    def _new_record(self, tier: str, state: Batch = Batch.CLAIMING, **extra: Any) -> dict[str, Any]:
         ref = uuid.uuid4().hex
         record = new_record(
             tier,
             self.settings.retention_days,
+            state,
             ref=ref,
-            status=status,
             input_key=f"input/{ref}.jsonl",
             run=self.holder,
             **({"after_hold": True} if self.after_hold else {}),
@@ -470,7 +489,7 @@ class Submitter:
     def refuse_alone(self, tier: str, item: dict[str, Any], error: str, message: str) -> None:
         """Answer one request no batch can take, through a record of its own."""
         record = self._new_record(
-            tier, status="closing", close_error=error, close_message=message, close_status="refused"
+            tier, Batch.CLOSING, close_error=error, close_message=message, close_status=Batch.REFUSED.value
         )
         self.payloads.journal(record["ref"], 0, [item["request_id"]])
         self.store.put_many([claimed(item, record["ref"], record["claimed_at"])])
@@ -480,27 +499,20 @@ class Submitter:
         """Answer whatever a record still holds with its recorded error, publish, and end it."""
         self.settler.flush(record["ref"])
         self.settler.unresolved(record, record["close_error"], record["close_message"])
-        self.store.update(
-            batch_key(record["ref"]),
-            status=record["close_status"],
-            updated_at=clock.iso(),
-            remove=("pending_tier", "pending_since"),
-        )
+        move(self.store, record["ref"], CLOSED, Batch(record["close_status"]), updated_at=clock.iso())
 
     def submit(self, record: dict[str, Any]) -> None:
         """Create the batch from the uploaded JSONL and start its poller."""
         ref = record["ref"]
         self.lease.keep()
         started = clock.now()
-        self.store.update(
-            batch_key(ref),
-            status="creating",
+        move(
+            self.store,
+            record,
+            BEGIN_CREATE,
             create_started=clock.iso(started),
             create_until=clock.iso(self.create_until),
             updated_at=clock.iso(started),
-        )
-        record.update(
-            status="creating", create_started=clock.iso(started), create_until=clock.iso(self.create_until)
         )
         try:
             body = RequestsBody(self.payloads, record["input_key"], self.payloads.size(record["input_key"]))
@@ -512,16 +524,16 @@ class Submitter:
                 error = (
                     "request_too_large" if isinstance(exc, BatchTooLargeError) else "invalid_request_error"
                 )
-                self._close_with(record, error, str(exc), "refused")
+                self._close_with(record, error, str(exc), Batch.REFUSED)
                 return
             logger.warning("batch refused by the API; splitting", extra={"ref": ref, "error": str(exc)})
-            self.settler.release(record, status="split")
+            self.settler.release(record, Batch.SPLIT)
             raise
         except (ApiAccessError, NotAcceptedError, AccountError) as exc:
             # The API answered no: nothing was created, so the requests go back to their tier.
             logger.error("batch refused; requests released", extra={"ref": ref, "error": str(exc)})
             metrics.add_metric(name="BatchCreateRefused", unit=MetricUnit.Count, value=1)
-            self.settler.release(record, status="refused")
+            self.settler.release(record, Batch.REFUSED)
             if isinstance(exc, AccountError):
                 self.settler.hold(record["tier"])  # not the requests' fault: the tier pauses
             raise
@@ -532,12 +544,13 @@ class Submitter:
             raise
         self.created(record, batch)
 
-    def _close_with(self, record: dict[str, Any], error: str, message: str, status: str) -> None:
+    def _close_with(self, record: dict[str, Any], error: str, message: str, end: Batch) -> None:
         fields: dict[str, Any] = {"close_error": error, "close_message": message[:1000]}
-        fields["close_status"] = status
-        self.store.update(batch_key(record["ref"]), status="closing", **fields)
+        fields["close_status"] = end.value
+        if not move(self.store, record["ref"], CLOSE, **fields):
+            return  # moved on meanwhile (collected): whoever moved it answers its requests
         self.close(record | fields)
-        if status == "refused":
+        if end is Batch.REFUSED:
             # Never created, so nothing of what it committed was spent.
             committed, day = Budget.terms(record)
             self.budget.settle(batch_key(record["ref"]), committed, day, 0.0)
@@ -547,16 +560,16 @@ class Submitter:
         if not self.store.own(batch.id, ref, int(record["ttl"])):
             raise _Taken(batch.id)
         now = clock.iso()
-        self.store.update(
-            batch_key(ref),
-            status="created",
+        move(
+            self.store,
+            record,
+            CREATED,
             batch_id=batch.id,
             submitted_at=now,
             updated_at=now,
             expires_at=_stamp(batch.expires_at),
             created_at=_stamp(batch.created_at),
         )
-        record.update(status="created", batch_id=batch.id, submitted_at=now)
         metrics.add_metric(name="BatchesCreated", unit=MetricUnit.Count, value=1)
         fresh = self.store.get(batch_key(ref)) or record
         rescuer = Rescuer(self.settings, self.store, self.payloads)
@@ -575,7 +588,7 @@ class Submitter:
         )
         self.start(record)
 
-    def start(self, record: dict[str, Any], restarts: int = 0) -> None:
+    def start(self, record: dict[str, Any], restarts: int = 0, step: Transition = START) -> None:
         """Start (or restart) the batch's poller; its execution name is the batch id (-r<n>)."""
         assert self.settings.state_machine_arn, "STATE_MACHINE_ARN is required by the submitter"
         name = _execution_name(record["batch_id"], restarts)
@@ -589,9 +602,10 @@ class Submitter:
             if owner != record["ref"]:
                 self.disown(record, f"execution {name} belongs to batch record {owner}")
                 return
-        self.store.update(
-            batch_key(record["ref"]),
-            status="polling",
+        move(
+            self.store,
+            record["ref"],
+            step,
             execution=name,
             restarts=restarts,
             updated_at=clock.iso(),
@@ -604,7 +618,7 @@ class Submitter:
 
     def disown(self, record: dict[str, Any], why: str) -> None:
         """A batch taken for ours that is not: our requests go back to their tier for a new batch."""
-        n = self.settler.release(record, status="foreign")
+        n = self.settler.release(record, Batch.FOREIGN)
         logger.error(
             "a batch was wrongly adopted; requests released", extra={"ref": record["ref"], "why": why, "n": n}
         )
@@ -639,7 +653,7 @@ class Submitter:
             except Exception as exc:
                 logger.exception(
                     "could not recover a batch; going on with the others",
-                    extra={"ref": record["ref"], "status": record["status"], "error": type(exc).__name__},
+                    extra={"ref": record["ref"], "state": record["status"], "error": type(exc).__name__},
                 )
                 metrics.add_metric(name="ReconcileFailures", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="StalledBatches", unit=MetricUnit.Count, value=stalled)
@@ -692,12 +706,7 @@ class Submitter:
             # An answer settled while SNS refused it is published only from its outbox: once the
             # record is closed, nothing else would (its message may be in the dead-letter queue).
             self.settler.flush(ref)
-            self.store.update(
-                batch_key(ref),
-                status="answered",
-                updated_at=clock.iso(),
-                remove=("pending_tier", "pending_since"),
-            )
+            move(self.store, ref, ANSWER, updated_at=clock.iso())
             return True
         # A record a failed run made whose sending never finished is sent at once, as a batch
         # record such a run left is recovered at once.
@@ -729,7 +738,7 @@ class Submitter:
         left = self._left(record, idle)
         if left is None:
             return False
-        n = self.settler.release(left, status="released")
+        n = self.settler.release(left, Batch.RELEASED)
         logger.warning("released an abandoned claim", extra={"ref": record["ref"], "n": n})
         return True
 
@@ -753,7 +762,7 @@ class Submitter:
         fresh = self.store.get(batch_key(record["ref"])) or record
         if not int(fresh.get("n_rescued", 0)):
             return False
-        n = self.settler.release(fresh, status="released")
+        n = self.settler.release(fresh, Batch.RELEASED)
         logger.warning("a batch lost requests to realtime before its create; released", extra={"n": n})
         return True
 
@@ -769,8 +778,8 @@ class Submitter:
             # No batch of the window can be this one: nothing was created, so create it now.
             if self._rescued_from(record):
                 return True
-            self.store.update(batch_key(record["ref"]), status="uploaded", updated_at=clock.iso())
-            self.submit(record | {"status": "uploaded"})
+            move(self.store, record, RETRY_CREATE, updated_at=clock.iso())
+            self.submit(record)
             return True
         logger.warning("adopted a batch whose create answer was lost", extra={"batch_id": found.id})
         metrics.add_metric(name="BatchesAdopted", unit=MetricUnit.Count, value=1)
@@ -848,7 +857,7 @@ class Submitter:
         if clock.now() - created >= RESULTS_KEPT_SECONDS:
             # The API no longer has its results: answer what is left (tried again if attempts remain).
             self._close_with(
-                record, "results_unavailable", "the batch's results are no longer available", "abandoned"
+                record, "results_unavailable", "the batch's results are no longer available", Batch.ABANDONED
             )
             metrics.add_metric(name="BatchesAbandoned", unit=MetricUnit.Count, value=1)
             return True
@@ -861,16 +870,14 @@ class Submitter:
         last = int(record.get("restarts", 0))
         for name in dict.fromkeys([record.get("execution"), _execution_name(record["batch_id"], last)]):
             if name and executions.status(self.settings.state_machine_arn, name) == "RUNNING":
-                self.store.update(
-                    batch_key(record["ref"]), status="polling", execution=name, updated_at=clock.iso()
-                )
+                move(self.store, record["ref"], RESTART, execution=name, updated_at=clock.iso())
                 return True
         restarts = last + 1
         delay = min(RESTART_CAP_SECONDS, RESTART_BASE_SECONDS * 2 ** (restarts - 1))
         self.store.update(
             batch_key(record["ref"]), restart_after=clock.iso(clock.now() + delay), restarts=restarts
         )
-        self.start(record, restarts)
+        self.start(record, restarts, RESTART)
         metrics.add_metric(name="PollerRestarts", unit=MetricUnit.Count, value=1)
         return True
 
