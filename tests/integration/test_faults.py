@@ -47,10 +47,10 @@ def fail_once(monkeypatch, owner, name, exc, nth=1):
 
 
 def test_crash_after_create_before_marking_adopts_the_batch(loaded, emulator, monkeypatch):
-    from batch_relay.submitter import Submitter
+    from batch_relay.creating import Creating
 
     stack, inbox, ids = loaded
-    fail_once(monkeypatch, Submitter, "created", RuntimeError("crash after batches.create"))
+    fail_once(monkeypatch, Creating, "created", RuntimeError("crash after batches.create"))
     with pytest.raises(RuntimeError):
         stack.tick()
     assert len(emulator.batch_ids()) == 1

@@ -5,7 +5,7 @@ list like a batch) whose claim journal names them, in this order: the record, th
 requests' items claimed by it, then one message per request on the realtime queue. A crash
 anywhere leaves the record on the work list; the submitter sends again what it still holds (the
 realtime function answers a request once, whatever number of messages name it) and closes the
-record once nothing is left.
+record once nothing is left (`recover`, the recovery of a record's `realtime` state).
 """
 
 from __future__ import annotations
@@ -14,18 +14,23 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import aws, clock
-from .lifecycle import Batch, claimed, new_record
+from .lifecycle import ANSWER, Batch, claimed, held_by, move, new_record
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .settings import Settings
-from .store import Store, batch_key
+from .store import Store, batch_key, request_key
+
+if TYPE_CHECKING:
+    from .results import Settler
 
 SEND_BATCH = 10
 # SQS hides a message for at most 12 hours.
 MAX_HIDDEN_SECONDS = 43_200
+# A realtime record still holding requests this long after its last send sends them again.
+RESEND_SECONDS = 180
 
 
 @dataclass
@@ -88,3 +93,30 @@ class Handoff:
             ReceiptHandle=receipt_handle,
             VisibilityTimeout=max(0, min(MAX_HIDDEN_SECONDS, math.ceil(seconds))),
         )
+
+    def recover(self, record: dict[str, Any], idle: float, run: str, settler: Settler) -> bool:
+        """A realtime record ends once none of its requests is still waiting for an answer and
+        what they settled is published; those that wait get their message again (lost, or sent by
+        a run that died). `run` is the submitter run's hold on its lease."""
+        ref = record["ref"]
+        ids = list(self.payloads.journaled(ref))
+        items = self.store.get_many(request_key(rid) for rid in ids)
+        waiting = [rid for rid in ids if held_by(items.get(request_key(rid)), ref)]
+        now = clock.now()
+        # One the API asked to pause (a retry-after) is not sent before the pause is over.
+        ready = [rid for rid in waiting if float(items[request_key(rid)].get("rt_not_before", 0)) <= now]
+        if not waiting:
+            # An answer settled while SNS refused it is published only from its outbox: once the
+            # record is closed, nothing else would (its message may be in the dead-letter queue).
+            settler.flush(ref)
+            move(self.store, ref, ANSWER, updated_at=clock.iso())
+            return True
+        # A record a failed run made whose sending never finished is sent at once, as a batch
+        # record such a run left is recovered at once.
+        unsent = record.get("run") not in (None, run) and not int(record.get("request_count", 0))
+        if (idle < RESEND_SECONDS and not unsent) or not ready:
+            return False
+        logger.warning("realtime requests sent again", extra={"ref": ref, "n": len(ready)})
+        metrics.add_metric(name="RealtimeResent", unit=MetricUnit.Count, value=len(ready))
+        self.dispatch(record, ready)
+        return True

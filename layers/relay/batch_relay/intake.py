@@ -165,12 +165,12 @@ class Intake:
             request = self._validate(raw)
         except RejectedRequest as rejection:
             rid = rejection.request_id or _usable_id(raw, record.message_id, via_s3)
-            return self._refused(rid, rejection.reason, received_at, raw)
+            return refused_of(rid, rejection.reason, received_at, raw)
         rid = request.request_id or record.message_id
         params = request.params.payload()
         why = unbounded_reason(params) if self.settings.daily_budget_usd else None
         if why:  # a budget needs every request's cost bounded
-            return self._refused(rid, why, received_at, raw)
+            return refused_of(rid, why, received_at, raw)
         tier = request.tier or self.settings.default_tier
         parsed = Parsed(
             message_id=record.message_id,
@@ -187,7 +187,7 @@ class Intake:
         )
         refusal = self._headers(parsed, params)
         if refusal:
-            return self._refused(rid, refusal, received_at, raw)
+            return refused_of(rid, refusal, received_at, raw)
         del raw, request
         try:
             text = request_text(rid, params)
@@ -196,7 +196,7 @@ class Intake:
             line = text.encode()
         except (ValueError, RecursionError) as exc:  # checked in `bodies`; kept as a last guard
             reason = f"params cannot be written as JSON: {type(exc).__name__}"
-            return self._refused(rid, reason, received_at, None)
+            return refused_of(rid, reason, received_at, None)
         del text
         parsed.length = len(line) - 1
         self._keep(parsed, line)
@@ -261,16 +261,6 @@ class Intake:
         seconds = self.settings.tiers[tier].deadline_seconds
         return clock.iso(clock.parse(received_at) + seconds) if seconds else None
 
-    def _refused(self, rid: str | None, reason: str, received_at: str, raw: Any) -> Refused:
-        """What a rejection needs, taken from the body now, so the body itself is not kept."""
-        refused = Refused(rid, reason, received_at)
-        if isinstance(raw, dict):
-            tier = raw.get("tier")
-            refused.tier = tier if isinstance(tier, str) and _TIER.fullmatch(tier) else None
-            refused.metadata = _safe_metadata(raw.get("metadata"))
-            refused.digest = bodies.digest(raw.get("params"))
-        return refused
-
     # request lines: a long one in its own object at once, short ones shared
 
     def _keep(self, parsed: Parsed, line: bytes) -> None:
@@ -330,7 +320,7 @@ class Intake:
             # Before its first request is written: no request waits in a tier no one knows of.
             self.store.note_tiers(self.settings.tiers)
             self.tiers_noted = True
-        stored = self.store.add(self._item(parsed))
+        stored = self.store.add(request_item(parsed, self.settings))
         self.tally["RequestsReceived"] += 1
         if not stored:
             if self._conflict(rid, parsed.digest):
@@ -355,38 +345,6 @@ class Intake:
         )
         self.tally["IdempotencyConflict"] += 1
         return True
-
-    def _item(self, parsed: Parsed) -> dict[str, Any]:
-        item = {
-            "pk": request_key(parsed.rid),
-            "kind": "request",
-            "request_id": parsed.rid,
-            "tier": parsed.tier,
-            "model": parsed.model,
-            "attempts": 0,
-            "metadata": parsed.metadata,
-            "received_at": parsed.received_at,
-            "pending_tier": parsed.tier,
-            "pending_since": sort_key(
-                parsed.received_at, parsed.deadline, self.settings.tiers[parsed.tier], self.settings
-            ),
-            "body_key": parsed.key,
-            "body_at": parsed.offset,
-            "body_len": parsed.length,
-            "sqs_message_id": parsed.message_id,
-            "ttl": int(clock.now()) + self.settings.retention_days * 86400,
-        }
-        if parsed.digest:
-            item["params_digest"] = parsed.digest
-        if parsed.deadline:
-            item["deadline"] = parsed.deadline
-        if parsed.api_version:
-            item["api_version"] = parsed.api_version
-        if parsed.betas:
-            item["betas"] = parsed.betas
-        if self.settings.daily_budget_usd:
-            item["max_tokens"] = parsed.max_tokens  # for the budget's bound, without reading the line
-        return admitted(item)
 
     def _reject(self, refused: Refused) -> str:
         rid, reason = refused.rid, refused.reason
@@ -433,6 +391,49 @@ class Intake:
         self.topic.publish([completion])
         insist(lambda: self.store.update(key, notified=True))
         return "rejected"
+
+
+def request_item(parsed: Parsed, settings: Settings) -> dict[str, Any]:
+    """A valid request's item, as first written: pending in its tier."""
+    item = {
+        "pk": request_key(parsed.rid),
+        "kind": "request",
+        "request_id": parsed.rid,
+        "tier": parsed.tier,
+        "model": parsed.model,
+        "attempts": 0,
+        "metadata": parsed.metadata,
+        "received_at": parsed.received_at,
+        "pending_tier": parsed.tier,
+        "pending_since": sort_key(parsed.received_at, parsed.deadline, settings.tiers[parsed.tier], settings),
+        "body_key": parsed.key,
+        "body_at": parsed.offset,
+        "body_len": parsed.length,
+        "sqs_message_id": parsed.message_id,
+        "ttl": int(clock.now()) + settings.retention_days * 86400,
+    }
+    if parsed.digest:
+        item["params_digest"] = parsed.digest
+    if parsed.deadline:
+        item["deadline"] = parsed.deadline
+    if parsed.api_version:
+        item["api_version"] = parsed.api_version
+    if parsed.betas:
+        item["betas"] = parsed.betas
+    if settings.daily_budget_usd:
+        item["max_tokens"] = parsed.max_tokens  # for the budget's bound, without reading the line
+    return admitted(item)
+
+
+def refused_of(rid: str | None, reason: str, received_at: str, raw: Any) -> Refused:
+    """What a rejection needs, taken from the body now, so the body itself is not kept."""
+    refused = Refused(rid, reason, received_at)
+    if isinstance(raw, dict):
+        tier = raw.get("tier")
+        refused.tier = tier if isinstance(tier, str) and _TIER.fullmatch(tier) else None
+        refused.metadata = _safe_metadata(raw.get("metadata"))
+        refused.digest = bodies.digest(raw.get("params"))
+    return refused
 
 
 def _spent(context: Any) -> bool:

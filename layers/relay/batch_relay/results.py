@@ -93,6 +93,32 @@ def verdict(error: ErrorInfo, code: str | None) -> str:
     return "retried" if issubclass(kind, TransientError) else "final"
 
 
+def read(result: dict[str, Any]) -> tuple[str, dict[str, Any] | None, ErrorInfo | None, str]:
+    """A result line's outcome, message, error, and what its error makes of the request."""
+    kind = str(result.get("type"))
+    if kind == "succeeded":
+        return kind, result.get("message") or {}, None, "final"
+    if kind == "errored":
+        inner = (result.get("error") or {}).get("error") or {}
+        error = ErrorInfo(type=inner.get("type", "api_error"), message=inner.get("message", ""))
+        details = inner.get("details")
+        return (
+            kind,
+            None,
+            error,
+            verdict(error, details.get("error_code") if isinstance(details, dict) else None),
+        )
+    if kind == "expired":
+        return (
+            kind,
+            None,
+            ErrorInfo(type="expired", message="the batch ended before this request was processed"),
+            "final",
+        )
+    canceled = ErrorInfo(type="canceled", message="the batch was canceled before this request was processed")
+    return "canceled", None, canceled, "final"
+
+
 @dataclass
 class Settler:
     settings: Settings
@@ -143,32 +169,7 @@ class Settler:
         box = self.payloads.outbox(record["ref"], uuid.uuid4().hex, calls) if calls else None
         written = [item | {"outbox": box} if c is not None else item for c, item, _ in outcomes]
         if record.get("route") == "realtime":
-            # One request, whose batch's collector may record a both-ways cost on it meanwhile:
-            # written only if that has not changed since it was read.
-            [(_, read, _)] = outcomes
-            both = read.get("both_ways_usd")
-            same = (
-                Attr("both_ways_usd").not_exists() if both is None else Attr("both_ways_usd").eq(dynamo(both))
-            )
-            # Its batch, collected first, took it for paid both ways; answered with no billed call,
-            # it was paid once, there: the batch's spend, not a second price.
-            usd = float(both) if both is not None else 0.0
-            moved = bool(usd and read.get("rescued_from") and _unbilled(written[0]))
-            if moved:
-                written[0] = {k: v for k, v in written[0].items() if k != "both_ways_usd"} | {
-                    "copy_usd": both
-                }
-            if not self.store.put_if(written[0], same & Attr("batch_ref").eq(record["ref"])):
-                raise TransientError("a request changed while it was settled; settled again")
-            if moved:
-                # Through a throttle: the item no longer says so, and no retry would move it again.
-                insist(
-                    lambda: self.store.update(
-                        batch_key(read["rescued_from"]), add={"both_ways_usd": -usd, "batch_usd": usd}
-                    )
-                )
-                # The collector's metrics counted it both ways: their sums come out right.
-                self._metrics([], Counter(), Counter(), {"both_ways_usd": -usd, "batch_usd": usd})
+            self._write_realtime(record, outcomes, written)
         else:
             self.store.put_many(written)
         tally = Counter(kind for _, _, kind in outcomes)
@@ -189,6 +190,35 @@ class Settler:
             for n, call in enumerate(calls):
                 self._send(box, n, call)
         self._metrics(done, tally, tokens, totals)
+
+    def _write_realtime(
+        self,
+        record: dict[str, Any],
+        outcomes: list[tuple[Completion | None, dict[str, Any], str]],
+        written: list[dict[str, Any]],
+    ) -> None:
+        # One request, whose batch's collector may record a both-ways cost on it meanwhile:
+        # written only if that has not changed since it was read.
+        [(_, read, _)] = outcomes
+        both = read.get("both_ways_usd")
+        same = Attr("both_ways_usd").not_exists() if both is None else Attr("both_ways_usd").eq(dynamo(both))
+        # Its batch, collected first, took it for paid both ways; answered with no billed call,
+        # it was paid once, there: the batch's spend, not a second price.
+        usd = float(both) if both is not None else 0.0
+        moved = bool(usd and read.get("rescued_from") and _unbilled(written[0]))
+        if moved:
+            written[0] = {k: v for k, v in written[0].items() if k != "both_ways_usd"} | {"copy_usd": both}
+        if not self.store.put_if(written[0], same & Attr("batch_ref").eq(record["ref"])):
+            raise TransientError("a request changed while it was settled; settled again")
+        if moved:
+            # Through a throttle: the item no longer says so, and no retry would move it again.
+            insist(
+                lambda: self.store.update(
+                    batch_key(read["rescued_from"]), add={"both_ways_usd": -usd, "batch_usd": usd}
+                )
+            )
+            # The collector's metrics counted it both ways: their sums come out right.
+            self._metrics([], Counter(), Counter(), {"both_ways_usd": -usd, "batch_usd": usd})
 
     def _both_ways(
         self, record: dict[str, Any], chunk: list[dict[str, Any]], items: dict[str, dict[str, Any]]
@@ -270,41 +300,17 @@ class Settler:
         self, record: dict[str, Any], item: dict[str, Any], result: dict[str, Any], results_key: str | None
     ) -> tuple[Completion | None, dict[str, Any], str]:
         """What one result means for its request: a completion, another attempt, or a hold."""
-        kind = result.get("type")
+        kind, message, error, said = read(result)
         attempts = int(item.get("attempts", 1))
-        error: ErrorInfo | None = None
-        message = None
-        said = "final"
-        if kind == "succeeded":
-            message = result.get("message") or {}
-        elif kind == "errored":
-            inner = (result.get("error") or {}).get("error") or {}
-            error = ErrorInfo(type=inner.get("type", "api_error"), message=inner.get("message", ""))
-            details = inner.get("details")
-            said = verdict(error, details.get("error_code") if isinstance(details, dict) else None)
-        elif kind == "expired":
-            error = ErrorInfo(type="expired", message="the batch ended before this request was processed")
-        else:
-            kind = "canceled"
-            error = ErrorInfo(
-                type="canceled", message="the batch was canceled before this request was processed"
-            )
         now = clock.now()
         # A realtime try ends with its outcome, whatever it is.
         dropped = ("pending_tier", "pending_since", "batch_ref", *REALTIME_TRY)
         base = {k: v for k, v in item.items() if k not in dropped}
         base["last_batch_id"] = record.get("batch_id")
-        if said == "held":
-            since = float(item.get("held_since") or now)
-            if now - since < self.settings.max_hold_seconds:
-                # Not this request's fault: back to its tier, the attempt given back.
-                base.update(attempts=attempts - 1, held_since=since)
-                base["last_error"] = error.model_dump() if error else None
-                return None, _dynamo_ready(requeued(base, self._sort_key(item))), "held"
-        retry = kind == "expired" or said == "retried"
-        if retry and attempts < self.settings.max_attempts:
+        again = self._again(base, kind, said, now)
+        if again is not None:
             base["last_error"] = error.model_dump() if error else None
-            return None, _dynamo_ready(requeued(base, self._sort_key(item))), "retried"
+            return None, _dynamo_ready(requeued(base, self._sort_key(item))), again
         usage = message.get("usage") if message else None
         realtime = record.get("route") == "realtime"
         cost = (realtime_cost_of if realtime else cost_of)(item["model"], usage) if usage else None
@@ -347,6 +353,18 @@ class Settler:
             results_key=results_key,
         )
         return completion, _dynamo_ready(answered(base, kind)), kind
+
+    def _again(self, base: dict[str, Any], kind: str, said: str, now: float) -> str | None:
+        """Whether a request goes back to its tier for another try: "held" (not its fault: the
+        attempt given back, `base` says since when), "retried" (attempts remain), or None."""
+        attempts = int(base.get("attempts", 1))
+        if said == "held":
+            since = float(base.get("held_since") or now)
+            if now - since < self.settings.max_hold_seconds:
+                base.update(attempts=attempts - 1, held_since=since)
+                return "held"
+        retry = kind == "expired" or said == "retried"
+        return "retried" if retry and attempts < self.settings.max_attempts else None
 
     def _both_ways_of(self, item: dict[str, Any], estimate: float) -> float | None:
         """What the batch a realtime request was taken from spent on its copy: as its results

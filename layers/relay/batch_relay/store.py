@@ -68,7 +68,77 @@ def plain(value: Any) -> Any:
     return value
 
 
-class Store:
+class Budgets:
+    """The daily budget's transactions: a commitment and what is given back of it are written
+    with the item they are for, in one transaction each."""
+
+    table: Any
+
+    def commit(self, day: str, usd: float, cap: float, mark: str) -> bool:
+        """Add `usd` to what day <day> has committed, unless that would pass `cap`, and have item
+        <mark> (the batch or request committed for) say so, both in one transaction: no crash
+        leaves a commitment no item names, which its retry would make again, and a transaction the
+        SDK sends again is applied once (its request token). Amounts are kept in whole
+        micro-dollars (commitments rounded up), so sums stay exact."""
+        amount, limit = math.ceil(usd * MICROS), math.floor(cap * MICROS)
+        if amount > limit:
+            return False
+        ttl = int(clock.parse(f"{day}T00:00:00Z")) + 40 * 86400
+        # The table's client takes plain values (as the table does), not typed ones.
+        budget = {
+            "TableName": self.table.name,
+            "Key": {"pk": f"budget#{day}"},
+            "UpdateExpression": "SET kind = :k, #ttl = :ttl ADD committed_micros :n",
+            "ConditionExpression": "attribute_not_exists(committed_micros) OR committed_micros <= :room",
+            "ExpressionAttributeNames": {"#ttl": "ttl"},
+            "ExpressionAttributeValues": {":k": "budget", ":n": amount, ":ttl": ttl, ":room": limit - amount},
+        }
+        marked = {
+            "TableName": self.table.name,
+            "Key": {"pk": mark},
+            # A commitment made afresh (a realtime try after one given back) is not settled yet.
+            "UpdateExpression": "SET budget_day = :day, budget_usd = :usd REMOVE budget_settled",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeValues": {":day": day, ":usd": dynamo(usd)},
+        }
+        client = self.table.meta.client
+        try:
+            client.transact_write_items(TransactItems=[{"Update": budget}, {"Update": marked}])
+        except client.exceptions.TransactionCanceledException:
+            return False
+        return True
+
+    def give_back(self, day: str, usd: float, mark: str) -> bool:
+        """Give back to day <day> what the commitment named on item <mark> did not spend (rounded
+        down), and have the item say so, in one transaction that expects it unsaid: a transaction
+        the SDK sends again after a lost answer is applied once (its request token, else its
+        condition), so room is never freed twice. False when the item had already said so."""
+        amount = math.floor(usd * MICROS)
+        marked = {
+            "TableName": self.table.name,
+            "Key": {"pk": mark},
+            "UpdateExpression": "SET budget_settled = :t",
+            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(budget_settled)",
+            "ExpressionAttributeValues": {":t": True},
+        }
+        items: list[dict[str, Any]] = [{"Update": marked}]
+        if amount > 0:
+            budget = {
+                "TableName": self.table.name,
+                "Key": {"pk": f"budget#{day}"},
+                "UpdateExpression": "ADD committed_micros :n",
+                "ExpressionAttributeValues": {":n": -amount},
+            }
+            items.append({"Update": budget})
+        client = self.table.meta.client
+        try:
+            client.transact_write_items(TransactItems=items)
+        except client.exceptions.TransactionCanceledException:
+            return False
+        return True
+
+
+class Store(Budgets):
     def __init__(self, table_name: str):
         self.table = aws.table(table_name)
 
@@ -176,69 +246,6 @@ class Store:
         try:
             self.update(key, remove=remove, add=add, condition=condition, **fields)
         except self.table.meta.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
-
-    def commit(self, day: str, usd: float, cap: float, mark: str) -> bool:
-        """Add `usd` to what day <day> has committed, unless that would pass `cap`, and have item
-        <mark> (the batch or request committed for) say so, both in one transaction: no crash
-        leaves a commitment no item names, which its retry would make again, and a transaction the
-        SDK sends again is applied once (its request token). Amounts are kept in whole
-        micro-dollars (commitments rounded up), so sums stay exact."""
-        amount, limit = math.ceil(usd * MICROS), math.floor(cap * MICROS)
-        if amount > limit:
-            return False
-        ttl = int(clock.parse(f"{day}T00:00:00Z")) + 40 * 86400
-        # The table's client takes plain values (as the table does), not typed ones.
-        budget = {
-            "TableName": self.table.name,
-            "Key": {"pk": f"budget#{day}"},
-            "UpdateExpression": "SET kind = :k, #ttl = :ttl ADD committed_micros :n",
-            "ConditionExpression": "attribute_not_exists(committed_micros) OR committed_micros <= :room",
-            "ExpressionAttributeNames": {"#ttl": "ttl"},
-            "ExpressionAttributeValues": {":k": "budget", ":n": amount, ":ttl": ttl, ":room": limit - amount},
-        }
-        marked = {
-            "TableName": self.table.name,
-            "Key": {"pk": mark},
-            # A commitment made afresh (a realtime try after one given back) is not settled yet.
-            "UpdateExpression": "SET budget_day = :day, budget_usd = :usd REMOVE budget_settled",
-            "ConditionExpression": "attribute_exists(pk)",
-            "ExpressionAttributeValues": {":day": day, ":usd": dynamo(usd)},
-        }
-        client = self.table.meta.client
-        try:
-            client.transact_write_items(TransactItems=[{"Update": budget}, {"Update": marked}])
-        except client.exceptions.TransactionCanceledException:
-            return False
-        return True
-
-    def give_back(self, day: str, usd: float, mark: str) -> bool:
-        """Give back to day <day> what the commitment named on item <mark> did not spend (rounded
-        down), and have the item say so, in one transaction that expects it unsaid: a transaction
-        the SDK sends again after a lost answer is applied once (its request token, else its
-        condition), so room is never freed twice. False when the item had already said so."""
-        amount = math.floor(usd * MICROS)
-        marked = {
-            "TableName": self.table.name,
-            "Key": {"pk": mark},
-            "UpdateExpression": "SET budget_settled = :t",
-            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(budget_settled)",
-            "ExpressionAttributeValues": {":t": True},
-        }
-        items: list[dict[str, Any]] = [{"Update": marked}]
-        if amount > 0:
-            budget = {
-                "TableName": self.table.name,
-                "Key": {"pk": f"budget#{day}"},
-                "UpdateExpression": "ADD committed_micros :n",
-                "ExpressionAttributeValues": {":n": -amount},
-            }
-            items.append({"Update": budget})
-        client = self.table.meta.client
-        try:
-            client.transact_write_items(TransactItems=items)
-        except client.exceptions.TransactionCanceledException:
             return False
         return True
 
