@@ -224,8 +224,8 @@ class Schedule:
 
     A tier is due, as `Submitter.due` decides, once its oldest request without a deadline has
     waited its max wait, once the flush moment of its most urgent deadline request has come
-    (the `by:` sort key), or once it holds `min_requests`; a batch record in a state only the
-    submitter moves on (claiming, uploaded, creating, created, failed, closing) needs a run too.
+    (the `by:` sort key), or once it holds `min_requests` (`submitter.due_at`); a batch record in
+    a state only the submitter moves on (`lifecycle.WAITS_ON_SUBMITTER`) needs a run too.
     Between such moments every run of the schedule would claim nothing, so the simulation skips
     them, running it at least every `SAFETY_SECONDS` all the same (those runs also close realtime
     records whose requests are answered, which changes no answer); a run that claims requests
@@ -233,7 +233,6 @@ class Schedule:
     """
 
     SAFETY_SECONDS = 1800.0
-    SUBMITTER_ONLY = frozenset({"claiming", "uploaded", "creating", "created", "failed", "closing"})
 
     def __init__(self, stack: Any):
         from batch_relay.settings import settings
@@ -246,9 +245,9 @@ class Schedule:
 
     def look(self, now: float) -> tuple[float, int]:
         """(the next moment a run has work, now if it has some now; requests waiting in tiers)."""
-        from batch_relay import clock
-        from batch_relay.deadlines import flush_by
-        from batch_relay.store import BY, LIVE
+        from batch_relay.lifecycle import WAITS_ON_SUBMITTER
+        from batch_relay.store import LIVE
+        from batch_relay.submitter import due_at
         from relay_local.stack import _WRITES
 
         keys: dict[str, list[str]] = {name: [] for name in self.tiers}
@@ -262,20 +261,11 @@ class Schedule:
                     keys[tier.value].append(item.attrs["pending_since"].value)
                 elif tier.value == LIVE:
                     status = item.attrs.get("status")
-                    stuck |= status is not None and status.value in self.SUBMITTER_ONLY
+                    stuck |= status is not None and status.value in WAITS_ON_SUBMITTER
         moment = now if stuck else math.inf
         for name, tier in self.tiers.items():
-            found = keys[name]
-            if not found:
-                continue
-            if len(found) >= tier.min_requests:
-                moment = now
-            plain = [k for k in found if not k.startswith(BY)]
-            if plain:
-                moment = min(moment, clock.parse(min(plain)) + tier.max_wait_seconds)
-            by = [k for k in found if k.startswith(BY)]
-            if by:
-                moment = min(moment, flush_by(min(by)) or now)
+            due = due_at(keys[name], tier, now)
+            moment = min(moment, math.inf if due is None else due)
         return moment, sum(len(k) for k in keys.values())
 
     def tick(self, stack: Any, predicted: bool, now: float) -> None:

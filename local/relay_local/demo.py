@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from batch_relay import clock
+from batch_relay.lifecycle import AT_API
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -607,25 +608,19 @@ class Run:
     def tier_due(self, name: str) -> float | None:
         """When the submitter finds this tier due: its oldest request's max wait, the flush moment
         of its most urgent deadline request, or now when enough requests wait."""
-        from batch_relay.deadlines import flush_by
-        from batch_relay.store import BY
+        from batch_relay.submitter import due_at
 
-        waiting = self.pending(name)
-        if not waiting:
-            return None
-        tier = self.config.tiers[name]
-        keys = [str(i["pending_since"]) for i in waiting]
-        plain = [clock.parse(k) + tier.max_wait_seconds for k in keys if not k.startswith(BY)]
-        by = [flush_by(k) or clock.now() for k in keys if k.startswith(BY)]
-        now = [clock.now()] if len(waiting) >= tier.min_requests else []
-        return min(plain + by + now)
+        keys = [str(i["pending_since"]) for i in self.pending(name)]
+        return due_at(keys, self.config.tiers[name], clock.now())
 
     def next_tick(self) -> float | None:
         """The next schedule tick that finds work (the others are skipped)."""
+        from batch_relay.lifecycle import BATCH, WAITS_ON_SUBMITTER, Batch, Mover
+
         now = clock.now()
         # A realtime record is closed by whichever run comes next, once its requests are answered.
-        live = [b["status"] for b in self.live() if b["status"] not in ("polling", "collecting")]
-        moments = [now for status in live if status != "realtime"]
+        live = [b["status"] for b in self.live() if BATCH[Batch(b["status"])].mover is not Mover.POLLER]
+        moments = [now for status in live if status in WAITS_ON_SUBMITTER]
         for name in self.config.tiers:
             at = self.tier_due(name)
             if at is None:
@@ -642,15 +637,14 @@ class Run:
 
     def late_moments(self, name: str) -> list[float]:
         """When each deadline request waiting in a tier is sent realtime if its tier cannot flush."""
-        from batch_relay.deadlines import Turnaround, batch_seconds, deadline_of, flush_by
+        from batch_relay.deadlines import Turnaround, flush_by
 
         turnaround = Turnaround(self.store, self.config)
         out = []
         for item in self.pending(name):
-            deadline = deadline_of(item)
-            if deadline is not None:
-                expected = batch_seconds(turnaround.expected(str(item.get("model"))), self.config)
-                out.append(max(flush_by(item["pending_since"]) or 0.0, deadline - expected + 1))
+            after = turnaround.late_after(item)
+            if after is not None:
+                out.append(max(flush_by(item["pending_since"]) or 0.0, after + 1))
         return out
 
     def observe_holds(self) -> None:
@@ -692,7 +686,7 @@ class Run:
             if i["pending_tier"] in rows:
                 rows[i["pending_tier"]]["buffered"] += 1
         for b in self.live():
-            if b.get("tier") in rows and b.get("batch_id") and b.get("status") in LIVE_STATES:
+            if b.get("tier") in rows and b.get("batch_id") and b.get("status") in AT_API:
                 rows[b["tier"]]["polling"] += 1
         rejected = 0
         for c in self.completions:
@@ -873,7 +867,6 @@ def _stream_handlers() -> list[logging.StreamHandler[Any]]:
 
 FINAL = savings.FINAL
 FINAL = savings.FINAL
-LIVE_STATES = ("created", "polling", "collecting")
 
 
 class LiveView:

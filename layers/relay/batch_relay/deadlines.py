@@ -122,12 +122,18 @@ class Turnaround:
                 self._known[model] = seen[math.ceil(PERCENTILE * len(seen)) - 1]
         return self._known[model]
 
-    def late(self, item: dict[str, Any], now: float) -> bool:
-        """Whether a batch made now could no longer answer this request by its deadline."""
+    def late_after(self, item: dict[str, Any]) -> float | None:
+        """The moment after which a batch made could no longer answer this request by its
+        deadline (None without a deadline)."""
         deadline = deadline_of(item)
         if deadline is None:
-            return False
-        return now + batch_seconds(self.expected(str(item.get("model"))), self.settings) > deadline
+            return None
+        return deadline - batch_seconds(self.expected(str(item.get("model"))), self.settings)
+
+    def late(self, item: dict[str, Any], now: float) -> bool:
+        """Whether a batch made now could no longer answer this request by its deadline."""
+        after = self.late_after(item)
+        return after is not None and now > after
 
 
 @dataclass

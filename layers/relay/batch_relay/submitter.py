@@ -90,12 +90,12 @@ def flush_moment(key: str, tier: Tier) -> float:
 
 def due_at(keys: Iterable[str], tier: Tier, now: float) -> float | None:
     """When a tier whose pending requests sort under `keys` is due by its timing and size (None
-    when none waits): the earliest flush moment, or now once `min_requests` wait. A learned
+    when none waits): its earliest flush moment, or now once `min_requests` wait. A learned
     turnaround slower than the default can bring a deadline request's moment forward (`due`)."""
-    keys = list(keys)
-    if not keys:
-        return None
-    return now if len(keys) >= tier.min_requests else min(flush_moment(k, tier) for k in keys)
+    moments = [flush_moment(k, tier) for k in keys]
+    if moments and len(moments) >= tier.min_requests:
+        moments.append(now)
+    return min(moments, default=None)
 
 
 @dataclass
