@@ -446,6 +446,7 @@ class LocalStack:
         fake_time = mock.MagicMock(wraps=time)
         fake_time.sleep = lambda s: time.sleep(min(stack.wait_cap, s * stack.wait_scale))
         from batch_relay import clock
+        from boto3.dynamodb.transform import TransformationInjector
         from moto.dynamodb.models import DynamoDBBackend
 
         # DynamoDB applies a conditional write atomically and reads consistent items; moto checks
@@ -464,8 +465,14 @@ class LocalStack:
             mock.patch.object(DynamoDBBackend, name, _serialised(getattr(DynamoDBBackend, name)))
             for name in operations
         ]
+        # A boto3 DynamoDB resource builds every call's condition expressions with one shared
+        # builder (its placeholder counters reset per call). Lambda runs one invocation a process;
+        # here invocations are threads sharing the relay's cached resource, and two calls built at
+        # once swap placeholders: a condition that holds fails, or one that fails holds.
+        built = TransformationInjector.inject_condition_expressions
         self._patches = [
             *atomic,
+            mock.patch.object(TransformationInjector, "inject_condition_expressions", _guarded(built)),
             mock.patch.object(clock, "now", lambda: time.time() + stack.offset),
             mock.patch.object(LambdaSimpleBackend, "invoke", invoke),
             mock.patch.object(BaseClient, "_make_api_call", call),
@@ -812,6 +819,17 @@ def _serialised(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(*args, **kwargs)
 
     return call
+
+
+_BUILDING = threading.Lock()
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    def build(*args: Any, **kwargs: Any) -> Any:
+        with _BUILDING:
+            return method(*args, **kwargs)
+
+    return build
 
 
 def _tiers() -> list[Any]:
