@@ -1,0 +1,1 @@
+"""The relay on one machine: the Anthropic batch API emulator, the moto stack, and local tools."""
