@@ -45,13 +45,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from batch_relay import clock
+from relay_ops import savings, term
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
-
-from relay_local import savings, term
 
 
 class Task(NamedTuple):

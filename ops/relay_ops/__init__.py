@@ -1,1 +1,4 @@
-"""The relay on one machine: the Anthropic batch API emulator, the moto stack, and local tools."""
+"""The operator's tools for a deployed relay: the `batch-relay` command, its cost estimate and reports.
+
+Nothing here imports moto, the emulator or `relay_local`: it runs against real AWS (or any endpoint
+the AWS SDK is pointed at)."""

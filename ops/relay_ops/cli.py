@@ -39,8 +39,8 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from relay_local import estimate as costs
-from relay_local import savings, smoke, term
+from relay_ops import estimate as costs
+from relay_ops import savings, smoke, term
 
 OUTPUTS = {
     "queue_url": "RequestQueueUrl",
@@ -391,7 +391,7 @@ def report(stack: Stack, args: argparse.Namespace) -> int:
         write_csv(rows, columns)
     else:
         # On screen, two tables: the rows asked for, then by route with what deadlines cost.
-        [total] = savings.group(done, []) or [None]
+        total = next(iter(savings.group(done, [])), None)
         out = term.console()
         plain = not out.is_terminal
         shown = [*by, "requests", "realtime", "input_tokens", "output_tokens", *savings.USD]
@@ -479,17 +479,15 @@ def redrive(stack: Stack, args: argparse.Namespace) -> int:
         )
         if not got:
             break
-        sqs.send_message_batch(
-            QueueUrl=target,
-            Entries=[
-                {
-                    "Id": str(i),
-                    "MessageBody": m["Body"],
-                    **({"MessageAttributes": m["MessageAttributes"]} if m.get("MessageAttributes") else {}),
-                }
-                for i, m in enumerate(got)
-            ],
-        )
+        entries: list[Any] = [
+            {
+                "Id": str(i),
+                "MessageBody": m["Body"],
+                **({"MessageAttributes": m["MessageAttributes"]} if m.get("MessageAttributes") else {}),
+            }
+            for i, m in enumerate(got)
+        ]
+        sqs.send_message_batch(QueueUrl=target, Entries=entries)
         sqs.delete_message_batch(
             QueueUrl=source,
             Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)],
