@@ -220,7 +220,7 @@ def demo_budget(plan: Plan) -> float:
 
 def run(opts: Options, inspect: Any = None) -> dict[str, Any]:
     """Run the demo; returns its summary. `inspect(stack, summary)` is called before teardown."""
-    from relay_local.cli import emulated
+    from relay_local.api import emulated
     from relay_local.stack import LocalStack
 
     if opts.real_api:
