@@ -13,33 +13,11 @@ prints its return value, as `sam local invoke` would.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-
-@contextlib.contextmanager
-def emulated(latency: float = 1.0, **options: Any) -> Iterator[tuple[dict[str, str], Any]]:
-    """The environment that points the SDK at the emulator, and the emulator; or, when a key is set,
-    no change (the real API) and None."""
-    if os.environ.get("ANTHROPIC_API_KEY"):
-        yield {}, None
-        return
-    from relay_local.emulator import Emulator, EmulatorServer
-
-    with EmulatorServer(Emulator(latency_seconds=latency, **options)) as server:
-        yield {"ANTHROPIC_BASE_URL": server.url}, server.emulator
-
-
-@contextlib.contextmanager
-def anthropic_side(latency: float = 1.0, **options: Any) -> Iterator[dict[str, str]]:
-    """The environment that points the SDK at the emulator, or at the real API when a key is set."""
-    with emulated(latency, **options) as (env, _):
-        yield env
+from relay_local.api import emulated
 
 
 def invoke(function: str, event_path: str) -> int:

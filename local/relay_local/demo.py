@@ -45,13 +45,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 from batch_relay import clock
+from relay_ops import savings, term
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
-
-from relay_local import savings, term
 
 
 class Task(NamedTuple):
@@ -221,7 +220,7 @@ def demo_budget(plan: Plan) -> float:
 
 def run(opts: Options, inspect: Any = None) -> dict[str, Any]:
     """Run the demo; returns its summary. `inspect(stack, summary)` is called before teardown."""
-    from relay_local.cli import emulated
+    from relay_local.api import emulated
     from relay_local.stack import LocalStack
 
     if opts.real_api:

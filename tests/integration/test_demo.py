@@ -183,7 +183,7 @@ def test_demo_with_a_tier_policy_of_its_own(monkeypatch, tmp_path):
 def test_with_the_real_api_no_batch_is_made_late_and_the_demo_says_so(monkeypatch, capsys, tmp_path):
     """The real API's batch durations cannot be forced: the demo says so and runs the rest. Here
     the emulator stands in for the API, unseen by the demo."""
-    from relay_local import cli
+    from relay_local import api
     from relay_local.emulator import Emulator, EmulatorServer
 
     @contextlib.contextmanager
@@ -192,7 +192,7 @@ def test_with_the_real_api_no_batch_is_made_late_and_the_demo_says_so(monkeypatc
             yield {"ANTHROPIC_BASE_URL": server.url}, None
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    monkeypatch.setattr(cli, "emulated", real_api)
+    monkeypatch.setattr(api, "emulated", real_api)
     monkeypatch.setattr(demo, "REAL_API_WAIT_CAP", 0.05)
     opts = demo.Options(size=15, duplicates=0, invalid=0, errored_share=0, expired_share=0, real_api=True)
     opts.out = tmp_path

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import boto3
 import pytest
-from relay_local import ops
+from relay_ops import cli as ops
 
 from tests.conftest import TEST_PARAMETERS
 from tests.helpers import request
@@ -836,7 +836,7 @@ def test_estimate_counts_tokens_on_an_operator_s_machine(emulator, tmp_path):
     }
     lines = estimate_lines()
     done = subprocess.run(
-        [sys.executable, "-m", "relay_local.ops", "estimate", jsonl(tmp_path, lines), "--format", "json"],
+        [sys.executable, "-m", "relay_ops.cli", "estimate", jsonl(tmp_path, lines), "--format", "json"],
         env=env,
         capture_output=True,
         text=True,

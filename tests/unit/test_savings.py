@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from relay_local import savings
+from relay_ops import savings
 
 
 def req(rid, status, tier="urgent", model="claude-haiku-4-5", attempts=1, cost=None, **extra):
@@ -166,7 +166,7 @@ def test_spend_stacks_up_to_list_price_with_realtime_apart():
 
 def test_an_estimate_prices_input_and_max_tokens_per_model():
     from batch_relay.pricing import DEAREST
-    from relay_local.estimate import Priced, rows
+    from relay_ops.estimate import Priced, rows
 
     priced = [
         Priced(1, "claude-haiku-4-5", 1000, 200),
@@ -191,7 +191,7 @@ def test_an_estimate_prices_input_and_max_tokens_per_model():
 def test_counting_stops_on_a_refused_key_or_a_run_of_failures_but_not_on_one_bad_request():
     from batch_relay.errors import ApiAccessError, BatchRefusedError, TransientError
     from batch_relay.pricing import input_tokens_of
-    from relay_local.estimate import Counter, spans
+    from relay_ops.estimate import Counter, spans
 
     answers = iter([BatchRefusedError("400: model"), 7, TransientError("500"), TransientError("500"), 9,
                     TransientError("529"), TransientError("529"), TransientError("529")])  # fmt: skip
