@@ -148,6 +148,11 @@ class FaultLog:
         with self._lock:
             self.entries.append((_clock_now(), kind, ids))
 
+    def about(self, rid: str) -> list[str]:
+        """Every fault that concerned one request (or every request)."""
+        with self._lock:
+            return [k for _, k, ids in self.entries if ids is None or rid in ids]
+
     def touching(self, rid: str, start: float, end: float, outcomes: bool = False) -> list[str]:
         """The faults (and, with `outcomes`, the invocations) on a request's path in a span."""
         with self._lock:
@@ -486,6 +491,9 @@ class Outcome:
     conflicting: list[str] = field(default_factory=list)
     billed_twice: list[str] = field(default_factory=list)
     repeated: int = 0
+    # Requests whose completion went out again with no invocation killed between a publish call
+    # and its marker: the one way the outbox allows a repeat.
+    repeated_unexplained: list[str] = field(default_factory=list)
     live_batches: int = 0
     stuck: list[str] = field(default_factory=list)
     wrong_route: list[str] = field(default_factory=list)
@@ -517,6 +525,7 @@ class Outcome:
             self.lost
             or self.conflicting
             or self.billed_twice
+            or self.repeated_unexplained
             or self.live_batches
             or self.stuck
             or self.wrong_route
@@ -533,6 +542,7 @@ class Outcome:
             "conflicting": len(self.conflicting),
             "billed_twice": len(self.billed_twice),
             "repeated": self.repeated,
+            "repeated_unexplained": len(self.repeated_unexplained),
             "live_batches": self.live_batches,
             "stuck": len(self.stuck),
             "wrong_route": len(self.wrong_route),
@@ -1055,6 +1065,12 @@ def _check(drive: Drive, log: FaultLog, inbox: str, kinds: dict[str, str], outco
     outcome.lost = [rid for rid in ids if rid not in seen]
     outcome.conflicting = [rid for rid, cs in seen.items() if any(c != cs[0] for c in cs)]
     outcome.repeated = sum(len(cs) - 1 for cs in seen.values())
+    published_then_killed = "after PublishBatch"
+    outcome.repeated_unexplained = [
+        rid
+        for rid, cs in seen.items()
+        if len(cs) > 1 and not any(published_then_killed in k for k in log.about(rid))
+    ]
     billed = Counter(cid for b in emu.batch_ids() for cid in emu.custom_ids(b))
     outcome.billed_twice = [cid for cid, n in billed.items() if n > 1]
     outcome.live_batches = len(list(drive.store.live_batches()))
@@ -1319,7 +1335,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(line)
             if args.json
             else "seed {seed}: {accepted} accepted, {completions} completions, "
-            "{lost} lost, {conflicting} conflicting, {billed_twice} billed twice, {repeated} repeated, "
+            "{lost} lost, {conflicting} conflicting, {billed_twice} billed twice, {repeated} repeated "
+            "({repeated_unexplained} unexplained), "
             "{live_batches} live, {stuck} stuck, {wrong_route} wrong route, {called_twice} called twice; "
             "{realtime} realtime ({rescued} rescued), {batch} batch; deadlines {met}/{reachable} met, "
             "{missed_excused} missed under faults, {missed} missed; {faults} faults".format(**line),
@@ -1334,7 +1351,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{total['live_batches']} batches left live, {total['stuck']} requests stuck, "
         f"{total['wrong_route']} answered on another route than they say, "
         f"{total['retired_tier']} rejected for a tier a redeploy dropped before they were received, "
-        f"{total['repeated']} repeated completions ({share:.2f}%)"
+        f"{total['repeated']} repeated completions ({share:.2f}%), "
+        f"{total['repeated_unexplained']} of them for requests no kill between a publish and its "
+        "marker touched"
     )
     missed = total["missed_excused"] + total["missed"]
     print(
