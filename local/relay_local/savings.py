@@ -314,7 +314,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
             ]
         )
         fig.update_layout(barmode="stack", xaxis={"type": "category", "title": label})
-        fig.update_yaxes(title="USD", tickformat="$.4~f")
+        fig.update_yaxes(title="USD", tickformat="$.3~r")
         return fig
 
     def per_tier(rows: list[dict[str, Any]], bars: tuple[tuple[str, str, str], ...], what: str) -> Any:
@@ -445,7 +445,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
         ]
     )
     deadlines.update_layout(barmode="stack", xaxis={"type": "category", "title": "day (UTC)"})
-    deadlines.update_yaxes(title="USD", tickformat="$.4~f", rangemode="tozero")
+    deadlines.update_yaxes(title="USD", tickformat="$.3~r", rangemode="tozero")
 
     return [
         ("spend-by-day", "Spend per day", "Paid at batch price, paid at list price for realtime answers, "
