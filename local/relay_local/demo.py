@@ -1050,7 +1050,7 @@ def summarise(
     twice = sorted(k for k, n in per_id.items() if n > 1)
     latencies = [clock.parse(c["completed_at"]) - clock.parse(c["received_at"]) for c in completions]
     usage = Counter[str]()
-    cost = Counter[str]()
+    cost: defaultdict[str, float] = defaultdict(float)
     for c in completions:
         for k in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
             usage[k] += (c.get("usage") or {}).get(k) or 0
@@ -1059,7 +1059,7 @@ def summarise(
         for k in ("list_usd", "saved_usd"):
             cost[k] += (c.get("cost") or {}).get(k) or 0.0
     # Batch copies of requests answered in realtime, as the table knows them at the end.
-    cost["both_ways_usd"] = sum(i["both_ways_usd"] or 0.0 for i in savings.completed(items))
+    cost["both_ways_usd"] = sum(float(i["both_ways_usd"] or 0.0) for i in savings.completed(items))
     cost["paid_usd"] = cost["batch_usd"] + cost["realtime_usd"] + cost["both_ways_usd"]
     cost["net_saved_usd"] = cost["list_usd"] - cost["paid_usd"]
     return {

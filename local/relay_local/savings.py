@@ -607,7 +607,8 @@ h1 {{ font-size: 24px; margin: 0 0 4px; }} h2 {{ font-size: 18px; margin: 0 0 2p
 .card, section {{ background: #fff; border: 1px solid #e4e7eb; border-radius: 8px; padding: 14px 16px; }}
 .card .label {{ color: #52606d; font-size: 13px; }} .card .value {{ font-size: 24px; font-weight: 600; }}
 .card .note {{ color: #7b8794; font-size: 12px; }}
-section {{ margin-bottom: 16px; }} .notes {{ color: #52606d; margin: 0 0 16px; }} section p {{ color: #52606d; margin: 0 0 6px; }}
+section {{ margin-bottom: 16px; }} section p {{ color: #52606d; margin: 0 0 6px; }}
+.notes {{ color: #52606d; margin: 0 0 16px; }}
 </style>
 <script>{plotly}</script>
 </head><body><main>
