@@ -1181,7 +1181,8 @@ def summary_view(summary: dict[str, Any], plain: bool) -> list[RenderableType]:
         _titled("Time in the tier before its batch, against the tier's flush wait (minutes)", plain),
         term.table(queued, q_cols, plain=plain, numeric=q_cols[1:]),
         "The flush wait (max_wait_seconds) bounds how long a request waits in its tier, not its "
-        "completion; over: waited past it by more than a schedule tick (a tier the day's budget held).",
+        "completion; batched: first tries a batch took; over: waited past it by more than a schedule tick "
+        "(a tier the day's budget held).",
         _titled("Receipt to completion, against each request's deadline (minutes)", plain),
         term.table(done, d_cols, plain=plain, numeric=d_cols[1:]),
         "Receipt to completion is the time in the tier plus the batch's turnaround; least spare: the "

@@ -185,7 +185,8 @@ def gather(items: Iterable[Mapping[str, Any]], max_wait: Mapping[str, float] | N
         tier = keys(i)["tier"]
         if i.get("received_at"):
             by_tier[tier].append(parse(i["completed_at"]) - parse(i["received_at"]))
-            if i.get("submitted_at"):
+            # A retried request was submitted again after its first batch: only first tries count.
+            if i.get("submitted_at") and int(i.get("attempts") or 1) == 1:
                 queued[tier].append(max(0.0, parse(i["submitted_at"]) - parse(i["received_at"])))
         if i.get("deadline"):
             spare[tier].append(parse(i["deadline"]) - parse(i["completed_at"]))
@@ -200,7 +201,7 @@ def gather(items: Iterable[Mapping[str, Any]], max_wait: Mapping[str, float] | N
                 "p95": round(percentile(ordered, 0.95), 3),
                 "max": round(ordered[-1], 3),
                 "max_wait_seconds": limit,
-                # Receipt to submission (requests a batch took), against the flush wait.
+                # Receipt to submission (first tries a batch took), against the flush wait.
                 "queued": len(q),
                 "queued_p50": round(percentile(q, 0.5), 3) if q else None,
                 "queued_max": round(q[-1], 3) if q else None,
