@@ -316,7 +316,9 @@ def test_report_html_is_one_page_whose_charts_add_up_to_the_totals(stack, emulat
     slowest = trace(queued, "slowest")
     for tier, top in zip(slowest["x"], slowest["y"], strict=True):
         longest = max(
-            _seconds(c["submitted_at"]) - _seconds(c["received_at"]) for c in completions if c["tier"] == tier
+            _seconds(c["submitted_at"]) - _seconds(c["received_at"])
+            for c in completions
+            if c["tier"] == tier and c["attempts"] == 1  # a retry is submitted again: not a wait in its tier
         )
         assert top == pytest.approx(longest / divisor, abs=0.01)
     limits = trace(queued, "tier's flush wait")
