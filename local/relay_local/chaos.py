@@ -1252,7 +1252,8 @@ def _route_holds(c: dict[str, Any], emu: Witness) -> bool:
     if c.get("route") == "realtime":
         if c.get("batch_id") is not None:
             return False
-        if cost and (cost["saved_usd"] != 0 or cost["batch_usd"] != cost["list_usd"]):
+        # Paid at list price, nothing saved; batch_usd only says what a batch would have charged.
+        if cost and (cost["saved_usd"] != 0 or cost.get("paid_usd") != cost["list_usd"]):
             return False
         if c["status"] == "succeeded":
             return message.get("id") in emu.answered.get(rid, [])

@@ -57,7 +57,11 @@ def test_a_request_no_batch_can_answer_in_time_goes_realtime(stack, emulator):
     # Then the first was answered by the Messages API at list price, the second by a batch
     soon, later = got["soon"], got["later"]
     assert soon["route"] == "realtime" and soon["batch_id"] is None
-    assert soon["cost"]["saved_usd"] == 0 and soon["cost"]["batch_usd"] == soon["cost"]["list_usd"] > 0
+    cost = soon["cost"]
+    assert cost["saved_usd"] == 0 and cost["paid_usd"] == cost["list_usd"] > 0
+    # batch_usd never holds the list price paid: it says what a batch would have charged.
+    assert cost["batch_usd"] == pytest.approx(cost["list_usd"] / 2)
+    assert later["cost"]["paid_usd"] == later["cost"]["batch_usd"]
     assert soon["deadline"] and soon["completed_at"] <= soon["deadline"]
     assert later["route"] == "batch" and later["batch_id"] and later["cost"]["saved_usd"] > 0
     assert [m.model for m in emulator.messages_created] == ["claude-haiku-4-5"]

@@ -975,3 +975,28 @@ def test_a_realtime_directive_with_an_error_code_answers_that_type_and_code(emu)
         "permission_error",
         "user_profile_not_billable",
     )
+
+
+def test_an_answer_names_the_request_it_answers_and_says_it_is_emulated(client, clock):
+    # Given two requests in one batch, and one realtime call with no id to name it by
+    text = "The export button on the Reports page does nothing since Tuesday (reference 00018)"
+    batch = client.messages.batches.create(
+        requests=[
+            req("ticket-00018", text),
+            req("post-00019", "Selling my old road bike [[emulate:succeeded]]"),
+        ]
+    )
+    clock.advance(61)
+    # When they are answered
+    answers = {
+        r.custom_id: r.result.message.content[0].text for r in client.messages.batches.results(batch.id)
+    }
+    realtime = client.messages.create(**params(text)).content[0].text
+    # Then each answer starts by naming its own request, as emulated text; directives are left out
+    assert answers["ticket-00018"].startswith(
+        '[emulated] answer to ticket-00018 "The export button on ... since Tuesday (reference 00018)":'
+    )
+    assert answers["post-00019"].startswith('[emulated] answer to post-00019 "Selling my old road bike":')
+    assert realtime.startswith(
+        '[emulated] realtime answer to "The export button on ... since Tuesday (reference 00018)":'
+    )

@@ -184,16 +184,25 @@ def cost_of(model: str, usage: dict[str, Any] | None) -> Cost | None:
     search_factor = BATCH_DISCOUNT if WEB_SEARCH["batch_discount"] else 1.0
     batch_usd = tokens_usd * BATCH_DISCOUNT + search_usd * search_factor
     return Cost(
-        batch_usd=round(batch_usd, 8), list_usd=round(list_usd, 8), saved_usd=round(list_usd - batch_usd, 8)
+        batch_usd=round(batch_usd, 8),
+        list_usd=round(list_usd, 8),
+        saved_usd=round(list_usd - batch_usd, 8),
+        paid_usd=round(batch_usd, 8),
     )
 
 
 def realtime_cost_of(model: str, usage: dict[str, Any] | None) -> Cost | None:
-    """A realtime answer's cost: the list price, nothing saved."""
+    """A realtime answer's cost: the list price paid, nothing saved; batch_usd still says what a
+    batch would have charged, never what was paid."""
     cost = cost_of(model, usage)
     if cost is None:
         return None
-    return Cost(batch_usd=cost.list_usd, list_usd=cost.list_usd, saved_usd=0.0)
+    return cost.model_copy(update={"saved_usd": 0.0, "paid_usd": cost.list_usd})
+
+
+def paid(cost: Cost) -> float:
+    """What a request's answer was billed, from a cost with or without `paid_usd`."""
+    return cost.paid_usd if cost.paid_usd is not None else cost.batch_usd
 
 
 # Before a request runs: the most it can cost.
