@@ -271,7 +271,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
         fig.update_yaxes(title="USD", tickformat="$.4~f")
         return fig
 
-    div, unit = _unit([w["max"] for w in s.waits])
+    div, unit = time_unit([w["max"] for w in s.waits])
     waits = go.Figure(
         [
             go.Bar(
@@ -321,7 +321,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
     if spread and max(spread) / min(spread) > 30:
         waits.update_yaxes(type="log")
 
-    div, unit = _unit([b["seconds"] for b in s.turnaround])
+    div, unit = time_unit([b["seconds"] for b in s.turnaround])
     turnaround = go.Figure(
         [
             go.Scatter(
@@ -407,7 +407,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
     ] if s.totals["realtime"] or s.totals["both_ways"] else [])  # fmt: skip
 
 
-def _unit(seconds: list[float]) -> tuple[float, str]:
+def time_unit(seconds: list[float]) -> tuple[float, str]:
     """Seconds, minutes or hours, whichever reads best for the largest of the values."""
     top = max(seconds, default=0.0)
     return (1.0, "seconds") if top < 120 else (60.0, "minutes") if top < 3 * 3600 else (3600.0, "hours")

@@ -195,7 +195,7 @@ def test_records_past_the_parsing_time_go_back_alone(aws_stack, monkeypatch):
         seen["n"] += 1
         return seen["n"] > 2
 
-    monkeypatch.setattr(intake, "_spent", spent_after_two)
+    monkeypatch.setattr(intake, "out_of_time", spent_after_two)
     event = sqs_event([request(f"t{i}") for i in range(5)])
     answer = aws_stack.invoke("BufferFunction", event)
     deferred = {f["itemIdentifier"] for f in answer["batchItemFailures"]}

@@ -168,11 +168,11 @@ def test_a_batch_whose_requests_all_went_realtime_is_canceled(make_stack, emulat
     stack.tick()
     [batch_id] = emulator.batch_ids()
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: emulator._batches[batch_id].cancel_at is not None)
+    wait_for(lambda: emulator.batch(batch_id)["cancel_initiated_at"] is not None)
     stack.pump()
     got = once(stack, inbox, ids)
     assert {c["route"] for c in got.values()} == {"realtime"}
-    view = emulator._view(emulator._batches[batch_id])
+    view = emulator.batch(batch_id)
     assert view["processing_status"] == "ended" and view["cancel_initiated_at"]
     record = next(b for b in items(stack, "batch#").values() if b.get("batch_id") == batch_id)
     assert record["status"] == "collected"

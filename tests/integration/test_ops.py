@@ -776,7 +776,7 @@ def canceled_before_running(make_stack, emulator):
     [batch_id] = emulator.batch_ids()
     stack.polls_realtime = False  # the realtime answers come after the batch is collected
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: emulator._batches[batch_id].cancel_at is not None)
+    wait_for(lambda: emulator.batch(batch_id)["cancel_initiated_at"] is not None)
 
     def collected():
         stack.settle()
@@ -785,7 +785,7 @@ def canceled_before_running(make_stack, emulator):
         return record["status"] == "collected"
 
     wait_for(collected)
-    assert emulator._view(emulator._batches[batch_id])["request_counts"]["canceled"] >= 1
+    assert emulator.batch(batch_id)["request_counts"]["canceled"] >= 1
     stack.polls_realtime = True
     stack.deliver_realtime()
     got = {c["request_id"]: c for c in stack.drain(inbox)}

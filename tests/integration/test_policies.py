@@ -549,7 +549,7 @@ def run_deadline_paths(stack: Any, emulator: Any) -> dict[str, list[dict[str, An
     stack.tick()
     canceled = _new_batch(emulator, before)
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: emulator._batches[canceled].cancel_at is not None)
+    wait_for(lambda: emulator.batch(canceled)["cancel_initiated_at"] is not None)
     stack.pump()
     completions += stack.drain(inbox)
 

@@ -135,7 +135,7 @@ def test_a_batch_adopted_after_all_its_requests_were_rescued_is_canceled(make_st
     assert record.get("batch_id") == batch_id, "the batch was not adopted"
     canceled = True
     try:
-        wait_for(lambda: emulator._batches[batch_id].cancel_at is not None, seconds=15)
+        wait_for(lambda: emulator.batch(batch_id)["cancel_initiated_at"] is not None, seconds=15)
     except AssertionError:
         canceled = False
     stack.advance(7200)
@@ -204,7 +204,7 @@ def test_a_cancel_that_fails_once_is_tried_again(make_stack, emulator):
     wait_for(lambda: all(i.get("rescued_from") for i in items(stack).values()))
     canceled = True
     try:
-        wait_for(lambda: emulator._batches[batch_id].cancel_at is not None, seconds=15)
+        wait_for(lambda: emulator.batch(batch_id)["cancel_initiated_at"] is not None, seconds=15)
     except AssertionError:
         canceled = False
     stack.advance(7200)

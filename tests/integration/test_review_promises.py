@@ -115,7 +115,7 @@ def test_a_rescue_counted_twice_cancels_no_batch_that_still_holds_a_request(make
     stack.advance(start + 3600 - 60 + 5 - clock.now())
     wait_for(lambda: stack.deliver_realtime() and len(emulator.messages_created) == 2)
     # Then the batch, which still holds the third request, is not canceled
-    assert emulator._batches[batch_id].cancel_at is None, "a batch that holds a request was canceled"
+    assert emulator.batch(batch_id)["cancel_initiated_at"] is None, "a batch that holds a request was canceled"
     stack.advance(7200)
     stack.pump()
     got = once(stack, inbox, ["first", "second", "third"])

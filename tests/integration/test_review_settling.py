@@ -216,16 +216,11 @@ def test_a_rescued_request_refused_for_budget_is_not_reported_as_paid_both_ways(
     day = table_items(stack, f"budget#{today()}")[f"budget#{today()}"]
     ran = sum(
         cost_of("claude-haiku-4-5", line["result"]["message"]["usage"]).batch_usd
-        for line in _results(emulator, batch_id)
+        for line in emulator.results(batch_id)
         if line["result"]["type"] == "succeeded"
     )
     assert ran > 0
     assert int(day["committed_micros"]) / 1e6 >= ran - 1e-6, "what the batch spent was given back"
-
-
-def _results(emulator: Any, batch_id: str) -> list[dict[str, Any]]:
-    batch = emulator._batches[batch_id]
-    return [json.loads(line) for line in emulator._results(batch, None)]
 
 
 # 2. A batch is collected only once every journaled request is answered, whatever the tallies say.

@@ -88,7 +88,7 @@ def test_text_from_the_table_cannot_end_the_page_s_scripts():
     ("seconds", "unit"), [([30.0], "seconds"), ([600.0], "minutes"), ([4 * 3600.0], "hours")]
 )
 def test_chart_units_follow_the_largest_value(seconds, unit):
-    assert savings._unit(seconds)[1] == unit
+    assert savings.time_unit(seconds)[1] == unit
 
 
 def realtime(rid, list_usd, **extra):
