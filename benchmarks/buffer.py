@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 
-from benchmarks.fullsize import BUCKET, rss_mb, child, services
+from benchmarks.fullsize import BUCKET, child, rss_mb, services
 
 ROOT = Path(__file__).resolve().parents[1]
 # A table of its own for each run: the moto servers of one process share their state.

@@ -152,7 +152,8 @@ def late_batch(make_stack: Any, emulator: Any) -> Callable[..., LateBatch]:
         inbox = stack.subscribe()
         emulator.make_late(1, late)
         seconds = due if isinstance(due, Mapping) else dict.fromkeys(due, deadline)
-        bodies = [request(r, deadline=at(s)) for r, s in seconds.items()]
+        stamps = {s: at(s) for s in set(seconds.values())}  # requests due together, to the millisecond
+        bodies = [request(r, deadline=stamps[s]) for r, s in seconds.items()]
         stack.send(bodies + [request(r) if isinstance(r, str) else r for r in free])
         stack.deliver()
         if before_tick is not None:

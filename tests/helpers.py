@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import time
+import traceback
 from collections import Counter
 from typing import Any
 
@@ -267,3 +268,28 @@ class Once:
 
 def install(stack: Any, hook: Once) -> None:
     stack.before, stack.after = hook.before, hook.after
+
+
+class RefuseInTurn:
+    """Refuse, once each and in this order, the first call of each of `operations` that `function`
+    makes (a later one only once the one before it was refused), optionally only from inside a
+    frame named `within`."""
+
+    def __init__(self, function: str, operations: list[str], within: str | None = None):
+        self.function, self.operations, self.within = function, list(operations), within
+        self.refused: list[str] = []
+        self._lock = threading.Lock()
+
+    def before(self, function: str, operation: str) -> None:
+        if function != self.function:
+            return
+        if self.within is not None and not any(f.name == self.within for f in traceback.extract_stack()):
+            return
+        with self._lock:
+            if not self.operations or operation != self.operations[0]:
+                return
+            self.refused.append(self.operations.pop(0))
+        raise throttled(operation)
+
+    def after(self, function: str, operation: str) -> None:
+        return None

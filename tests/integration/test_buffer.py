@@ -14,15 +14,6 @@ from tests.helpers import request, stored_line
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def aws_stack(monkeypatch):
-    """The stack without the Anthropic side: the buffer never calls it."""
-    from relay_local.stack import LocalStack
-
-    with LocalStack(parameters=dict(TEST_PARAMETERS)) as s:
-        yield s
-
-
 def sqs_event(bodies, receive_count="1"):
     return {
         "Records": [

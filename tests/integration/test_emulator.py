@@ -991,10 +991,15 @@ def test_tests_see_a_batch_as_the_api_shows_it(client, emu, clock):
     assert emu.batch(batch.id)["request_counts"]["processing"] == 2
     clock.advance(61)
     lines = emu.results(batch.id)
-    assert lines == [r.model_dump(mode="json", exclude_unset=True) for r in client.messages.batches.results(batch.id)]
+    assert lines == [
+        r.model_dump(mode="json", exclude_unset=True) for r in client.messages.batches.results(batch.id)
+    ]
     ended = emu.batch(batch.id)
     ended["request_counts"]["canceled"] = -1
-    assert emu.batch(batch.id)["request_counts"] == client.messages.batches.retrieve(batch.id).request_counts.to_dict()
+    assert (
+        emu.batch(batch.id)["request_counts"]
+        == client.messages.batches.retrieve(batch.id).request_counts.to_dict()
+    )
     # And a succeeded line's message carries the id the emulator names for it
     emu.cancel_seconds = 0
     done = client.messages.batches.create(requests=[req("c")])

@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.helpers import by_id, emitted, request
+from tests.helpers import at, by_id, emitted, request
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +28,6 @@ def refused(operation: str) -> ClientError:
     return ClientError(
         {"Error": {"Code": "InternalError", "Message": "injected"}, "ResponseMetadata": {}}, operation
     )
-
-
-def at(seconds: float) -> str:
-    """An RFC 3339 deadline this many seconds from now on the relay's clock."""
-    from batch_relay import clock
-
-    return clock.iso(clock.now() + seconds).replace("Z", "+00:00")
 
 
 def table_items(stack: Any, prefix: str) -> dict[str, dict[str, Any]]:
