@@ -1,6 +1,8 @@
 """Deadlines and budgets, end to end on moto and the emulator: batch price whenever a batch can make
 a request's deadline, realtime before it is missed, exactly one completion either way, and a daily
-spend cap that holds tiers and refuses realtime fallbacks past it."""
+spend cap that holds tiers and refuses realtime fallbacks past it; then the ways review found
+these promises could break (rescues beside unresolved creates and cancels, realtime tries, what is
+committed to the budget, deadlines at the edges of the calendar)."""
 
 from __future__ import annotations
 

@@ -597,10 +597,6 @@ def test_a_request_whose_body_is_gone_is_answered_and_its_tier_moves_on(stack, e
     assert {per_id[f"k{i}"][0]["status"] for i in range(5)} == {"succeeded"}
 
 
-# Found by review: promises a user saw break (a tier a redeploy dropped, a rescue counted twice,
-# what a batch that expired teaches the relay about turnaround).
-
-
 # a tier the policy no longer names
 
 

@@ -1,6 +1,7 @@
-"""Review of the submitter's lease and what a run that holds it may recover at once: each test drives
-the stack (moto + the emulator) into one way the promises of DESIGN.md ("Never billed twice", the
-daily budget, deadlines) can break around the `submitter` lease, and fails while they do.
+"""The submitter's lease, and what a run that holds it may recover at once from a run that failed:
+each test drives the stack (moto + the emulator) into one way the promises of DESIGN.md ("Never
+billed twice", the daily budget, deadlines) can break around the `submitter` lease, and fails while
+they do.
 
 Faults are placed with the stack's hooks: `before(function, operation)` runs before an AWS call of a
 function (raising refuses it), `after(function, operation)` once it acted (raising there is an
