@@ -225,7 +225,7 @@ def test_a_realtime_message_delivered_twice_at_once_is_answered_once(stack, emul
     )["Messages"]
     assert len(got) == 2
     for m in got:
-        stack._receipts[m["ReceiptHandle"]] = m["MessageId"]  # its hides on the relay's clock
+        stack.receipts[m["ReceiptHandle"]] = m["MessageId"]  # its hides on the relay's clock
 
     # Each invocation that gets as far as reading the request's body (after the lease, before the
     # call); the first is held there until the second has run.
@@ -268,7 +268,7 @@ def test_a_realtime_message_delivered_twice_at_once_is_answered_once(stack, emul
     assert len(answers) == 1
     # As Lambda does: the first's message deleted, the second's back when its minute is over.
     stack.sqs.delete_message(QueueUrl=url, ReceiptHandle=got[0]["ReceiptHandle"])
-    stack._parked[got[1]["MessageId"]] = got[1]["ReceiptHandle"]
+    stack.parked[got[1]["MessageId"]] = got[1]["ReceiptHandle"]
     first_answer = once(stack, inbox, ["k3"])["k3"]
     assert first_answer["route"] == "realtime" and first_answer["status"] == "succeeded"
     assert stack.deliver_realtime() == {"delivered": 0, "failed": 0, "waiting": 1}
