@@ -249,11 +249,11 @@ class Schedule:
         from batch_relay import clock
         from batch_relay.deadlines import flush_by
         from batch_relay.store import BY, LIVE
-        from relay_local.stack import _WRITES
+        from relay_local.stack import WRITES
 
         keys: dict[str, list[str]] = {name: [] for name in self.tiers}
         stuck = False
-        with _WRITES:  # the lock the stack's DynamoDB calls hold: no write changes items meanwhile
+        with WRITES:  # the lock the stack's DynamoDB calls hold: no write changes items meanwhile
             for item in self.table.all_items():
                 tier = item.attrs.get("pending_tier")
                 if tier is None:

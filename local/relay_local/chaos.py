@@ -70,7 +70,7 @@ import boto3
 from batch_relay.errors import FunctionKilled
 from botocore.exceptions import ClientError
 
-from relay_local.emulator import Emulator, _stable_id
+from relay_local.emulator import Emulator
 
 MODEL = "claude-haiku-4-5"
 CHAOS_TIERS = {
@@ -982,16 +982,16 @@ class RealtimeDelivery:
 
     def back_of(self, rid: str) -> float | None:
         """When a hidden message of this request comes back, if one is out of the queue."""
-        times = [self.stack._hidden.get(m, 0.0) for m in self.hidden if self.whose.get(m) == rid]
+        times = [self.stack.hidden_until.get(m, 0.0) for m in self.hidden if self.whose.get(m) == rid]
         return min(times) if times else None
 
     def returns(self, now: float) -> list[float]:
         """When hidden messages come back, of those still to come."""
-        return [t for m in self.hidden if (t := self.stack._hidden.get(m, 0.0)) > now]
+        return [t for m in self.hidden if (t := self.stack.hidden_until.get(m, 0.0)) > now]
 
     def due(self, visible: int) -> bool:
         now = _clock_now()
-        return bool(visible) or any(self.stack._hidden.get(m, 0.0) <= now for m in self.hidden)
+        return bool(visible) or any(self.stack.hidden_until.get(m, 0.0) <= now for m in self.hidden)
 
     def deliver(self) -> int:
         """Deliver what is due; returns how many messages were answered (deleted)."""
@@ -1000,7 +1000,7 @@ class RealtimeDelivery:
         stack, sqs = self.stack, self.sqs
         now = _clock_now()
         for mid, handle in list(self.hidden.items()):
-            if stack._hidden.get(mid, 0.0) <= now:
+            if stack.hidden_until.get(mid, 0.0) <= now:
                 del self.hidden[mid]
                 with contextlib.suppress(ClientError):  # gone to the dead-letter queue
                     sqs.change_message_visibility(
@@ -1020,13 +1020,13 @@ class RealtimeDelivery:
                 mid, handle = m["MessageId"], m["ReceiptHandle"]
                 with contextlib.suppress(Exception):
                     self.whose[mid] = str(json.loads(m["Body"])["request_id"])
-                if stack._hidden.get(mid, 0.0) > _clock_now():  # not due yet: out again
+                if stack.hidden_until.get(mid, 0.0) > _clock_now():  # not due yet: out again
                     self.hidden[mid] = handle
                     sqs.change_message_visibility(
                         QueueUrl=self.url, ReceiptHandle=handle, VisibilityTimeout=HIDDEN_SECONDS
                     )
                     continue
-                stack._receipts[handle] = mid
+                stack.receipts[handle] = mid
                 try:
                     answer = stack.invoke("RealtimeFunction", {"Records": [sqs_record(m, self.arn)]})
                     ok = not answer.get("batchItemFailures")
@@ -1036,9 +1036,9 @@ class RealtimeDelivery:
                     sqs.delete_message(QueueUrl=self.url, ReceiptHandle=handle)
                     done += 1
                     continue
-                if stack._hidden.get(mid, 0.0) <= _clock_now():
+                if stack.hidden_until.get(mid, 0.0) <= _clock_now():
                     # Not hidden by the function: back after the queue's visibility timeout.
-                    stack._hidden[mid] = _clock_now() + self.visibility
+                    stack.hidden_until[mid] = _clock_now() + self.visibility
                 self.hidden[mid] = handle
                 sqs.change_message_visibility(
                     QueueUrl=self.url, ReceiptHandle=handle, VisibilityTimeout=HIDDEN_SECONDS
@@ -1263,7 +1263,7 @@ def _route_holds(c: dict[str, Any], emu: Witness) -> bool:
         if batch_id not in emu.batch_ids() or rid not in emu.custom_ids(batch_id):
             return False
         if c["status"] == "succeeded":
-            return bool(message.get("id") == _stable_id("msg_01", batch_id, rid, n=22))
+            return bool(message.get("id") == emu.message_id(batch_id, rid))
         return True
     return False
 

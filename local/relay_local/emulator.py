@@ -556,6 +556,24 @@ class Emulator:
     def custom_ids(self, batch_id: str) -> list[str]:
         return [r.custom_id for r in self._batches[batch_id].requests]
 
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """A batch as retrieving it shows it now (a copy: changing it changes nothing here)."""
+        with self._lock:
+            view = self._view(self._batches[batch_id])
+            return view | {"request_counts": dict(view["request_counts"])}
+
+    def results(self, batch_id: str) -> list[dict[str, Any]]:
+        """The result lines of an ended batch, as its results stream sends them."""
+        with self._lock:
+            batch = self._batches[batch_id]
+            if self._state(batch)[1] is None:
+                raise ValueError(f"batch {batch_id} has not ended")
+            return [json.loads(line) for line in self._results(batch, None)]
+
+    def message_id(self, batch_id: str, custom_id: str) -> str:
+        """The id of the message a batch's succeeded result line carries for a request."""
+        return _stable_id("msg_01", batch_id, custom_id, n=22)
+
     def batch_version(self, batch_id: str) -> tuple[str, tuple[str, ...]]:
         """The `anthropic-version` and `anthropic-beta` values a batch was created under."""
         batch = self._batches[batch_id]

@@ -321,7 +321,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
     def per_tier(rows: list[dict[str, Any]], bars: tuple[tuple[str, str, str], ...], what: str) -> Any:
         """Bars per tier of durations, in the one unit that suits the largest of them."""
         values = [r[k] for r in rows for k, _, _ in bars if r[k] is not None]
-        div, unit = _unit([abs(v) for v in values])
+        div, unit = time_unit([abs(v) for v in values])
         fig = go.Figure(
             [
                 go.Bar(
@@ -349,7 +349,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
         "receipt to completion",
     )
     # Tiers may differ a hundredfold (minutes against hours): then a log scale keeps each one readable.
-    _log_if_spread(waits, values)
+    log_if_spread(waits, values)
 
     flushed = [w for w in s.waits if w["queued"]]
     queued, div, values = per_tier(
@@ -378,7 +378,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
                 y1=y,
                 line={"color": LIST, "width": 2, "dash": "dash"},
             )
-    _log_if_spread(queued, [*values, *(w["max_wait_seconds"] or 0 for w in flushed)])
+    log_if_spread(queued, [*values, *(w["max_wait_seconds"] or 0 for w in flushed)])
 
     timed = [w for w in s.waits if w["with_deadline"]]
     spare, _, _ = per_tier(
@@ -388,7 +388,7 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
     )
     spare.update_yaxes(zeroline=True, zerolinecolor="#1f2933")
 
-    div, unit = _unit([b["seconds"] for b in s.turnaround])
+    div, unit = time_unit([b["seconds"] for b in s.turnaround])
     turnaround = go.Figure(
         [
             go.Scatter(
@@ -484,13 +484,13 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
     ] if s.totals["realtime"] or s.totals["both_ways"] else [])  # fmt: skip
 
 
-def _unit(seconds: list[float]) -> tuple[float, str]:
+def time_unit(seconds: list[float]) -> tuple[float, str]:
     """Seconds, minutes or hours, whichever reads best for the largest of the values."""
     top = max(seconds, default=0.0)
     return (1.0, "seconds") if top < 120 else (60.0, "minutes") if top < 3 * 3600 else (3600.0, "hours")
 
 
-def _log_if_spread(fig: Any, values: list[float]) -> None:
+def log_if_spread(fig: Any, values: list[float]) -> None:
     """A log scale when values differ over thirtyfold, ticked at 1-2-5 steps with their whole values
     (Plotly's own log ticks label the ones between powers of ten with a bare digit: "2", "5")."""
     shown = [v for v in values if v and v > 0]

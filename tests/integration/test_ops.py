@@ -15,7 +15,7 @@ import pytest
 from relay_ops import cli as ops
 
 from tests.conftest import TEST_PARAMETERS
-from tests.helpers import request
+from tests.helpers import items, learn, request, rescued, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -575,8 +575,6 @@ def test_batches_shows_the_turnaround_learned_per_model(stack, emulator, capsys)
     from batch_relay.settings import settings
     from batch_relay.store import Store
 
-    from tests.integration.test_deadlines import learn
-
     # Given four haiku batches (the emulator's take 0.2 s) and one sonnet batch
     learn(stack, emulator, batches=4)
     stack.send([request("s-1", model="claude-sonnet-4-5")])
@@ -641,25 +639,18 @@ def write_report(stack, capsys, tmp_path):
     return page_data(page), figures(page), page
 
 
-def test_report_shows_routes_and_what_deadlines_cost(make_stack, emulator, capsys, tmp_path):
-    from tests.integration.test_deadlines import _rescued, at, items, rescue_stack, wait_for
-
+def test_report_shows_routes_and_what_deadlines_cost(late_batch, emulator, capsys, tmp_path):
     # Given one request due too soon for any batch (realtime at claim), two taken out of a late
     # batch for realtime before their deadline, and two left in that batch
-    stack = rescue_stack(make_stack)
-    inbox = stack.subscribe()
-    emulator.make_late(1, 7200)
     due, free = ["dl0", "dl1"], ["nd0", "nd1"]
-    stack.send(
-        [request("soon", deadline=at(100))]
-        + [request(r, deadline=at(1800)) for r in due]
-        + [request(r, text=f"Summarise ticket {r}: the lift is stuck.") for r in free]
+    late = late_batch(
+        {"soon": 100} | dict.fromkeys(due, 1800),
+        [request(r, text=f"Summarise ticket {r}: the lift is stuck.") for r in free],
     )
-    stack.deliver()
-    stack.tick()
+    stack, inbox = late.stack, late.inbox
     stack.deliver_realtime()
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: _rescued(stack))
+    wait_for(lambda: rescued(stack))
     wait_for(lambda: stack.deliver_realtime() and len(emulator.messages_created) == 3)
 
     # While the batch runs, what its copies cost is the completions' estimate, and said so
@@ -779,24 +770,17 @@ def test_report_shows_routes_and_what_deadlines_cost(make_stack, emulator, capsy
         assert sum(at_batch) == pytest.approx(paid - list_paid, abs=1e-6), chart
 
 
-def canceled_before_running(make_stack, emulator):
+def canceled_before_running(late_batch, emulator):
     """A late batch whose requests were all taken out for realtime, canceled before it ran (most
     of) them, and collected before the realtime answers came. Returns the stack, the completions,
     the batch's record and the requests' items."""
-    from tests.integration.test_deadlines import at, items, rescue_stack, wait_for
-
-    stack = rescue_stack(make_stack)
-    inbox = stack.subscribe()
-    # A batch of 20 hours canceled after half an hour has run about 2% of its requests
-    emulator.make_late(1, 20 * 3600)
     ids = [f"cx{i}" for i in range(6)]
-    stack.send([request(r, deadline=at(1800)) for r in ids])
-    stack.deliver()
-    stack.tick()
-    [batch_id] = emulator.batch_ids()
+    # A batch of 20 hours canceled after half an hour has run about 2% of its requests
+    late = late_batch(ids, late=20 * 3600)
+    stack, inbox, batch_id = late.stack, late.inbox, late.batch_id
     stack.polls_realtime = False  # the realtime answers come after the batch is collected
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: emulator._batches[batch_id].cancel_at is not None)
+    wait_for(lambda: emulator.batch(batch_id)["cancel_initiated_at"] is not None)
 
     def collected():
         stack.settle()
@@ -805,7 +789,7 @@ def canceled_before_running(make_stack, emulator):
         return record["status"] == "collected"
 
     wait_for(collected)
-    assert emulator._view(emulator._batches[batch_id])["request_counts"]["canceled"] >= 1
+    assert emulator.batch(batch_id)["request_counts"]["canceled"] >= 1
     stack.polls_realtime = True
     stack.deliver_realtime()
     got = {c["request_id"]: c for c in stack.drain(inbox)}
@@ -814,8 +798,8 @@ def canceled_before_running(make_stack, emulator):
     return stack, got, record, {i["request_id"]: i for i in items(stack).values()}
 
 
-def test_report_counts_a_batch_copy_only_if_its_batch_billed_it(make_stack, emulator, capsys):
-    stack, got, record, table = canceled_before_running(make_stack, emulator)
+def test_report_counts_a_batch_copy_only_if_its_batch_billed_it(late_batch, emulator, capsys):
+    stack, got, record, table = canceled_before_running(late_batch, emulator)
     # What the batch's results billed for copies, request by request and in all
     billed = {r: float(i["both_ways_usd"]) for r, i in table.items() if i.get("both_ways_usd") is not None}
     assert float(record.get("both_ways_usd") or 0) == pytest.approx(sum(billed.values()))
@@ -836,8 +820,8 @@ def test_report_counts_a_batch_copy_only_if_its_batch_billed_it(make_stack, emul
     )
 
 
-def test_a_completion_claims_no_batch_copy_its_collected_batch_never_ran(make_stack, emulator):
-    _, got, _, table = canceled_before_running(make_stack, emulator)
+def test_a_completion_claims_no_batch_copy_its_collected_batch_never_ran(late_batch, emulator):
+    _, got, _, table = canceled_before_running(late_batch, emulator)
     unbilled = [r for r in got if table[r].get("both_ways_usd") is None]
     assert unbilled
     assert {r: (got[r]["cost"] or {}).get("both_ways_usd") for r in unbilled} == dict.fromkeys(unbilled)
@@ -868,21 +852,15 @@ def test_estimate_counts_tokens_on_an_operator_s_machine(emulator, tmp_path):
     assert shown["estimated_lines"] == [], done.stderr
 
 
-def test_what_a_batch_copy_cost_survives_a_realtime_answer_settled_at_the_same_time(make_stack, emulator):
+def test_what_a_batch_copy_cost_survives_a_realtime_answer_settled_at_the_same_time(late_batch, emulator):
     from batch_relay.settings import settings
     from batch_relay.store import Store, request_key
     from boto3.dynamodb.conditions import Attr
 
-    from tests.integration.test_deadlines import _rescued, at, items, rescue_stack, wait_for
-
     # Given a request taken out of a late batch for realtime
-    stack = rescue_stack(make_stack)
-    emulator.make_late(1, 7200)
-    stack.send([request("race", deadline=at(1800)), request("stays")])
-    stack.deliver()
-    stack.tick()
+    stack = late_batch(["race"], ["stays"]).stack
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: _rescued(stack))
+    wait_for(lambda: rescued(stack))
 
     # When the batch's collector records what its copy cost (the write `Settler._both_ways` makes)
     # while the realtime function settles its answer: after the function's read, before its write

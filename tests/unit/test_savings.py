@@ -88,7 +88,7 @@ def test_text_from_the_table_cannot_end_the_page_s_scripts():
     ("seconds", "unit"), [([30.0], "seconds"), ([600.0], "minutes"), ([4 * 3600.0], "hours")]
 )
 def test_chart_units_follow_the_largest_value(seconds, unit):
-    assert savings._unit(seconds)[1] == unit
+    assert savings.time_unit(seconds)[1] == unit
 
 
 def realtime(rid, list_usd, **extra):
@@ -264,7 +264,7 @@ def test_a_log_axis_labels_its_ticks_with_whole_values():
 
     fig = go.Figure()
     fig.update_yaxes(title="minutes, receipt to completion")
-    savings._log_if_spread(fig, [60.0, 3 * 3600.0])
+    savings.log_if_spread(fig, [60.0, 3 * 3600.0])
     # Then the axis is logarithmic and every label is the value it marks
     assert fig.layout.yaxis.type == "log"
     assert list(fig.layout.yaxis.ticktext) == [f"{v:g}" for v in fig.layout.yaxis.tickvals]

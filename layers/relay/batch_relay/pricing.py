@@ -242,7 +242,7 @@ def unbounded_reason(params: Mapping[str, Any]) -> str | None:
                 f"server tool {kind!r}: its calls add input and output past max_tokens that nothing "
                 "in the request bounds, so DailyBudgetUSD cannot take it"
             )
-    for block in _blocks(params):
+    for block in content_blocks(params):
         if block.get("type") == "document":
             source = block["source"] if isinstance(block.get("source"), dict) else {}
             if source.get("type") not in ("text", "content"):
@@ -259,7 +259,7 @@ def tokens_bound(params: Mapping[str, Any], line_bytes: int) -> int:
     """The most input tokens the request can be billed for (see the module's rules)."""
     price = price_of(str(params.get("model"))) or DEAREST
     images = media = 0
-    for block in _blocks(params):
+    for block in content_blocks(params):
         if block.get("type") == "image":
             images += 1
             source = block["source"] if isinstance(block.get("source"), dict) else {}
@@ -306,13 +306,13 @@ def bound(
 
 def _names_hour(params: Mapping[str, Any]) -> bool:
     """Whether any cache_control of the request asks for the 1-hour TTL."""
-    marks = [b.get("cache_control") for b in _blocks(params)]
+    marks = [b.get("cache_control") for b in content_blocks(params)]
     marks += [t.get("cache_control") for t in params.get("tools") or [] if isinstance(t, dict)]
     marks.append(params.get("cache_control"))
     return any(isinstance(m, dict) and m.get("ttl") == "1h" for m in marks)
 
 
-def _blocks(params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def content_blocks(params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Every content block of the system prompt and the messages, nested ones included."""
     system = params.get("system")
     if isinstance(system, list):
