@@ -7,7 +7,8 @@
 
 starts the local stack (moto, built from template.yaml) and the Anthropic emulator (or uses the
 real API when ANTHROPIC_API_KEY is set), runs the function the template names with the event, and
-prints its return value, as `sam local invoke` would.
+prints its return value, as `sam local invoke` would, then the completions the run published on
+the topic (the collect step's, the realtime function's, the buffer's rejections).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def invoke(function: str, event_path: str) -> int:
 
     event = json.loads(Path(event_path).read_text())
     with emulated() as (env, emulator), LocalStack(env=env) as stack:
+        inbox = stack.subscribe()
         if function not in stack.functions:
             print(f"error: no function {function!r} in template.yaml; there are {sorted(stack.functions)}")
             return 2
@@ -41,7 +43,12 @@ def invoke(function: str, event_path: str) -> int:
         except Exception as exc:  # shown as Lambda reports an unhandled error
             print(json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}, indent=2))
             return 1
+        published = stack.drain(inbox)
     print(json.dumps(result, indent=2, default=str))
+    print(f"published on the completion topic: {len(published)}", file=sys.stderr)
+    for completion in published:
+        completion.pop("_attributes", None)
+        print(json.dumps(completion, indent=2, default=str))
     return 0
 
 
