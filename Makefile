@@ -14,12 +14,13 @@ SAM_PYENV ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv test unit integration lint build demo bench invoke clean schemas chaos lock outdated live
+.PHONY: help venv test unit integration lint build deploy demo bench invoke clean schemas chaos lock outdated live
 
 help:
 	@echo "make test    set up and run the whole test suite"
 	@echo "make lint    ruff, mypy, cfn-lint, sam validate --lint, asl-validator, checkov"
 	@echo "make build   sam build (the deployable artifacts in .aws-sam/)"
+	@echo "make deploy STACK=batch-relay KEY_ARN=<secret ARN> [OVERRIDES='Name=value ...']   build, then sam deploy"
 	@echo "make demo    the whole pipeline on this machine: moto + the Anthropic emulator (ARGS=--help)"
 	@echo "make chaos SEEDS=200   the promises under random faults, seed by seed"
 	@echo "make live    a few real requests against the real API (needs ANTHROPIC_API_KEY; never in CI)"
@@ -69,6 +70,13 @@ lint: $(STAMP) $(SCAN_STAMP) $(SAM_STAMP) node_modules/.installed
 
 build: $(SAM_STAMP)
 	PYENV_VERSION=$(SAM_PYENV) PATH=$(CURDIR)/$(SAM)/bin:$$PATH $(SAM)/bin/sam build --template template.yaml
+
+# The stack's name, and the ARN of the secret holding the Anthropic API key (README, Deploy).
+STACK ?= batch-relay
+deploy: build
+	@test -n "$(KEY_ARN)" || { echo "make deploy needs KEY_ARN=<ARN of the secret holding the API key>" >&2; exit 2; }
+	PATH=$(CURDIR)/$(SAM)/bin:$$PATH $(SAM)/bin/sam deploy --stack-name $(STACK) \
+		--parameter-overrides ApiKeySecretArn=$(KEY_ARN) $(OVERRIDES) $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/relay-local demo $(ARGS)

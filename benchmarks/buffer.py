@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 
-from benchmarks.fullsize import BUCKET, _rss_mb, child, services
+from benchmarks.fullsize import BUCKET, child, rss_mb, services
 
 ROOT = Path(__file__).resolve().parents[1]
 # A table of its own for each run: the moto servers of one process share their state.
@@ -133,7 +133,7 @@ def _handle(event_file: str) -> dict[str, Any]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     event = json.loads(Path(event_file).read_text())
-    base = _rss_mb()
+    base = rss_mb()
     started = time.perf_counter()
     answer = module.handler(event, _Context())
     wall = time.perf_counter() - started
@@ -142,7 +142,7 @@ def _handle(event_file: str) -> dict[str, Any]:
         "failures": len(answer["batchItemFailures"]),
         "wall_seconds": round(wall, 1),
         "base_rss_mb": round(base, 1),
-        "peak_rss_mb": round(_rss_mb(), 1),
+        "peak_rss_mb": round(rss_mb(), 1),
     }
 
 

@@ -248,11 +248,11 @@ class Schedule:
         from batch_relay.lifecycle import WAITS_ON_SUBMITTER
         from batch_relay.store import LIVE
         from batch_relay.submitter import due_at
-        from relay_local.stack import _WRITES
+        from relay_local.stack import WRITES
 
         keys: dict[str, list[str]] = {name: [] for name in self.tiers}
         stuck = False
-        with _WRITES:  # the lock the stack's DynamoDB calls hold: no write changes items meanwhile
+        with WRITES:  # the lock the stack's DynamoDB calls hold: no write changes items meanwhile
             for item in self.table.all_items():
                 tier = item.attrs.get("pending_tier")
                 if tier is None:

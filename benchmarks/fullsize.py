@@ -33,7 +33,7 @@ import boto3
 BUCKET = "bench-payloads"
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     """Peak RSS of this process so far. VmHWM starts afresh at exec; ru_maxrss would keep the
     parent's figure from before it."""
     with open("/proc/self/status") as status:
@@ -162,7 +162,7 @@ def _submit(pointers: str) -> dict[str, Any]:
     from batch_relay import batches
     from batch_relay.payloads import Bodies, Payloads, RequestsBody
 
-    base = _rss_mb()
+    base = rss_mb()
     payloads = Payloads(BUCKET)
     bodies = Bodies(payloads)
     key = "input/bench.jsonl"
@@ -188,7 +188,7 @@ def _submit(pointers: str) -> dict[str, Any]:
         "create_seconds": round(created - uploaded, 2),
         "wall_seconds": round(created - started, 2),
         "base_rss_mb": round(base, 1),
-        "peak_rss_mb": round(_rss_mb(), 1),
+        "peak_rss_mb": round(rss_mb(), 1),
     }
 
 
@@ -196,7 +196,7 @@ def _collect(batch_id: str, n: int) -> dict[str, Any]:
     from batch_relay import batches
     from batch_relay.payloads import Payloads
 
-    base = _rss_mb()
+    base = rss_mb()
     payloads = Payloads(BUCKET)
     started = time.perf_counter()
     chunk: list[bytes] = []
@@ -217,7 +217,7 @@ def _collect(batch_id: str, n: int) -> dict[str, Any]:
         "wall_seconds": round(wall, 2),
         "results_per_second": round(seen / wall),
         "base_rss_mb": round(base, 1),
-        "peak_rss_mb": round(_rss_mb(), 1),
+        "peak_rss_mb": round(rss_mb(), 1),
     }
 
 

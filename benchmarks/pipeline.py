@@ -13,9 +13,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -68,17 +72,21 @@ STACK_PARAMS = {
 }
 
 
-def relay(n: int, prompt_bytes: int = 600, buffer_batch: int = 100) -> dict[str, Any]:
-    """The relay's whole path for n requests: calls, write units, durations, wall time."""
+def relay(n: int, prompt_bytes: int = 600, buffer_batch: int = 100, logs: bool = False) -> dict[str, Any]:
+    """The relay's whole path for n requests: calls, write units, durations, wall time; with `logs`,
+    also what the functions print (the bytes CloudWatch Logs would ingest, and the metric names)."""
     from relay_local.emulator import Emulator, EmulatorServer, SimClock
     from relay_local.stack import LocalStack
 
     sim = SimClock()
     meter = Meter()
     emulator = Emulator(latency_seconds=0, clock=sim)
+    printed = Printed()
     try:
-        with EmulatorServer(emulator) as server:
-            env = {"ANTHROPIC_BASE_URL": server.url, "POWERTOOLS_METRICS_DISABLED": "true"}
+        with EmulatorServer(emulator) as server, printed.capturing(logs):
+            env = {"ANTHROPIC_BASE_URL": server.url}
+            if not logs:
+                env["POWERTOOLS_METRICS_DISABLED"] = "true"
             with LocalStack(parameters=STACK_PARAMS, env=env, wait_cap=0.0) as stack:
                 # moto replaces the default session when it starts; hooks go on the new one
                 meter.install()
@@ -120,7 +128,69 @@ def relay(n: int, prompt_bytes: int = 600, buffer_batch: int = 100) -> dict[str,
         "transitions": transitions,
         "wall_seconds": wall,
         "buffer_seconds": buffered - started,
-    }
+    } | printed.figures()
+
+
+def idle(runs: int = 10) -> dict[str, Any]:
+    """The submitter's scheduled runs with nothing to do: what a stack costs at zero traffic.
+
+    Each run is metered as in `relay` (calls, write units, duration) and what it prints is kept
+    (log bytes, metric names), on a stack with the template's default tiers.
+    """
+    from relay_local.stack import LocalStack
+
+    meter = Meter()
+    printed = Printed()
+    try:
+        with printed.capturing(True), LocalStack(wait_cap=0.0) as stack:
+            meter.install()
+            stack.invoke = meter.wrap(stack.invoke)  # type: ignore[method-assign]
+            for _ in range(runs):
+                stack.tick()
+                stack.advance(60)
+    finally:
+        meter.uninstall()
+    return {
+        "runs": runs,
+        "calls": dict(meter.calls),
+        "write_units": meter.write_units,
+        "durations": dict(meter.durations),
+        "service_seconds": meter.service_seconds,
+        "invocations": dict(meter.invocations),
+    } | printed.figures()
+
+
+class Printed:
+    """What the functions print while a run goes on: in Lambda, the log lines CloudWatch Logs
+    ingests, EMF metric documents among them."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    @contextlib.contextmanager
+    def capturing(self, on: bool) -> Iterator[None]:
+        if not on:
+            yield
+            return
+        from relay_local.demo import functions_output
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "functions.log"
+            try:
+                with functions_output(path):
+                    yield
+            finally:
+                self.text = path.read_text(encoding="utf-8")
+
+    def figures(self) -> dict[str, Any]:
+        if not self.text:
+            return {}
+        names: set[str] = set()
+        for line in self.text.splitlines():
+            if line.startswith('{"_aws"'):
+                for block in json.loads(line)["_aws"]["CloudWatchMetrics"]:
+                    names.update(m["Name"] for m in block["Metrics"])
+        return {"log_bytes": len(self.text.encode()), "metric_names": sorted(names)}
 
 
 def _transitions(runs: list[dict[str, Any]]) -> int:

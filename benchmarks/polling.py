@@ -54,7 +54,7 @@ def measure(batch_seconds: float, poll_min: int = 60, poll_max: int = 7200) -> d
             table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
             item = table.get_item(Key={"pk": "req#p-1"})["Item"]
             collected_at.append(clock.parse(item["completed_at"]))
-            created = clock.parse(emulator._view(emulator._batches[emulator.batch_ids()[0]])["created_at"])
+            created = clock.parse(emulator.batch(emulator.batch_ids()[0])["created_at"])
     delay = collected_at[0] - (created + batch_seconds)
     return {
         "batch_seconds": batch_seconds,

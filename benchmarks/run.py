@@ -1,8 +1,10 @@
 """`make bench`: every benchmark figure, printed as tables and written to benchmarks/results.json.
 
-BENCH_REQUESTS sets the size of the metered pipeline runs (default 2,000; see README, Performance);
+BENCH_REQUESTS sets the size of the metered pipeline runs (default 2,000);
 BENCH_DEADLINE_REQUESTS the size of the simulated day of mixed deadlines (default 300).
-`python -m benchmarks.run deadlines` runs that day alone, replacing only its figures in results.json.
+`python -m benchmarks.run deadlines` runs that day alone, and `python -m benchmarks.run cost` the
+cost model alone (a metered run and idle submitter runs), each replacing only its figures in
+results.json. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def buffer_memory(out: dict[str, Any]) -> None:
 
 
 def end_to_end(out: dict[str, Any], n: int) -> None:
-    relay, naive, direct = pipeline.relay(n), pipeline.naive(n), pipeline.direct(n)
+    relay, naive, direct = pipeline.relay(n, logs=True), pipeline.naive(n), pipeline.direct(n)
     ops = sorted(set(relay["calls"]) | set(naive["calls"]))
     rows = [
         [op, f"{relay['calls'].get(op, 0) / n:.3f}", f"{naive['calls'].get(op, 0) / n:.3f}"] for op in ops
@@ -167,21 +169,7 @@ def end_to_end(out: dict[str, Any], n: int) -> None:
     )
     out["claim_100k_modelled_seconds"] = modelled["seconds"]
 
-    bill = cost.per_million(relay)
-    saved = cost.savings_per_million()
-    table(
-        "Modelled AWS cost per million requests (USD, us-east-1 list prices)",
-        ["service", "USD"],
-        [[k, f"{v:.2f}"] for k, v in bill.items()],
-    )
-    savings_ratio = saved["saved_usd"] / bill["total"]
-    print(
-        f"batch pricing saves {saved['saved_usd']:,.0f} USD per million typical Sonnet requests "
-        f"(1,000 in / 500 out): {savings_ratio:,.0f}x the AWS cost "
-        f"(targets: < 15 USD {check(bill['total'] < 15)}, >= 100x {check(savings_ratio >= 100)})"
-    )
-    out |= {f"usd_per_million_{k}": v for k, v in bill.items()}
-    out |= {"anthropic_saved_usd_per_million": saved["saved_usd"], "savings_ratio": round(savings_ratio)}
+    costs(out, relay)
 
     # The handlers' time less moto's answers to them: what the relay itself spent, whichever
     # thread ran it (Step Functions runs the poller's handlers in its own).
@@ -224,6 +212,51 @@ def end_to_end(out: dict[str, Any], n: int) -> None:
         "direct_wall_seconds": round(direct["wall_seconds"], 2),
         "collect_invocations_100k": needed,
     }
+
+
+def costs(out: dict[str, Any], relay: dict[str, Any]) -> None:
+    """The AWS bill: a month at zero traffic (idle scheduled runs, metered), and what a million
+    requests add (from the metered run `relay`), with the prices the model assumes."""
+    idle = pipeline.idle(10)
+    floor = cost.per_month_at_zero(idle)
+    table(
+        f"Modelled AWS cost a month at zero traffic (USD; {cost.schedule_runs_a_month():,.0f} scheduled "
+        f"submitter runs of {cost.idle_run_seconds(idle) * 1000:.0f} ms, {len(idle['metric_names'])} custom "
+        f"metrics, {cost.alarm_metrics()} alarm metrics)",
+        ["item", "USD"],
+        [[k, f"{v:.2f}"] for k, v in floor.items()],
+    )
+    bill = cost.per_million(relay)
+    saved = cost.savings_per_million()
+    table(
+        "Modelled AWS cost per million requests (USD, us-east-1 list prices)",
+        ["service", "USD"],
+        [[k, f"{v:.2f}"] for k, v in bill.items()],
+    )
+    extra = cost.metrics_with_traffic(relay, idle)
+    print(
+        f"with traffic, {len(extra['names'])} more custom metrics: {extra['usd_a_month']:.2f} USD a month "
+        f"while requests keep coming ({', '.join(extra['names'])})"
+    )
+    savings_ratio = saved["saved_usd"] / bill["total"]
+    print(
+        f"batch pricing saves {saved['saved_usd']:,.0f} USD per million typical Sonnet requests "
+        f"(1,000 in / 500 out): {savings_ratio:,.0f}x the AWS cost "
+        f"(targets: < 15 USD {check(bill['total'] < 15)}, >= 100x {check(savings_ratio >= 100)})"
+    )
+    table(
+        "Prices the model assumes (USD, us-east-1, on-demand, no free tier)",
+        ["price", "USD"],
+        [[k, f"{v:.10g}"] for k, v in cost.PRICES.items()],
+    )
+    out |= {f"usd_per_million_{k}": v for k, v in bill.items()}
+    out |= {f"usd_a_month_at_zero_{k}": v for k, v in floor.items()}
+    out |= {
+        "usd_a_month_traffic_metrics": extra["usd_a_month"],
+        "traffic_metric_names": extra["names"],
+        "idle_run_seconds": round(cost.idle_run_seconds(idle), 3),
+    }
+    out |= {"anthropic_saved_usd_per_million": saved["saved_usd"], "savings_ratio": round(savings_ratio)}
 
 
 def polled(out: dict[str, Any]) -> None:
@@ -313,18 +346,21 @@ def deadline_day(out: dict[str, Any], s: deadlines.Scenario) -> None:
     out["deadlines"] = m
 
 
-def main(only_deadlines: bool = False) -> None:
+def main(only: str | None = None) -> None:
+    """Every benchmark, or `only` one part (`deadlines`, `cost`), whose figures then replace their own
+    in results.json."""
     warnings.filterwarnings("ignore")
     n = int(os.environ.get("BENCH_REQUESTS", "2000"))
-    out: dict[str, Any] = {}
-    if only_deadlines:
-        out = json.loads(OUT.read_text()) if OUT.exists() else {}
-    else:
+    out: dict[str, Any] = json.loads(OUT.read_text()) if only and OUT.exists() else {}
+    if only == "cost":
+        costs(out, pipeline.relay(n, logs=True))
+    elif only is None:
         full_size(out)
         buffer_memory(out)
         end_to_end(out, n)
         polled(out)
-    deadline_day(out, deadlines.Scenario(requests=int(os.environ.get("BENCH_DEADLINE_REQUESTS", "300"))))
+    if only in (None, "deadlines"):
+        deadline_day(out, deadlines.Scenario(requests=int(os.environ.get("BENCH_DEADLINE_REQUESTS", "300"))))
     OUT.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {OUT}")
 
@@ -332,4 +368,7 @@ def main(only_deadlines: bool = False) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(only_deadlines=sys.argv[1:] == ["deadlines"])
+    parts = sys.argv[1:]
+    if parts not in ([], ["deadlines"], ["cost"]):
+        sys.exit("usage: python -m benchmarks.run [deadlines | cost]")
+    main(only=parts[0] if parts else None)

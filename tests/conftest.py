@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import at, items, request, sns_refuses
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
@@ -85,10 +88,79 @@ def stack(make_stack: Any) -> Any:
 @pytest.fixture
 def loaded(stack: Any) -> tuple[Any, str, list[str]]:
     """The stack with twelve urgent requests buffered, and a queue subscribed to its completions."""
-    from tests.helpers import request
-
     inbox = stack.subscribe()
     ids = [f"q{i}" for i in range(12)]
     stack.send([request(i) for i in ids])
     stack.deliver()
     return stack, inbox, ids
+
+
+@pytest.fixture
+def aws_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The stack without the Anthropic side (these tests never reach it), a queue subscribed to its
+    completions (`aws_stack.inbox`), and an SNS that refuses what real SNS refuses."""
+    from moto.sns.exceptions import InvalidParameterValue
+    from moto.sns.models import SNSBackend
+    from relay_local.stack import LocalStack
+
+    real_publish = SNSBackend.publish
+
+    def publish(self: Any, message: Any, arn: Any, *args: Any, message_attributes: Any = None, **kwargs: Any):
+        # Real SNS refuses an entry with an invalid attribute name or value; so does this one.
+        for name, value in (message_attributes or {}).items():
+            problem = sns_refuses(name, value)
+            if problem:
+                raise InvalidParameterValue(f"Invalid parameter: MessageAttributes: {problem}")
+        return real_publish(self, message, arn, *args, message_attributes=message_attributes, **kwargs)
+
+    monkeypatch.setattr(SNSBackend, "publish", publish)
+    with LocalStack(parameters=dict(TEST_PARAMETERS)) as s:
+        s.inbox = s.subscribe()
+        yield s
+
+
+@dataclass
+class LateBatch:
+    stack: Any
+    inbox: str
+    batch_id: str
+    record: dict[str, Any]  # the relay's batch record, as the tick left it
+
+
+@pytest.fixture
+def late_batch(make_stack: Any, emulator: Any) -> Callable[..., LateBatch]:
+    """A batch that runs late while some of its requests have deadlines: the relay assumes batches
+    take a minute (so a deadline half an hour away goes into a batch), the API takes `late`
+    seconds over this one, and a realtime call starts `margin` seconds before a deadline. The
+    tick that submits it has run; the batch has not ended.
+
+    `due` names the requests with deadlines (all `deadline` seconds away, or each its own when a
+    mapping), `free` those without (ids, or whole request bodies); `before_tick(stack)` runs
+    between the delivery and the tick (to place faults); `params` change the stack's."""
+
+    def make(
+        due: Sequence[str] | Mapping[str, float],
+        free: Sequence[str | dict[str, Any]] = (),
+        *,
+        deadline: float = 1800,
+        margin: float = 60,
+        late: float = 7200,
+        before_tick: Callable[[Any], None] | None = None,
+        **params: str,
+    ) -> LateBatch:
+        stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds=str(margin), **params)
+        inbox = stack.subscribe()
+        emulator.make_late(1, late)
+        seconds = due if isinstance(due, Mapping) else dict.fromkeys(due, deadline)
+        stamps = {s: at(s) for s in set(seconds.values())}  # requests due together, to the millisecond
+        bodies = [request(r, deadline=stamps[s]) for r, s in seconds.items()]
+        stack.send(bodies + [request(r) if isinstance(r, str) else r for r in free])
+        stack.deliver()
+        if before_tick is not None:
+            before_tick(stack)
+        stack.tick()
+        [batch_id] = emulator.batch_ids()
+        [record] = [b for b in items(stack, "batch#").values() if b.get("batch_id") == batch_id]
+        return LateBatch(stack, inbox, batch_id, record)
+
+    return make

@@ -70,7 +70,7 @@ import boto3
 from batch_relay.errors import FunctionKilled
 from botocore.exceptions import ClientError
 
-from relay_local.emulator import Emulator, _stable_id
+from relay_local.emulator import Emulator
 
 MODEL = "claude-haiku-4-5"
 CHAOS_TIERS = {
@@ -147,6 +147,11 @@ class FaultLog:
     def add(self, kind: str, ids: frozenset[str] | None) -> None:
         with self._lock:
             self.entries.append((_clock_now(), kind, ids))
+
+    def about(self, rid: str) -> list[str]:
+        """Every fault that concerned one request (or every request)."""
+        with self._lock:
+            return [k for _, k, ids in self.entries if ids is None or rid in ids]
 
     def touching(self, rid: str, start: float, end: float, outcomes: bool = False) -> list[str]:
         """The faults (and, with `outcomes`, the invocations) on a request's path in a span."""
@@ -486,6 +491,9 @@ class Outcome:
     conflicting: list[str] = field(default_factory=list)
     billed_twice: list[str] = field(default_factory=list)
     repeated: int = 0
+    # Requests whose completion went out again with no invocation killed between a publish call
+    # and its marker: the one way the outbox allows a repeat.
+    repeated_unexplained: list[str] = field(default_factory=list)
     live_batches: int = 0
     stuck: list[str] = field(default_factory=list)
     wrong_route: list[str] = field(default_factory=list)
@@ -517,6 +525,7 @@ class Outcome:
             self.lost
             or self.conflicting
             or self.billed_twice
+            or self.repeated_unexplained
             or self.live_batches
             or self.stuck
             or self.wrong_route
@@ -533,6 +542,7 @@ class Outcome:
             "conflicting": len(self.conflicting),
             "billed_twice": len(self.billed_twice),
             "repeated": self.repeated,
+            "repeated_unexplained": len(self.repeated_unexplained),
             "live_batches": self.live_batches,
             "stuck": len(self.stuck),
             "wrong_route": len(self.wrong_route),
@@ -972,16 +982,16 @@ class RealtimeDelivery:
 
     def back_of(self, rid: str) -> float | None:
         """When a hidden message of this request comes back, if one is out of the queue."""
-        times = [self.stack._hidden.get(m, 0.0) for m in self.hidden if self.whose.get(m) == rid]
+        times = [self.stack.hidden_until.get(m, 0.0) for m in self.hidden if self.whose.get(m) == rid]
         return min(times) if times else None
 
     def returns(self, now: float) -> list[float]:
         """When hidden messages come back, of those still to come."""
-        return [t for m in self.hidden if (t := self.stack._hidden.get(m, 0.0)) > now]
+        return [t for m in self.hidden if (t := self.stack.hidden_until.get(m, 0.0)) > now]
 
     def due(self, visible: int) -> bool:
         now = _clock_now()
-        return bool(visible) or any(self.stack._hidden.get(m, 0.0) <= now for m in self.hidden)
+        return bool(visible) or any(self.stack.hidden_until.get(m, 0.0) <= now for m in self.hidden)
 
     def deliver(self) -> int:
         """Deliver what is due; returns how many messages were answered (deleted)."""
@@ -990,7 +1000,7 @@ class RealtimeDelivery:
         stack, sqs = self.stack, self.sqs
         now = _clock_now()
         for mid, handle in list(self.hidden.items()):
-            if stack._hidden.get(mid, 0.0) <= now:
+            if stack.hidden_until.get(mid, 0.0) <= now:
                 del self.hidden[mid]
                 with contextlib.suppress(ClientError):  # gone to the dead-letter queue
                     sqs.change_message_visibility(
@@ -1010,13 +1020,13 @@ class RealtimeDelivery:
                 mid, handle = m["MessageId"], m["ReceiptHandle"]
                 with contextlib.suppress(Exception):
                     self.whose[mid] = str(json.loads(m["Body"])["request_id"])
-                if stack._hidden.get(mid, 0.0) > _clock_now():  # not due yet: out again
+                if stack.hidden_until.get(mid, 0.0) > _clock_now():  # not due yet: out again
                     self.hidden[mid] = handle
                     sqs.change_message_visibility(
                         QueueUrl=self.url, ReceiptHandle=handle, VisibilityTimeout=HIDDEN_SECONDS
                     )
                     continue
-                stack._receipts[handle] = mid
+                stack.receipts[handle] = mid
                 try:
                     answer = stack.invoke("RealtimeFunction", {"Records": [sqs_record(m, self.arn)]})
                     ok = not answer.get("batchItemFailures")
@@ -1026,9 +1036,9 @@ class RealtimeDelivery:
                     sqs.delete_message(QueueUrl=self.url, ReceiptHandle=handle)
                     done += 1
                     continue
-                if stack._hidden.get(mid, 0.0) <= _clock_now():
+                if stack.hidden_until.get(mid, 0.0) <= _clock_now():
                     # Not hidden by the function: back after the queue's visibility timeout.
-                    stack._hidden[mid] = _clock_now() + self.visibility
+                    stack.hidden_until[mid] = _clock_now() + self.visibility
                 self.hidden[mid] = handle
                 sqs.change_message_visibility(
                     QueueUrl=self.url, ReceiptHandle=handle, VisibilityTimeout=HIDDEN_SECONDS
@@ -1055,6 +1065,12 @@ def _check(drive: Drive, log: FaultLog, inbox: str, kinds: dict[str, str], outco
     outcome.lost = [rid for rid in ids if rid not in seen]
     outcome.conflicting = [rid for rid, cs in seen.items() if any(c != cs[0] for c in cs)]
     outcome.repeated = sum(len(cs) - 1 for cs in seen.values())
+    published_then_killed = "after PublishBatch"
+    outcome.repeated_unexplained = [
+        rid
+        for rid, cs in seen.items()
+        if len(cs) > 1 and not any(published_then_killed in k for k in log.about(rid))
+    ]
     billed = Counter(cid for b in emu.batch_ids() for cid in emu.custom_ids(b))
     outcome.billed_twice = [cid for cid, n in billed.items() if n > 1]
     outcome.live_batches = len(list(drive.store.live_batches()))
@@ -1236,7 +1252,8 @@ def _route_holds(c: dict[str, Any], emu: Witness) -> bool:
     if c.get("route") == "realtime":
         if c.get("batch_id") is not None:
             return False
-        if cost and (cost["saved_usd"] != 0 or cost["batch_usd"] != cost["list_usd"]):
+        # Paid at list price, nothing saved; batch_usd only says what a batch would have charged.
+        if cost and (cost["saved_usd"] != 0 or cost.get("paid_usd") != cost["list_usd"]):
             return False
         if c["status"] == "succeeded":
             return message.get("id") in emu.answered.get(rid, [])
@@ -1246,7 +1263,7 @@ def _route_holds(c: dict[str, Any], emu: Witness) -> bool:
         if batch_id not in emu.batch_ids() or rid not in emu.custom_ids(batch_id):
             return False
         if c["status"] == "succeeded":
-            return bool(message.get("id") == _stable_id("msg_01", batch_id, rid, n=22))
+            return bool(message.get("id") == emu.message_id(batch_id, rid))
         return True
     return False
 
@@ -1319,7 +1336,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(line)
             if args.json
             else "seed {seed}: {accepted} accepted, {completions} completions, "
-            "{lost} lost, {conflicting} conflicting, {billed_twice} billed twice, {repeated} repeated, "
+            "{lost} lost, {conflicting} conflicting, {billed_twice} billed twice, {repeated} repeated "
+            "({repeated_unexplained} unexplained), "
             "{live_batches} live, {stuck} stuck, {wrong_route} wrong route, {called_twice} called twice; "
             "{realtime} realtime ({rescued} rescued), {batch} batch; deadlines {met}/{reachable} met, "
             "{missed_excused} missed under faults, {missed} missed; {faults} faults".format(**line),
@@ -1334,7 +1352,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{total['live_batches']} batches left live, {total['stuck']} requests stuck, "
         f"{total['wrong_route']} answered on another route than they say, "
         f"{total['retired_tier']} rejected for a tier a redeploy dropped before they were received, "
-        f"{total['repeated']} repeated completions ({share:.2f}%)"
+        f"{total['repeated']} repeated completions ({share:.2f}%), "
+        f"{total['repeated_unexplained']} of them for requests no kill between a publish and its "
+        "marker touched"
     )
     missed = total["missed_excused"] + total["missed"]
     print(

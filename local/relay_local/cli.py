@@ -7,39 +7,18 @@
 
 starts the local stack (moto, built from template.yaml) and the Anthropic emulator (or uses the
 real API when ANTHROPIC_API_KEY is set), runs the function the template names with the event, and
-prints its return value, as `sam local invoke` would.
+prints its return value, as `sam local invoke` would, then the completions the run published on
+the topic (the collect step's, the realtime function's, the buffer's rejections).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-
-@contextlib.contextmanager
-def emulated(latency: float = 1.0, **options: Any) -> Iterator[tuple[dict[str, str], Any]]:
-    """The environment that points the SDK at the emulator, and the emulator; or, when a key is set,
-    no change (the real API) and None."""
-    if os.environ.get("ANTHROPIC_API_KEY"):
-        yield {}, None
-        return
-    from relay_local.emulator import Emulator, EmulatorServer
-
-    with EmulatorServer(Emulator(latency_seconds=latency, **options)) as server:
-        yield {"ANTHROPIC_BASE_URL": server.url}, server.emulator
-
-
-@contextlib.contextmanager
-def anthropic_side(latency: float = 1.0, **options: Any) -> Iterator[dict[str, str]]:
-    """The environment that points the SDK at the emulator, or at the real API when a key is set."""
-    with emulated(latency, **options) as (env, _):
-        yield env
+from relay_local.api import emulated
 
 
 def invoke(function: str, event_path: str) -> int:
@@ -47,6 +26,7 @@ def invoke(function: str, event_path: str) -> int:
 
     event = json.loads(Path(event_path).read_text())
     with emulated() as (env, emulator), LocalStack(env=env) as stack:
+        inbox = stack.subscribe()
         if function not in stack.functions:
             print(f"error: no function {function!r} in template.yaml; there are {sorted(stack.functions)}")
             return 2
@@ -63,7 +43,12 @@ def invoke(function: str, event_path: str) -> int:
         except Exception as exc:  # shown as Lambda reports an unhandled error
             print(json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}, indent=2))
             return 1
+        published = stack.drain(inbox)
     print(json.dumps(result, indent=2, default=str))
+    print(f"published on the completion topic: {len(published)}", file=sys.stderr)
+    for completion in published:
+        completion.pop("_attributes", None)
+        print(json.dumps(completion, indent=2, default=str))
     return 0
 
 

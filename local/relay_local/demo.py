@@ -46,13 +46,13 @@ from typing import Any, NamedTuple, TextIO
 
 from batch_relay import clock
 from batch_relay.lifecycle import AT_API
+from relay_ops import savings, term
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
-
-from relay_local import savings, term
 
 
 class Task(NamedTuple):
@@ -203,6 +203,26 @@ def _deadline_in(kind: str, j: int, in_wave: bool) -> float | None:
     return RECORD_DEADLINES[(j // 10) % 2] if j % 10 == 0 else None
 
 
+def message_counts(
+    entries: list[tuple[Any, float | None]], expected: set[str], later: int = 0
+) -> dict[str, int]:
+    """How messages sent become requests: a duplicate is answered once, a message with no usable id
+    cannot be answered (the buffer logs it and counts it in a metric), and the rest are requests,
+    each answered once (an invalid one, rejected)."""
+    ids = [m.get("request_id") if isinstance(m, dict) else None for m, _ in entries]
+    usable = [i for i in ids if i in expected]
+    invalid = [i for i in set(usable) if str(i).startswith("invalid-")]
+    return {
+        "sent": len(ids),
+        "requests": len(set(usable)),
+        "duplicates": len(usable) - len(set(usable)),
+        "without_id": len(ids) - len(usable),
+        "invalid": len(invalid),
+        # Sent WAVE_AFTER_SECONDS after the rest.
+        "later": later,
+    }
+
+
 def demo_budget(plan: Plan) -> float:
     """The demo's DailyBudgetUSD: what the tickets and posts may cost at most at batch price (the
     relay's own upper bound), rounded up. Once their real, smaller cost is known the difference
@@ -222,7 +242,7 @@ def demo_budget(plan: Plan) -> float:
 
 def run(opts: Options, inspect: Any = None) -> dict[str, Any]:
     """Run the demo; returns its summary. `inspect(stack, summary)` is called before teardown."""
-    from relay_local.cli import emulated
+    from relay_local.api import emulated
     from relay_local.stack import LocalStack
 
     if opts.real_api:
@@ -436,9 +456,17 @@ class Run:
         self.tick_at = self.grid(self.t0)
         inbox = stack.subscribe()
         self.send(self.plan.first)
+        n = message_counts(self.plan.first, self.plan.expected)
         view.note(
-            f"Sent {len(self.plan.first)} messages ({self.opts.duplicates} duplicates, "
-            f"{self.opts.invalid} invalid)"
+            f"Sent {n['sent']} messages: {n['requests']} requests ({n['invalid']} of them invalid, to be "
+            f"rejected), {n['duplicates']} duplicates of them (answered once) and {n['without_id']} with "
+            "no usable id (logged, nothing to answer)"
+            + (
+                f"; {len(self.plan.wave)} more tickets come {WAVE_AFTER_SECONDS // 60} minutes in, for "
+                f"{len(self.plan.expected)} requests in all"
+                if self.plan.wave
+                else ""
+            )
         )
         if self.budget:
             view.note(f"DailyBudgetUSD {self.budget:.4f}: what the relay may commit per UTC day")
@@ -451,12 +479,18 @@ class Run:
         items = _items(stack)
         report = savings.gather(items, {t: v["max_wait_seconds"] for t, v in self.opts.tiers.items()})
         log_path, page_path = self.opts.out / "functions.log", self.opts.out / "report.html"
-        page_path.write_text(savings.page(report, "Batch relay demo: savings report"), encoding="utf-8")
         seconds = time.monotonic() - started
         summary = summarise(items, self.completions, self.plan.expected, self.rounds, seconds)
         summary["ticks"] = self.ticks
+        summary["messages"] = message_counts(
+            self.plan.first + self.plan.wave, self.plan.expected, len(self.plan.wave)
+        )
         summary |= self.story(items)
         summary |= {"waits": report.waits, "report": str(page_path), "log": str(log_path)}
+        notes = [*late_lines(summary), *held_lines(summary)]
+        page_path.write_text(
+            savings.page(report, "Batch relay demo: savings report", notes), encoding="utf-8"
+        )
         if inspect is not None:
             inspect(stack, summary)
         return summary
@@ -938,7 +972,7 @@ class LiveView:
             return Group(heading, *[Text(n, style="dim") for n in self.notes])
         grid = Table(box=None, pad_edge=False, header_style="bold")
         grid.add_column("tier")
-        grid.add_column("max wait", justify="right")
+        grid.add_column("flush wait", justify="right")
         for c in ("buffered", "submitted", "realtime", "polling", "completed"):
             grid.add_column(c, justify="right")
         grid.add_column("", width=24)
@@ -946,7 +980,7 @@ class LiveView:
             wait = self.opts.tiers[name]["max_wait_seconds"]
             grid.add_row(
                 Text.assemble(name, (" held" if name in s["held"] else "", "yellow")),
-                f"{wait // 60} min" if wait >= 60 else f"{wait} s",
+                f"{wait / 60:g} min",
                 str(row["buffered"]),
                 str(row["submitted"]),
                 str(row["realtime"]),
@@ -969,7 +1003,8 @@ class LiveView:
         footer = Text(
             "buffered: waiting in its tier · submitted: in a batch at the API · realtime: sent to the "
             "Messages API (no batch could make its deadline) · polling: batches the poller is watching"
-            f" · held: the day's budget is spent\n{s['rejected']} rejected at intake (answered at once) · "
+            " · held: its next batch, at its upper bound, would pass the day's budget"
+            f"\n{s['rejected']} rejected at intake (answered at once) · "
             f"{s['batches']} batches created · {s['polls']} polls · schedule ticks {s['ticks']}"
             + (
                 f"\nbudget {budget['day']}: {budget['committed']:.4f} of {budget['cap']:.4f} USD committed"
@@ -1007,12 +1042,18 @@ def summarise(
     twice = sorted(k for k, n in per_id.items() if n > 1)
     latencies = [clock.parse(c["completed_at"]) - clock.parse(c["received_at"]) for c in completions]
     usage = Counter[str]()
-    cost = Counter[str]()
+    cost: defaultdict[str, float] = defaultdict(float)
     for c in completions:
         for k in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
             usage[k] += (c.get("usage") or {}).get(k) or 0
-        for k in ("batch_usd", "list_usd", "saved_usd"):
+        # What was paid, by route (a realtime answer's batch_usd was never paid).
+        cost["realtime_usd" if c.get("route") == "realtime" else "batch_usd"] += savings.paid(c)
+        for k in ("list_usd", "saved_usd"):
             cost[k] += (c.get("cost") or {}).get(k) or 0.0
+    # Batch copies of requests answered in realtime, as the table knows them at the end.
+    cost["both_ways_usd"] = sum(float(i["both_ways_usd"] or 0.0) for i in savings.completed(items))
+    cost["paid_usd"] = cost["batch_usd"] + cost["realtime_usd"] + cost["both_ways_usd"]
+    cost["net_saved_usd"] = cost["list_usd"] - cost["paid_usd"]
     return {
         "requests": len(expected),
         "completions": len(completions),
@@ -1062,35 +1103,55 @@ def summary_view(summary: dict[str, Any], plain: bool) -> list[RenderableType]:
                 **c,
                 "tier": c.get("tier") or "-",
                 "route": "-" if c["status"] == "rejected" else c.get("route") or "batch",
-                "detail": text.replace("\n", " ")[:70],
+                # Answers are data, not markup: the emulator's start with "[emulated]".
+                "detail": escape(text.replace("\n", " ")[:80]),
             }
         )
     outcomes = [{"status": k, "requests": n} for k, n in sorted(summary["statuses"].items())]
     outcomes.append({"status": "total", "requests": summary["completions"]})
-    waits = [
+    late_in = Counter[str]()
+    for b in summary.get("late_batches", []):
+        if b.get("why"):
+            late_in[b["tier"]] += b["requests"]
+    queued = [
+        {
+            "tier": w["tier"],
+            "batched": w["queued"],
+            "flush wait": _minutes(w["max_wait_seconds"]),
+            "median": _minutes(w["queued_p50"]),
+            "slowest": _minutes(w["queued_max"]),
+            "over": w["over_max_wait"],
+        }
+        for w in summary.get("waits", [])
+    ]
+    done = [
         {
             "tier": w["tier"],
             "requests": w["requests"],
-            "median": _duration(w["p50"]),
-            "p95": _duration(w["p95"]),
-            "slowest": _duration(w["max"]),
-            "max wait": _duration(w["max_wait_seconds"]) if w.get("max_wait_seconds") else "-",
+            "median": _minutes(w["p50"]),
+            "p95": _minutes(w["p95"]),
+            "slowest": _minutes(w["max"]),
+            "in late batch": late_in[w["tier"]],
+            "with deadline": w["with_deadline"],
+            "missed": w["missed"],
+            "least spare": _minutes(w["least_spare"]),
         }
         for w in summary.get("waits", [])
     ]
     t, c = summary["tokens"], summary["cost_usd"]
     cached = t.get("cache_creation_input_tokens", 0) + t.get("cache_read_input_tokens", 0)
+    net_pct = 100 * c.get("net_saved_usd", 0) / c["list_usd"] if c.get("list_usd") else 0.0
     cost = [
         {"": "input tokens", "amount": f"{t.get('input_tokens', 0):,}"},
         {"": "output tokens", "amount": f"{t.get('output_tokens', 0):,}"},
         {"": "cache tokens", "amount": f"{cached:,}"},
-        {"": "batch cost", "amount": f"{c.get('batch_usd', 0):.4f} USD"},
-        {"": "list-price cost", "amount": f"{c.get('list_usd', 0):.4f} USD"},
-        {"": "saved", "amount": f"{c.get('saved_usd', 0):.4f} USD"},
+        {"": "paid at batch price", "amount": f"{c.get('batch_usd', 0):.4f} USD"},
+        {"": "paid at list price (realtime)", "amount": f"{c.get('realtime_usd', 0):.4f} USD"},
+        {"": "batch copies of rescued requests", "amount": f"{c.get('both_ways_usd', 0):.4f} USD"},
+        {"": "paid in all", "amount": f"{c.get('paid_usd', 0):.4f} USD"},
+        {"": "list price of the same answers", "amount": f"{c.get('list_usd', 0):.4f} USD"},
+        {"": f"saved, net ({net_pct:.0f}% of list price)", "amount": f"{c.get('net_saved_usd', 0):.4f} USD"},
     ]
-    if "realtime" in summary:
-        cost.insert(4, {"": "of which realtime", "amount": f"{summary['realtime']['paid_usd']:.4f} USD"})
-    lat = summary["latency_seconds"]
     if summary["lost"] or summary["duplicated"]:
         verdict = Text(f"LOST: {summary['lost']}  DUPLICATED: {summary['duplicated']}", style="bold red")
     else:
@@ -1099,20 +1160,26 @@ def summary_view(summary: dict[str, Any], plain: bool) -> list[RenderableType]:
             f"{summary['completions']} completions out.",
             style="bold green",
         )
+    q_cols = ["tier", "batched", "flush wait", "median", "slowest", "over"]
+    d_cols = ["tier", "requests", "median", "p95", "slowest", "in late batch", "with deadline", "missed"]
+    d_cols.append("least spare")
     out: list[RenderableType] = [
-        _titled("Sample completions", plain),
+        _titled("Sample completions (emulated answers name the request they answer)", plain),
         term.table(samples, ["request_id", "status", "tier", "route", "detail"], plain=plain),
-        _titled("Outcomes", plain),
+        _titled("Messages and outcomes", plain),
+        *messages_lines(summary),
         term.table(outcomes, ["status", "requests"], plain=plain, numeric=["requests"]),
         f"({summary['retried']} needed more than one batch: transient errors and expiries are retried)",
-        _titled("Receipt to completion (simulated schedule time)", plain),
-        term.table(
-            waits,
-            ["tier", "requests", "median", "p95", "slowest", "max wait"],
-            plain=plain,
-            numeric=["requests", "median", "p95", "slowest", "max wait"],
-        ),
-        f"all tiers: p50 {lat['p50']} s, p95 {lat['p95']} s, max {lat['max']} s",
+        _titled("Time in the tier before its batch, against the tier's flush wait (minutes)", plain),
+        term.table(queued, q_cols, plain=plain, numeric=q_cols[1:]),
+        "The flush wait (max_wait_seconds) bounds how long a request waits in its tier, not its "
+        "completion; batched: first tries a batch took; over: waited past it by more than a schedule tick "
+        "(a tier the day's budget held).",
+        _titled("Receipt to completion, against each request's deadline (minutes)", plain),
+        term.table(done, d_cols, plain=plain, numeric=d_cols[1:]),
+        "Receipt to completion is the time in the tier plus the batch's turnaround; least spare: the "
+        "least time left before a deadline when its answer came (below 0: missed).",
+        *late_lines(summary),
         f"Batches created: {summary['batches']}, schedule ticks: {summary.get('ticks', summary['rounds'])}, "
         f"wall time: {summary['wall_seconds']} s",
         _titled("Cost", plain),
@@ -1149,17 +1216,6 @@ def deadline_view(summary: dict[str, Any], plain: bool) -> list[RenderableType]:
         f"{rt['rescued']} taken out of a batch that had not ended; {rt['budget_exceeded']} of them answered "
         "errored budget_exceeded (the day's budget was spent).",
     ]
-    for b in summary["late_batches"]:
-        ran = _duration(b["ran_seconds"]) if b["ran_seconds"] is not None else "?"
-        what = (
-            "every request went realtime, so it was canceled"
-            if b["canceled"]
-            else f"the other {b['answered_by_batch']} were answered by the batch when it ended"
-        )
-        out.append(
-            f"Late batch {b['batch_id']} ({b['tier']}, ran {ran}): {b['rescued']} of its {b['requests']} "
-            f"requests taken out for realtime before their deadline; {what}."
-        )
     if both["requests"]:
         out.append(
             f"Ran both ways: {both['requests']} requests taken out of a batch were also run by it "
@@ -1169,12 +1225,56 @@ def deadline_view(summary: dict[str, Any], plain: bool) -> list[RenderableType]:
     if budget["daily_usd"]:
         days = ", ".join(f"{day} {usd:.4f}" for day, usd in sorted(budget["committed"].items()))
         out.append(f"Daily budget {budget['daily_usd']:.4f} USD; committed (USD) per UTC day: {days or '-'}.")
-        for h in budget["held"]:
-            went = f"went on at {_when(h['went_on_at'])} UTC" if h["went_on_at"] else "did not go on by batch"
-            out.append(
-                f"Held by the budget: {h['tier']}, {h['requests']} requests waiting from "
-                f"{_when(h['since'])} UTC; {h['went_on']} of them {went}."
-            )
+        out += held_lines(summary)
+    return out
+
+
+def messages_lines(summary: dict[str, Any]) -> list[str]:
+    """Messages sent, reconciled with requests and completions."""
+    n = summary.get("messages")
+    if not n:
+        return []
+    return [
+        f"{n['sent']} messages sent"
+        + (
+            f" ({n['later']} of them tickets sent {WAVE_AFTER_SECONDS // 60} minutes in)"
+            if n["later"]
+            else ""
+        )
+        + f" = {n['requests']} requests + {n['duplicates']} duplicates (answered once) + {n['without_id']} "
+        "with no usable id (logged and counted, nothing to answer).",
+        f"{n['requests']} requests ({n['invalid']} invalid, rejected at intake) -> "
+        f"{summary['completions']} completions:",
+    ]
+
+
+def late_lines(summary: dict[str, Any]) -> list[str]:
+    """The batches made late on purpose (and any other a request was taken out of), by name."""
+    out = []
+    for b in summary.get("late_batches", []):
+        ran = f"{_minutes(b['ran_seconds'])} min" if b["ran_seconds"] is not None else "?"
+        why = "made late on purpose" if b.get("why") else "late"
+        what = (
+            "every request went realtime, so it was canceled"
+            if b["canceled"]
+            else f"the other {b['answered_by_batch']} were answered by the batch when it ended"
+        )
+        out.append(
+            f"Late batch {b['batch_id']} ({b['tier']}, {why}, ran {ran}): {b['rescued']} of its "
+            f"{b['requests']} requests taken out for realtime before their deadline; {what}."
+        )
+    return out
+
+
+def held_lines(summary: dict[str, Any]) -> list[str]:
+    out = []
+    for h in (summary.get("budget") or {}).get("held", []):
+        went = f"went on at {_when(h['went_on_at'])} UTC" if h["went_on_at"] else "did not go on by batch"
+        out.append(
+            f"Held by the budget: {h['tier']}, {h['requests']} requests waiting from {_when(h['since'])} "
+            "UTC (its next batch, at its upper bound, would pass the day's budget); "
+            f"{h['went_on']} of them {went}."
+        )
     return out
 
 
@@ -1186,10 +1286,9 @@ def _titled(text: str, plain: bool) -> Text:
     return Text("\n" + text, style="" if plain else "bold underline")
 
 
-def _duration(seconds: float) -> str:
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+def _minutes(seconds: float | None) -> str:
+    """Durations of a view in one unit: minutes."""
+    return "-" if seconds is None else f"{seconds / 60:.1f}"
 
 
 def report(summary: dict[str, Any]) -> str:

@@ -237,60 +237,27 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+# The answer's body: words that say what they are, never ones that read like a real answer to some
+# other request. The answer starts by naming the request it answers (`_about`).
 WORDS = [
-    "customer",
-    "reports",
-    "export",
-    "failing",
-    "after",
-    "release;",
-    "priority",
-    "P2;",
-    "suggest",
-    "rollback",
-    "of",
-    "the",
-    "button",
-    "handler",
-    "post",
-    "looks",
-    "like",
-    "spam",
-    "promoting",
-    "an",
-    "external",
-    "link;",
-    "label",
-    "spam;",
-    "reason",
-    "unsolicited",
-    "offer",
-    "company",
-    "operates",
+    "emulated",
+    "text",
+    "standing",
     "in",
-    "logistics",
-    "with",
-    "mid-size",
-    "headcount;",
-    "region",
-    "EU;",
-    "angle",
-    "automation",
-    "savings",
-    "summary",
-    "follows",
-    "with",
-    "key",
-    "facts",
-    "dates",
-    "amounts",
-    "and",
-    "next",
-    "steps",
     "for",
     "the",
-    "team",
+    "model's",
+    "answer,",
+    "as",
+    "many",
+    "words",
+    "as",
+    "the",
+    "answer",
+    "takes;",
 ]
+# Words of the prompt quoted at each end to name a request that has no custom_id (a realtime call).
+QUOTED_WORDS = 4
 
 
 class SimClock:
@@ -341,8 +308,9 @@ class Sent(NamedTuple):
 
 
 class _Request(NamedTuple):
-    """What the emulator keeps of one request: enough to answer it, never the prompt itself, so that
-    a full batch of 100,000 requests costs a few tens of megabytes."""
+    """What the emulator keeps of one request: enough to answer it, never the prompt itself (only
+    a few of its words, to name it in the answer), so that a full batch of 100,000 requests costs a
+    few tens of megabytes."""
 
     custom_id: str
     model: str
@@ -358,6 +326,8 @@ class _Request(NamedTuple):
     web_searches: int = 0
     container: bool = False
     geo: str = INFERENCE_GEO
+    # The first and last words of its last user message, to name it by in the answer.
+    quoted: str = ""
 
 
 class _End(NamedTuple):
@@ -585,6 +555,24 @@ class Emulator:
 
     def custom_ids(self, batch_id: str) -> list[str]:
         return [r.custom_id for r in self._batches[batch_id].requests]
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """A batch as retrieving it shows it now (a copy: changing it changes nothing here)."""
+        with self._lock:
+            view = self._view(self._batches[batch_id])
+            return view | {"request_counts": dict(view["request_counts"])}
+
+    def results(self, batch_id: str) -> list[dict[str, Any]]:
+        """The result lines of an ended batch, as its results stream sends them."""
+        with self._lock:
+            batch = self._batches[batch_id]
+            if self._state(batch)[1] is None:
+                raise ValueError(f"batch {batch_id} has not ended")
+            return [json.loads(line) for line in self._results(batch, None)]
+
+    def message_id(self, batch_id: str, custom_id: str) -> str:
+        """The id of the message a batch's succeeded result line carries for a request."""
+        return _stable_id("msg_01", batch_id, custom_id, n=22)
 
     def batch_version(self, batch_id: str) -> tuple[str, tuple[str, ...]]:
         """The `anthropic-version` and `anthropic-beta` values a batch was created under."""
@@ -1183,6 +1171,7 @@ def _digest(
         int(searches.group(1)) if searches else 0,
         CONTAINER in last,
         sys.intern(geo) if isinstance(geo, str) and geo else INFERENCE_GEO,
+        _quote(last),
     )
     return digest, prefix_key if invalid is None and cached_chars else None
 
@@ -1231,6 +1220,23 @@ def _last_user_text(messages: Any) -> str:
     return ""
 
 
+def _quote(text: str) -> str:
+    """A request's last user message cut to its first and last few words, directives left out."""
+    words = WEB_SEARCH.sub("", DIRECTIVE.sub("", text.replace(CONTAINER, ""))).split()
+    if len(words) > 2 * QUOTED_WORDS:
+        words = [*words[:QUOTED_WORDS], "...", *words[-QUOTED_WORDS:]]
+    return " ".join(words)[:120]
+
+
+def _about(req: _Request) -> str:
+    """How an answer starts: marked as emulated, naming the request it answers, by its custom_id
+    in a batch and by its words in a realtime call (which has no id)."""
+    said = f' "{req.quoted}"' if req.quoted else ""
+    if req.custom_id:
+        return f"[emulated] answer to {req.custom_id}{said}:"
+    return f"[emulated] realtime answer to{said or ' a request'}:"
+
+
 def _input_tokens(req: _Request) -> tuple[int, int]:
     """The prompt's tokens after the last cache marker, and up to it (written or read alike)."""
     return max(1, (req.prompt_chars - req.cached_chars) // 4), req.cached_chars // 4
@@ -1240,11 +1246,10 @@ def _message(batch_id: str, req: _Request, at: float) -> dict[str, Any]:
     """The answer to one request, run at `at` (what a container's expiry counts from)."""
     # An ordinary answer ends on its own well within max_tokens; a "long" one runs into the limit.
     n = req.max_tokens if req.long else min(8 + req.prompt_hash % 40, max(1, int(req.max_tokens / 1.3)))
-    start = (req.prompt_hash >> 8) % len(WORDS)
-    words = [WORDS[(start + i) % len(WORDS)] for i in range(n)]
+    words = [WORDS[i % len(WORDS)] for i in range(n)]
     output_tokens = max(1, min(req.max_tokens, math.ceil(n * 1.3)))
     stop = "max_tokens" if req.long else "end_turn"
-    content = [{"type": "text", "text": " ".join(words).capitalize() + "."}]
+    content = [{"type": "text", "text": f"{_about(req)} {' '.join(words)}."}]
     if req.max_tokens == 0:
         # A cache warm-up (realtime only): the prompt is read and cached, nothing is generated.
         content, output_tokens, stop = [], 0, "max_tokens"

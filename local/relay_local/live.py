@@ -75,7 +75,7 @@ def run(model: str, timeout: float, wait_cap: float = 30.0) -> int:
         if got is None:
             print(f"{body['request_id']:18} no completion within {timeout:.0f} s")
             continue
-        cost = (got.get("cost") or {}).get("batch_usd") or 0.0
+        cost = (got.get("cost") or {}).get("paid_usd") or 0.0
         total += cost
         usage = got.get("usage") or {}
         error = f" {got['error']['type']}: {got['error']['message']}" if got.get("error") else ""

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -130,10 +130,13 @@ class LocalStack:
         self.offset = 0.0
         # Realtime messages the function hid (a retry-after): each delay asked, and until when (on
         # the relay's clock) each message stays out of delivery, so tests need not wait it out.
+        # Whoever receives a realtime message outside `deliver_realtime` (a test, the chaos run)
+        # puts it in `receipts` (receipt handle -> message id) to have its hides timed, and in
+        # `parked` (message id -> receipt handle) to keep it received until its hide is over.
         self.hidden_for: list[float] = []
-        self._hidden: dict[str, float] = {}
-        self._receipts: dict[str, str] = {}
-        self._parked: dict[str, str] = {}
+        self.hidden_until: dict[str, float] = {}
+        self.receipts: dict[str, str] = {}
+        self.parked: dict[str, str] = {}
         # Whether tick() and settle() deliver the realtime queue as Lambda's poller would; a test
         # turns it off to hold realtime messages back and deliver them itself.
         self.polls_realtime = True
@@ -420,11 +423,11 @@ class LocalStack:
             _RUNNING.calls += 1
             if stack.before is not None:
                 stack.before(function, operation)
-            if operation == "ChangeMessageVisibility" and params.get("ReceiptHandle") in stack._receipts:
+            if operation == "ChangeMessageVisibility" and params.get("ReceiptHandle") in stack.receipts:
                 # A message hidden for a retry-after comes back when the relay's clock says so.
                 seconds = float(params["VisibilityTimeout"])
                 stack.hidden_for.append(seconds)
-                stack._hidden[stack._receipts[params["ReceiptHandle"]]] = clock.now() + seconds
+                stack.hidden_until[stack.receipts[params["ReceiptHandle"]]] = clock.now() + seconds
                 # Hidden until the relay's clock passes it (see `deliver_realtime`), not real time:
                 # for long enough, within SQS's 12 hours from the message's sending.
                 params = {**params, "VisibilityTimeout": 6 * 3600}
@@ -446,6 +449,7 @@ class LocalStack:
         fake_time = mock.MagicMock(wraps=time)
         fake_time.sleep = lambda s: time.sleep(min(stack.wait_cap, s * stack.wait_scale))
         from batch_relay import clock
+        from boto3.dynamodb.transform import TransformationInjector
         from moto.dynamodb.models import DynamoDBBackend
 
         # DynamoDB applies a conditional write atomically and reads consistent items; moto checks
@@ -464,8 +468,14 @@ class LocalStack:
             mock.patch.object(DynamoDBBackend, name, _serialised(getattr(DynamoDBBackend, name)))
             for name in operations
         ]
+        # A boto3 DynamoDB resource builds every call's condition expressions with one shared
+        # builder (its placeholder counters reset per call). Lambda runs one invocation a process;
+        # here invocations are threads sharing the relay's cached resource, and two calls built at
+        # once swap placeholders: a condition that holds fails, or one that fails holds.
+        built = TransformationInjector.inject_condition_expressions
         self._patches = [
             *atomic,
+            mock.patch.object(TransformationInjector, "inject_condition_expressions", _guarded(built)),
             mock.patch.object(clock, "now", lambda: time.time() + stack.offset),
             mock.patch.object(LambdaSimpleBackend, "invoke", invoke),
             mock.patch.object(BaseClient, "_make_api_call", call),
@@ -548,9 +558,9 @@ class LocalStack:
         url, arn = self.queue_url("RealtimeQueue"), self.arns["RealtimeQueue"]
         # Messages waiting out their time stay received (invisible) until it has passed, so a
         # wait costs one receive, as in AWS, not one per delivery round.
-        for mid, handle in list(self._parked.items()):
-            if self._hidden.get(mid, 0.0) <= clock.now():
-                del self._parked[mid]
+        for mid, handle in list(self.parked.items()):
+            if self.hidden_until.get(mid, 0.0) <= clock.now():
+                del self.parked[mid]
                 self._visible(url, handle)
         delivered = failed = 0
         # Failed messages stay received until this delivery ends, so it does not receive them again.
@@ -566,10 +576,10 @@ class LocalStack:
             if not got:
                 break
             for m in got:
-                if self._hidden.get(m["MessageId"], 0.0) > clock.now():
-                    self._parked[m["MessageId"]] = m["ReceiptHandle"]
+                if self.hidden_until.get(m["MessageId"], 0.0) > clock.now():
+                    self.parked[m["MessageId"]] = m["ReceiptHandle"]
                     continue
-                self._receipts[m["ReceiptHandle"]] = m["MessageId"]
+                self.receipts[m["ReceiptHandle"]] = m["MessageId"]
                 try:
                     answer = self.invoke("RealtimeFunction", {"Records": [sqs_record(m, arn)]})
                     ok = not answer.get("batchItemFailures")
@@ -580,13 +590,13 @@ class LocalStack:
                     delivered += 1
                     continue
                 failed += 1
-                if self._hidden.get(m["MessageId"], 0.0) > clock.now():
-                    self._parked[m["MessageId"]] = m["ReceiptHandle"]
+                if self.hidden_until.get(m["MessageId"], 0.0) > clock.now():
+                    self.parked[m["MessageId"]] = m["ReceiptHandle"]
                 else:
                     back.append(m["ReceiptHandle"])
         for handle in back:
             self._visible(url, handle)
-        return {"delivered": delivered, "failed": failed, "waiting": len(self._parked)}
+        return {"delivered": delivered, "failed": failed, "waiting": len(self.parked)}
 
     def _visible(self, url: str, handle: str) -> None:
         with contextlib.suppress(self.sqs.exceptions.ReceiptHandleIsInvalid):  # dead-lettered meanwhile
@@ -797,7 +807,8 @@ class LocalStack:
                 self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
 
 
-_WRITES = threading.RLock()
+# Held around each of moto's DynamoDB calls: holding it, a reader sees no write half-done.
+WRITES = threading.RLock()
 # Which function's handler this thread is running, if any: its AWS calls are the relay's own.
 _RUNNING = threading.local()
 _INVOCATIONS = itertools.count(1)
@@ -808,12 +819,40 @@ def current_call() -> tuple[int, int]:
     return getattr(_RUNNING, "invocation", 0), getattr(_RUNNING, "calls", 0)
 
 
+def current_function() -> str | None:
+    """The logical id of the function this thread is running, if any."""
+    return getattr(_RUNNING, "function", None)
+
+
+@contextlib.contextmanager
+def as_harness() -> Iterator[None]:
+    """AWS calls made inside, even from a function's thread (a hook's), as the harness's own: no
+    hook sees them, none is counted."""
+    saved = current_function()
+    _RUNNING.function = None
+    try:
+        yield
+    finally:
+        _RUNNING.function = saved
+
+
 def _serialised(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
-        with _WRITES:
+        with WRITES:
             return method(*args, **kwargs)
 
     return call
+
+
+_BUILDING = threading.Lock()
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    def build(*args: Any, **kwargs: Any) -> Any:
+        with _BUILDING:
+            return method(*args, **kwargs)
+
+    return build
 
 
 def _tiers() -> list[Any]:

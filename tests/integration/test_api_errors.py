@@ -10,8 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.helpers import by_id, request
-from tests.integration.test_deadlines import at
+from tests.helpers import at, by_id, request
 
 pytestmark = pytest.mark.integration
 

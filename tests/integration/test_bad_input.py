@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
+import weakref
 from typing import Any
 
 import boto3
@@ -16,49 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import stored_line
+from tests.helpers import sns_refuses, stored_line
 from tests.malformed import CASES, INBOX, LEGACY, POINTER, SQS_ID, SQS_LIMIT, Case, ok
 
 pytestmark = pytest.mark.integration
 
-# SNS's rules for message attributes (names and values), which moto does not enforce.
-SNS_NAME = re.compile(r"(?!\.)(?!.*\.\.)(?!.*\.$)(?!(?i:aws\.|amazon\.))[A-Za-z0-9_.-]{1,256}")
-SNS_VALUE = re.compile(r"[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]+")
 REJECTED_WITHOUT_ID = "request rejected without a usable id"
-
-
-def sns_refuses(name: str, value: Any) -> str | None:
-    if not SNS_NAME.fullmatch(name):
-        return f"invalid attribute name {name[:40]!r}"
-    text = (value.get("StringValue") or value.get("Value")) if isinstance(value, dict) else None
-    if not isinstance(text, str) or not SNS_VALUE.fullmatch(text):
-        return f"invalid value for attribute {name[:40]!r}"
-    return None
-
-
-@pytest.fixture
-def aws_stack(monkeypatch):
-    from moto.sns.exceptions import InvalidParameterValue
-    from moto.sns.models import SNSBackend
-    from relay_local.stack import LocalStack
-
-    from tests.conftest import TEST_PARAMETERS
-
-    real_publish = SNSBackend.publish
-
-    def publish(self, message, arn, *args, message_attributes=None, **kwargs):
-        # Real SNS refuses an entry with an invalid attribute name or value; so does this one.
-        for name, value in (message_attributes or {}).items():
-            problem = sns_refuses(name, value)
-            if problem:
-                raise InvalidParameterValue(f"Invalid parameter: MessageAttributes: {problem}")
-        return real_publish(self, message, arn, *args, message_attributes=message_attributes, **kwargs)
-
-    monkeypatch.setattr(SNSBackend, "publish", publish)
-    with LocalStack(parameters=dict(TEST_PARAMETERS)) as s:
-        s.inbox = s.subscribe()
-        yield s
-        SEEN.pop(id(s), None)
 
 
 def inbox_bucket() -> str:
@@ -122,7 +85,8 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
     return {k: d.deserialize(v) for k, v in item.items()}
 
 
-SEEN: dict[int, tuple[set[str], dict[str, int]]] = {}
+# What stored_lines has read of each stack: the body objects, and the lines they hold by id.
+SEEN: weakref.WeakKeyDictionary[Any, tuple[set[str], dict[str, int]]] = weakref.WeakKeyDictionary()
 
 
 def stored_lines(stack) -> dict[str, int]:
@@ -130,7 +94,7 @@ def stored_lines(stack) -> dict[str, int]:
     read once per stack and its count kept)."""
     s3 = boto3.client("s3")
     bucket = stack.physical["PayloadBucket"]
-    seen, counts = SEEN.setdefault(id(stack), (set(), {}))
+    seen, counts = SEEN.setdefault(stack, (set(), {}))
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="bodies/"):
         for obj in page.get("Contents", []):
             if obj["Key"] in seen:

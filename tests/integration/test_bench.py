@@ -15,7 +15,7 @@ N = 200
 
 @pytest.fixture(scope="module")
 def runs():
-    return pipeline.relay(N), pipeline.naive(N)
+    return pipeline.relay(N, logs=True), pipeline.naive(N)
 
 
 def test_calls_per_request_stay_within_target_and_below_the_naive_relay(runs):
@@ -55,6 +55,23 @@ def test_the_modelled_bill_stays_under_fifteen_dollars_a_million(runs):
     assert 0 < bill["total"] < 15
     assert bill["dynamodb"] > 0 and bill["lambda"] > 0 and bill["sns"] == pytest.approx(0.5)
     assert cost.savings_per_million()["saved_usd"] / bill["total"] >= 100
+    # What the functions printed is priced as CloudWatch Logs would ingest it, metrics among it.
+    assert relay["log_bytes"] > 0 and bill["cloudwatch_logs"] > 0 and bill["xray"] > 0
+    assert {"RequestsReceived", "Results_succeeded", "BatchCostUSD"} <= set(relay["metric_names"])
+
+
+def test_a_stack_at_zero_traffic_costs_its_schedule_and_its_cloudwatch():
+    idle = pipeline.idle(2)
+    floor = cost.per_month_at_zero(idle)
+    # An idle run takes and gives back the lease, and finds nothing to claim: no batch, no publish.
+    assert idle["invocations"] == {"SubmitterFunction": 2}
+    assert idle["calls"]["dynamodb.PutItem"] == 2 and idle["calls"]["dynamodb.DeleteItem"] == 2
+    assert not any(op.startswith(("sns.", "states.", "s3.")) for op in idle["calls"])
+    # Every minute, 730 hours a month; 13 alarms, one of them reading five metrics.
+    assert cost.schedule_runs_a_month() == 43_800 and cost.alarm_metrics() == 17
+    assert floor["cloudwatch_alarms"] == pytest.approx(1.7) and floor["cloudwatch_dashboard"] == 3.0
+    assert "OldestPendingRatio" in idle["metric_names"] and floor["cloudwatch_metrics"] > 0
+    assert 0 < floor["submitter_lambda"] < floor["total"] < 15
 
 
 def test_every_request_passes_through_one_batch_and_one_poller(runs):

@@ -14,15 +14,6 @@ from tests.helpers import request, stored_line
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def aws_stack(monkeypatch):
-    """The stack without the Anthropic side: the buffer never calls it."""
-    from relay_local.stack import LocalStack
-
-    with LocalStack(parameters=dict(TEST_PARAMETERS)) as s:
-        yield s
-
-
 def sqs_event(bodies, receive_count="1"):
     return {
         "Records": [
@@ -195,7 +186,7 @@ def test_records_past_the_parsing_time_go_back_alone(aws_stack, monkeypatch):
         seen["n"] += 1
         return seen["n"] > 2
 
-    monkeypatch.setattr(intake, "_spent", spent_after_two)
+    monkeypatch.setattr(intake, "out_of_time", spent_after_two)
     event = sqs_event([request(f"t{i}") for i in range(5)])
     answer = aws_stack.invoke("BufferFunction", event)
     deferred = {f["itemIdentifier"] for f in answer["batchItemFailures"]}

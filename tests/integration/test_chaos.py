@@ -9,6 +9,8 @@ request could make was met."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -22,6 +24,7 @@ def assert_promises_hold(out) -> None:
     assert out.stuck == [], "requests left waiting or claimed"
     assert out.wrong_route == [], "a completion's route says another place than where it was answered"
     assert out.called_twice == [], "a request sent to the Messages API again with no invocation lost"
+    assert out.repeated_unexplained == [], "a completion repeated with no death between publish and marker"
     assert out.completions >= out.accepted
     assert out.deadlines > 0 and out.routes["realtime"] > 0, "the deadline paths were not exercised"
 
@@ -61,3 +64,28 @@ def test_without_faults_every_reachable_deadline_is_met(monkeypatch):
     assert out.rescued > 0, "no request was taken out of a late batch"
     assert out.realtime_calls == out.routes["realtime"], "a realtime request not called exactly once"
     assert out.extra_calls_excused == 0 and out.realtime_dead_letters == 0
+
+
+def test_a_repeat_with_no_death_between_publish_and_marker_is_caught(monkeypatch):
+    """The check that allows repeats only after a kill can fail: markers that cannot be written
+    (and no kill anywhere) make the next try publish what went out already."""
+    from batch_relay.payloads import Payloads
+    from relay_local import chaos
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+
+    mark = Payloads.sent
+    tries: Counter[tuple[str, int]] = Counter()
+
+    def refused(self, key, group, ids, whole):
+        # Each marker is refused through every try of the invocation that published its call.
+        tries[key, group] += 1
+        if tries[key, group] <= 4:
+            raise ConnectionError("the marker's write is refused")
+        return mark(self, key, group, ids, whole)
+
+    monkeypatch.setattr(Payloads, "sent", refused)
+    quiet = dict(aws_refuse=0, aws_kill=0, api_rate=0, realtime_kill=0, rescue_kill=0, twice=0)
+    out = chaos.run(15, requests=12, retry_after_share=0, redeploy=False, **quiet)
+    assert out.repeated > 0 and out.repeated_unexplained, out.summary()
+    assert not out.ok

@@ -1,51 +1,35 @@
 """Deadlines and budgets, end to end on moto and the emulator: batch price whenever a batch can make
 a request's deadline, realtime before it is missed, exactly one completion either way, and a daily
-spend cap that holds tiers and refuses realtime fallbacks past it."""
+spend cap that holds tiers and refuses realtime fallbacks past it; then the ways review found
+these promises could break (rescues beside unresolved creates and cancels, realtime tries, what is
+committed to the budget, deadlines at the edges of the calendar)."""
 
 from __future__ import annotations
 
 import json
-import time
+from decimal import Decimal
+from typing import Any
 
-import boto3
 import pytest
+from batch_relay.errors import FunctionKilled
+from botocore.exceptions import ClientError
 
-from tests.helpers import by_id, emitted, request
+from tests.helpers import (
+    at,
+    by_id,
+    committed,
+    emitted,
+    items,
+    learn,
+    once,
+    request,
+    rescued,
+    table,
+    to_morning,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def at(seconds: float) -> str:
-    """An RFC 3339 deadline this many seconds from now on the relay's clock."""
-    from batch_relay import clock
-
-    return clock.iso(clock.now() + seconds).replace("Z", "+00:00")
-
-
-def items(stack, prefix="req#"):
-    table = boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
-    return {i["pk"]: i for i in table.scan()["Items"] if i["pk"].startswith(prefix)}
-
-
-def once(stack, inbox, ids):
-    per_id = by_id(stack.drain(inbox))
-    assert set(per_id) == set(ids)
-    assert {k: len(v) for k, v in per_id.items() if len(v) != 1} == {}, "a request was answered twice"
-    return {k: v[0] for k, v in per_id.items()}
-
-
-def learn(stack, emulator, batches=3):
-    """Let the relay time a few of its own batches (the emulator's take 0.2 s)."""
-    for n in range(batches):
-        stack.send([request(f"warm-{n}")])
-        stack.pump()
-
-
-def wait_for(check, seconds=30.0):
-    end = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_request_no_batch_can_answer_in_time_goes_realtime(stack, emulator):
@@ -57,7 +41,11 @@ def test_a_request_no_batch_can_answer_in_time_goes_realtime(stack, emulator):
     # Then the first was answered by the Messages API at list price, the second by a batch
     soon, later = got["soon"], got["later"]
     assert soon["route"] == "realtime" and soon["batch_id"] is None
-    assert soon["cost"]["saved_usd"] == 0 and soon["cost"]["batch_usd"] == soon["cost"]["list_usd"] > 0
+    cost = soon["cost"]
+    assert cost["saved_usd"] == 0 and cost["paid_usd"] == cost["list_usd"] > 0
+    # batch_usd never holds the list price paid: it says what a batch would have charged.
+    assert cost["batch_usd"] == pytest.approx(cost["list_usd"] / 2)
+    assert later["cost"]["paid_usd"] == later["cost"]["batch_usd"]
     assert soon["deadline"] and soon["completed_at"] <= soon["deadline"]
     assert later["route"] == "batch" and later["batch_id"] and later["cost"]["saved_usd"] > 0
     assert [m.model for m in emulator.messages_created] == ["claude-haiku-4-5"]
@@ -116,26 +104,15 @@ def test_a_deadline_flushes_its_tier_before_its_max_wait(stack, emulator):
     assert got["route"] == "batch" and got["completed_at"] <= got["deadline"]
 
 
-def rescue_stack(make_stack):
-    # Batches assumed to take a minute and a realtime margin of a minute: a 30-minute deadline
-    # goes into a batch, which the test then makes late.
-    return make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds="60")
-
-
-def test_a_late_batch_gives_up_its_deadline_requests_to_realtime_exactly_once(make_stack, emulator, capsys):
-    stack = rescue_stack(make_stack)
-    inbox = stack.subscribe()
-    emulator.make_late(1, 7200)
+def test_a_late_batch_gives_up_its_deadline_requests_to_realtime_exactly_once(late_batch, emulator, capsys):
     due = [f"dl{i}" for i in range(4)]
     free = [f"nd{i}" for i in range(4)]
-    stack.send([request(r, deadline=at(1800)) for r in due] + [request(r) for r in free])
-    stack.deliver()
-    stack.tick()
-    [batch_id] = emulator.batch_ids()
+    late = late_batch(due, free)
+    stack, inbox, batch_id = late.stack, late.inbox, late.batch_id
     assert set(emulator.custom_ids(batch_id)) == set(due + free)
     # When the deadline comes within the margin and the batch has not ended
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: _rescued(stack))
+    wait_for(lambda: rescued(stack))
     wait_for(lambda: stack.deliver_realtime() and len(emulator.messages_created) == len(due))
     # Then the deadline requests were answered in realtime, before their deadline
     realtime = by_id(stack.drain(inbox))
@@ -158,21 +135,16 @@ def test_a_late_batch_gives_up_its_deadline_requests_to_realtime_exactly_once(ma
     assert int(record["n_rescued"]) == len(due) and record["status"] == "collected"
 
 
-def test_a_batch_whose_requests_all_went_realtime_is_canceled(make_stack, emulator, capsys):
-    stack = rescue_stack(make_stack)
-    inbox = stack.subscribe()
-    emulator.make_late(1, 7200)
+def test_a_batch_whose_requests_all_went_realtime_is_canceled(late_batch, emulator, capsys):
     ids = [f"all{i}" for i in range(3)]
-    stack.send([request(r, deadline=at(1800)) for r in ids])
-    stack.deliver()
-    stack.tick()
-    [batch_id] = emulator.batch_ids()
+    late = late_batch(ids)
+    stack, inbox, batch_id = late.stack, late.inbox, late.batch_id
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: emulator._batches[batch_id].cancel_at is not None)
+    wait_for(lambda: emulator.batch(batch_id)["cancel_initiated_at"] is not None)
     stack.pump()
     got = once(stack, inbox, ids)
     assert {c["route"] for c in got.values()} == {"realtime"}
-    view = emulator._view(emulator._batches[batch_id])
+    view = emulator.batch(batch_id)
     assert view["processing_status"] == "ended" and view["cancel_initiated_at"]
     record = next(b for b in items(stack, "batch#").values() if b.get("batch_id") == batch_id)
     assert record["status"] == "collected"
@@ -295,10 +267,6 @@ def _ts(stamp: str) -> float:
     return clock.parse(stamp)
 
 
-def _rescued(stack) -> bool:
-    return any(b.get("status") == "realtime" for b in items(stack, "batch#").values())
-
-
 def test_a_request_dearer_than_the_whole_budget_is_answered_not_left_blocking(make_stack, emulator):
     stack = make_stack(DailyBudgetUSD="0.01")
     inbox = stack.subscribe()
@@ -326,3 +294,460 @@ def test_a_realtime_call_whose_answer_was_lost_is_sent_again_only_as_a_new_attem
     assert (done["status"], done["route"]) == ("succeeded", "realtime")
     billed = len(emulator.messages_created)
     assert billed == 2 and done["attempts"] == billed, (billed, done["attempts"])
+
+
+# Found by review: each test below drove the stack into one way these promises could break, and
+# failed while they did. Faults are placed with the stack's hooks (moving the relay's clock in a
+# `before` hook makes the call slow).
+
+
+MODEL = "claude-haiku-4-5"
+
+
+def kill_once(function: str, operation: str, nth: int = 1) -> Any:
+    """An `after` hook that kills `function` right after its nth `operation` call acted."""
+    seen: list[int] = []
+
+    def after(fn: str, op: str) -> None:
+        if fn == function and op == operation:
+            seen.append(1)
+            if len(seen) == nth:
+                raise FunctionKilled(f"{function} killed after {operation} #{nth}")
+
+    return after
+
+
+def refuse_once(function: str, operation: str) -> Any:
+    """A `before` hook that refuses `function`'s first `operation` call with a 500 from AWS."""
+    done: list[bool] = []
+
+    def before(fn: str, op: str) -> None:
+        if fn == function and op == operation and not done:
+            done.append(True)
+            raise ClientError(
+                {"Error": {"Code": "InternalError", "Message": "injected"}, "ResponseMetadata": {}}, op
+            )
+
+    return before
+
+
+def realtime_item(stack: Any, rid: str) -> dict[str, Any]:
+    return items(stack)[f"req#{rid}"]
+
+
+# 1. Exactly one completion, never billed twice
+
+
+def test_requests_rescued_while_a_create_is_unresolved_are_left_out_of_the_batch_made_after(
+    make_stack, emulator
+):
+    """A create answered with a 500 has an unknown outcome and leaves its batch `creating`; when a
+    deadline comes before the batch is settled, the submitter rescues the batch's deadline
+    requests for realtime. The API made no batch, so the submitter then creates it from the
+    claim-time input, rescued requests included: they are
+    answered in realtime and also run (and billed) in a batch the relay made knowing they were
+    gone. A batch made after the rescue must not hold them."""
+    stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds="600")
+    inbox = stack.subscribe()
+    due = [f"cr-dl{i}" for i in range(3)]
+    stack.send([request(r, deadline=at(1800)) for r in due] + [request("cr-plain")])
+    stack.deliver()
+    # The create fails before the API acts on it (a 500): its outcome is unknown to the relay.
+    emulator.inject("POST", "/v1/messages/batches", 500, count=1, route="create")
+    stack.tick()
+    assert emulator.batch_ids() == []
+    [record] = [b for b in items(stack, "batch#").values() if b["status"] == "creating"]
+    # Past the create's window and past the rescue moment (+ the submitter's grace)
+    stack.advance(1800 - 600 + 120 + 5)
+    stack.tick()
+    rescued = {k[4:] for k, i in items(stack).items() if i.get("rescued_from") == record["ref"]}
+    assert rescued == set(due), "the submitter did not rescue the deadline requests"
+    made = emulator.batch_ids()
+    assert len(made) == 1, "the batch was not created once the window was past"
+    assert set(emulator.custom_ids(made[0])) == {"cr-plain"}, (
+        "requests already sent realtime were put in a batch created after their rescue"
+    )
+    stack.advance(3600)
+    stack.pump()
+    once(stack, inbox, [*due, "cr-plain"])
+
+
+def test_a_batch_adopted_after_all_its_requests_were_rescued_is_canceled(make_stack, emulator):
+    """The create went through but its answer was lost; before the window to look for it is
+    past, the deadlines come and the submitter rescues every request of the record, when no batch
+    id is known to cancel. The batch is then adopted and polled to its end, running (and billing)
+    every request the relay has already answered in realtime: a batch left with none of its
+    requests is never canceled."""
+    stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds="600")
+    emulator.make_late(1, 7200)
+    emulator.lose_create_answers(1)
+    ids = [f"ad{i}" for i in range(3)]
+    stack.send([request(r, deadline=at(1800)) for r in ids])
+    stack.deliver()
+    stack.tick()
+    [batch_id] = emulator.batch_ids()
+    assert [b["status"] for b in items(stack, "batch#").values()] == ["creating"]
+    stack.advance(1800 - 600 + 120 + 5)
+    stack.tick()  # rescues all three, then adopts the batch the lost answer made
+    assert all(i.get("rescued_from") for i in items(stack).values())
+    [record] = [b for b in items(stack, "batch#").values() if b.get("route") != "realtime"]
+    assert record.get("batch_id") == batch_id, "the batch was not adopted"
+    canceled = True
+    try:
+        wait_for(lambda: emulator.batch(batch_id)["cancel_initiated_at"] is not None, seconds=15)
+    except AssertionError:
+        canceled = False
+    stack.advance(7200)
+    stack.settle()
+    assert canceled, "an adopted batch holding none of the relay's requests ran to its end"
+
+
+def test_a_resend_of_a_realtime_request_waits_for_its_retry_after(make_stack, emulator):
+    """A 429 hides the realtime message for the API's retry-after (here 10 minutes) and gives up
+    the request's lease. The submitter sends a realtime record's held requests again after 3
+    minutes; that new message finds the lease free and calls the API long before the retry-after
+    it was told to wait."""
+    stack = make_stack()
+    inbox = stack.subscribe()
+    emulator.inject("POST", "/v1/messages", 429, count=1, retry_after=600, route="message")
+    stack.send([request("ra", deadline=at(3000))])
+    stack.deliver()
+    stack.tick()
+    assert stack.hidden_for == [600]
+    assert emulator.messages_created == []
+    stack.advance(200)
+    stack.tick()  # the submitter's run, then the realtime queue as Lambda polls it
+    assert emulator.messages_created == [], "the API was called again 200 s into a 600 s retry-after"
+    stack.advance(401)
+    stack.tick()
+    assert once(stack, inbox, ["ra"])["ra"]["route"] == "realtime"
+    assert len(emulator.messages_created) == 1
+
+
+def test_a_realtime_try_killed_after_writing_its_answer_does_not_call_the_api_again(make_stack, emulator):
+    """The realtime function is killed right after it wrote the answer's outbox (the call was
+    made and billed at list price; the item is not written yet). The next try, once the lease
+    ends, calls the Messages API a second time instead of answering from what the first wrote."""
+    stack = make_stack()
+    inbox = stack.subscribe()
+    stack.send([request("kr", deadline=at(3000))])
+    stack.deliver()
+    stack.after = kill_once("RealtimeFunction", "PutObject")
+    stack.tick()
+    stack.after = None
+    assert len(emulator.messages_created) == 1
+    got: dict[str, Any] = {}
+    for _ in range(8):  # the lease of the killed try lasts as long as its invocation could (900 s)
+        stack.advance(300)
+        stack.deliver_realtime()
+        got |= by_id(stack.drain(inbox))
+        if got:
+            break
+    assert [c["route"] for c in got["kr"]] == ["realtime"]
+    assert len(emulator.messages_created) == 1, "one realtime request was billed twice"
+
+
+def test_a_cancel_that_fails_once_is_tried_again(late_batch, emulator):
+    """Every request of a late batch went realtime; the cancel call meets one 500. The check is
+    retried, but the rescue schedule is already spent, so the cancel is never sent again and the
+    batch runs (and bills) every request the relay already answered in realtime."""
+    ids = [f"cx{i}" for i in range(3)]
+    late = late_batch(ids)
+    stack, batch_id = late.stack, late.batch_id
+    emulator.inject("POST", f"/v1/messages/batches/{batch_id}/cancel", 500, count=1)
+    stack.advance(1800 - 60 + 5)
+    wait_for(lambda: all(i.get("rescued_from") for i in items(stack).values()))
+    canceled = True
+    try:
+        wait_for(lambda: emulator.batch(batch_id)["cancel_initiated_at"] is not None, seconds=15)
+    except AssertionError:
+        canceled = False
+    stack.advance(7200)
+    stack.settle()
+    assert canceled, "a batch left with none of its requests was never canceled"
+
+
+# 2. Deadlines met when they can be
+
+
+def test_a_rescue_too_large_for_one_check_goes_on_where_it_stopped(late_batch, emulator):
+    """Forty deadline requests come due together in a late batch, and moving each takes the check
+    a while (every write 5 s on the relay's clock, so one check moves about ten). Each later check
+    starts the schedule from the top again, spends its time on the requests already moved, and
+    moves none of the rest: they miss their deadline inside the batch."""
+    from batch_relay import clock
+
+    ids = [f"slow{i:02d}" for i in range(40)]
+    deadline = clock.now() + 1800  # no later than theirs, set once the stack is up
+    late = late_batch(ids, margin=600, MaxBatchRequests="100")
+    stack, record = late.stack, late.record
+
+    def slow(fn: str, op: str) -> None:
+        if fn == "CheckBatchFunction" and op == "UpdateItem":
+            stack.advance(5)
+
+    checks = stack.invocations.get("CheckBatchFunction", 0)
+    stack.before = slow
+    stack.advance(1800 - 600 + 5)
+
+    # Six checks move the clock about 6 x 65 s: still well before the deadline, and enough to
+    # move all forty ten at a time.
+    def moved_out() -> set[str]:
+        return {k for k, i in items(stack).items() if i.get("rescued_from") == record["ref"]}
+
+    # (Once all forty are out, the batch is canceled and its poller ends.)
+    wait_for(
+        lambda: len(moved_out()) == len(ids) or stack.invocations.get("CheckBatchFunction", 0) >= checks + 7
+    )
+    moved = moved_out()
+    before_deadline = clock.now() < deadline
+    stack.before = None
+    stack.advance(7200)
+    stack.settle()
+    assert before_deadline
+    assert len(moved) == len(ids), f"only {len(moved)} of {len(ids)} deadline requests were rescued"
+
+
+def test_a_realtime_try_that_fails_does_not_lock_its_request_past_its_deadline(make_stack, emulator):
+    """A realtime try takes a lease on its request for as long as its invocation could last (900 s)
+    and only gives it up on a retry-after. Any other failure (here S3 refusing once to read the
+    request's line) keeps the lease: every redelivery is hidden again for a minute until the lease
+    runs out, 15 minutes on, past a deadline the margin (10 minutes) was meant to protect."""
+    stack = make_stack()
+    inbox = stack.subscribe()
+
+    stack.send([request("lk", deadline=at(700))])
+    stack.deliver()
+    stack.before = refuse_once("RealtimeFunction", "GetObject")
+    stack.tick()
+    stack.before = None
+    got: dict[str, Any] = by_id(stack.drain(inbox))
+    for _ in range(5):
+        if got:
+            break
+        stack.advance(200)
+        stack.deliver_realtime()
+        got |= by_id(stack.drain(inbox))
+    [completion] = got["lk"]
+    assert completion["status"] == "succeeded"
+    assert completion["deadline"] and completion["completed_at"] <= completion["deadline"], (
+        "one refused S3 read made the request miss its deadline"
+    )
+
+
+def test_a_request_back_from_a_realtime_try_is_not_locked_by_that_try(make_stack, emulator):
+    """A realtime try that ends with the request back in its tier (an account problem: no credit)
+    writes the item back with the try's lease still on it. The next realtime try, routed at the
+    next run once the account works again, finds the old lease and waits it out, 15 minutes, past
+    the deadline."""
+    stack = make_stack()
+    inbox = stack.subscribe()
+
+    emulator.credit = False
+    stack.send([request("bk", deadline=at(700))])
+    stack.deliver()
+    stack.tick()
+    item = realtime_item(stack, "bk")
+    assert item["status"] == "pending", "the account problem did not put the request back"
+    emulator.credit = True
+    got: dict[str, Any] = {}
+    for _ in range(10):
+        stack.advance(120)
+        stack.tick()
+        got |= by_id(stack.drain(inbox))
+        if got:
+            break
+    [completion] = got["bk"]
+    assert completion["status"] == "succeeded"
+    assert completion["deadline"] and completion["completed_at"] <= completion["deadline"], (
+        "the old try's lease held the request past its deadline"
+    )
+
+
+# 3. The daily budget is never passed by what the relay commits
+
+
+def test_a_collector_killed_before_its_tallies_gives_back_nothing_the_batch_spent(make_stack, emulator):
+    """The collector writes a chunk's items, then adds the chunk's cost to the batch's tallies. Killed
+    in between, its retry finds the items answered and adds nothing; at the end the batch gives back
+    to the day everything it committed minus the tallied cost, i.e. all of it: what the batch spent
+    is no longer counted against the cap."""
+    stack = make_stack(DailyBudgetUSD="1")
+    to_morning(stack)
+    inbox = stack.subscribe()
+    ids = [f"tk{i}" for i in range(3)]
+    stack.send([request(r) for r in ids])
+    stack.deliver()
+    stack.after = kill_once("CollectResultsFunction", "BatchWriteItem")
+    stack.tick()
+    stack.settle()
+    stack.after = None
+    stack.pump()
+    got = once(stack, inbox, ids)
+    spent = sum(c["cost"]["batch_usd"] for c in got.values())
+    assert spent > 0
+    assert committed(stack) >= spent - 1e-9, (
+        f"the day counts {committed(stack):.8f} USD committed while its batch spent {spent:.8f}"
+    )
+
+
+def test_a_second_realtime_try_is_committed_to_the_budget(make_stack, emulator):
+    """A realtime try commits its upper bound, marks the item with the day, and gives the
+    commitment back when the request goes back to its tier (no credit). The item keeps the day, so
+    the next realtime try believes it is committed already: it calls the API with nothing committed,
+    even when the day's budget is spent."""
+    stack = make_stack(DailyBudgetUSD="1")
+    to_morning(stack)
+    inbox = stack.subscribe()
+    emulator.credit = False
+    stack.send([request("bb", deadline=at(5000))])
+    stack.deliver()
+    stack.tick()
+    assert realtime_item(stack, "bb")["status"] == "pending"
+    assert committed(stack) == pytest.approx(0.0, abs=2e-6)  # whole micro-dollars, rounded against the cap
+    # The rest of the day's budget is committed meanwhile (batches of other tiers, say).
+    from batch_relay.budget import today
+
+    table(stack).update_item(
+        Key={"pk": f"budget#{today()}"},
+        UpdateExpression="SET committed_micros = :c",
+        ExpressionAttributeValues={":c": Decimal("1000000")},
+    )
+    emulator.credit = True
+    got: dict[str, Any] = {}
+    for _ in range(10):
+        stack.advance(120)
+        stack.tick()
+        got |= by_id(stack.drain(inbox))
+        if got:
+            break
+    [completion] = got["bb"]
+    assert emulator.messages_created == [], "a realtime call was made past the day's budget"
+    assert completion["status"] == "errored" and completion["error"]["type"] == "budget_exceeded"
+
+
+def test_a_realtime_request_that_writes_the_cache_stays_within_its_commitment(make_stack, emulator):
+    """The upper bound of a request is its input tokens at the input price plus max_tokens at the
+    output price; tokens written to the prompt cache cost 1.25x the input price. A realtime request
+    whose prompt is a cached prefix (its tokens counted exactly by the API) commits less than it
+    costs, and its cost alone passes the day's cap."""
+    from batch_relay.pricing import bound
+
+    system = [
+        {
+            "type": "text",
+            "text": "Policy: " + "refund rules apply. " * 2000,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
+    cached = len(system[0]["text"]) // 4  # the emulator's 4 characters a token
+    cap = bound(MODEL, cached + 20, 16, batch=False) * 1.05
+    stack = make_stack(DailyBudgetUSD=f"{cap:.8f}")
+    to_morning(stack)
+    inbox = stack.subscribe()
+    body = request("cw", text="Which rule applies to a late return?", deadline=at(600))
+    body["params"].update(system=system, max_tokens=16)
+    stack.send([body])
+    stack.pump()
+    got = once(stack, inbox, ["cw"])["cw"]
+    # Answered within the cap, or refused (budget_exceeded) without a call: either keeps the cap.
+    spent = got["cost"]["list_usd"] if got["status"] == "succeeded" else 0.0
+    if got["status"] == "succeeded":
+        assert got["usage"]["cache_creation_input_tokens"] > 0
+    else:
+        assert got["error"]["type"] == "budget_exceeded" and emulator.messages_created == []
+    assert spent <= cap, f"one request cost {spent:.6f} USD against a daily cap of {cap:.6f}"
+    assert committed(stack) >= spent - 1e-9
+
+
+def test_a_realtime_commitment_is_given_back_to_the_day_it_was_made_on(make_stack, emulator):
+    """The realtime function commits to today(), then reads today() again to note the day on the
+    item. When midnight falls between the two, the unspent part is given back to the next day,
+    which then starts below zero (more than its cap to spend) while the day of the commitment keeps
+    it all."""
+    from batch_relay.budget import today
+
+    stack = make_stack(DailyBudgetUSD="1")
+    to_morning(stack)
+    stack.advance(18 * 3600 - 30)  # 23:59:30 UTC
+    inbox = stack.subscribe()
+    day = today()
+    stack.send([request("mn", deadline=at(600))])
+    stack.deliver()
+    updates: list[str] = []
+
+    def midnight(fn: str, op: str) -> None:
+        if fn == "RealtimeFunction" and op == "UpdateItem":
+            updates.append(op)
+            if len(updates) == 2:  # the lease, then the commitment
+                stack.advance(60)
+
+    stack.after = midnight
+    stack.tick()
+    stack.after = None
+    got = once(stack, inbox, ["mn"])["mn"]
+    assert today() != day
+    assert committed(stack) >= 0, f"the next day starts at {committed(stack):.8f} USD committed"
+    assert committed(stack, day) == pytest.approx(got["cost"]["list_usd"], abs=2e-6), (
+        "the day of the commitment did not get back what the call did not spend"
+    )
+
+
+# 4. Deadlines met when a batch could make them
+
+
+def test_a_learned_turnaround_longer_than_the_default_still_batches_in_time(make_stack, emulator):
+    """A tier is flushed for a deadline at the moment a batch of the DEFAULT turnaround could still
+    make it. When the relay has learned that its batches take longer (4 hours against a 1-hour
+    default), that moment is too late: at claim the request is found late and sent realtime at list
+    price, although a batch made any time in its first 85 minutes would have made its deadline."""
+    stack = make_stack(DefaultTurnaroundSeconds="3600")
+    inbox = stack.subscribe()
+    emulator.make_late(3, 4 * 3600)
+    for n in range(3):
+        stack.send([request(f"warm{n}")])
+        stack.deliver()
+        stack.advance(2)
+        stack.tick()
+    assert len(emulator.batch_ids()) == 3
+    stack.advance(4 * 3600 + 60)
+    stack.settle()
+    stack.drain(inbox)
+    # A bulk request (its tier waits 6 hours) due in 6 hours: batches take 4 h x 1.1 + margins.
+    stack.send([request("lt", tier="bulk", deadline=at(6 * 3600))])
+    stack.deliver()
+    stack.tick()
+    stack.advance(4700)  # still 5 minutes before a 4-hour batch could no longer make it
+    stack.tick()
+    stack.settle()
+    stack.pump()
+    got = once(stack, inbox, ["lt"])["lt"]
+    assert got["route"] == "batch", "a request a batch could have made in time was sent realtime"
+
+
+# 5. Hostile input
+
+
+@pytest.mark.parametrize("deadline", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00"])
+def test_a_deadline_at_the_edge_of_the_calendar_is_answered(stack, emulator, deadline):
+    """Both are RFC 3339 with an offset. The first's flush moment falls before year 1 and the
+    second is in year 10000 once in UTC: the buffer fails on them, again at every receive, and the
+    message ends in the dead-letter queue without a completion."""
+    inbox = stack.subscribe()
+    stack.send([request("edge", deadline=deadline), request("fine")])
+    stack.pump()
+    once(stack, inbox, ["edge", "fine"])
+    dlq = stack.physical["RequestDeadLetterQueue"]
+    assert stack.sqs.receive_message(QueueUrl=dlq).get("Messages", []) == []
+
+
+def test_a_deadline_before_year_1000_does_not_stop_the_submitter(stack, emulator):
+    """A deadline in the year 1000 gives a flush moment in the year 999, which `clock.iso` writes
+    as `999-...` where strftime does not pad years to four digits (glibc under Python 3.11, this
+    project's floor). The sort key cannot be parsed back: while that request is the first deadline
+    request of its tier, every submitter run fails there and no tier after it is flushed."""
+    inbox = stack.subscribe()
+    stack.send([request("y1000", deadline="1000-01-01T00:00:00Z"), request("other", tier="standard")])
+    stack.pump()
+    got = once(stack, inbox, ["y1000", "other"])
+    assert got["other"]["status"] == "succeeded"

@@ -15,7 +15,11 @@ What moto's CloudFormation does not model, so those parts are checked on the tra
 - a state machine's DefinitionSubstitutions are not substituted;
 - template Rules are not evaluated (`test_batch_window_rule` evaluates ours);
 - a condition's AWS::NoValue inside a list is kept as null, which is why conditional grants live
-  in resources of their own (ApiKeyDecryptPolicy).
+  in resources of their own (ApiKeyDecryptPolicy);
+- a function's ReservedConcurrentExecutions is set without Lambda's check of the account's
+  concurrency quota. CloudFormation reserves it with PutFunctionConcurrency, which Lambda refuses
+  when the account would keep too little unreserved: `deploy` reserves through moto's
+  PutFunctionConcurrency, which checks MOTO_LAMBDA_CONCURRENCY_QUOTA when it is set.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from unittest import mock
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError
 from moto import mock_aws
+from moto.awslambda.models import LambdaFunction, get_backend
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
 
@@ -198,21 +205,37 @@ def package(s3: Any, bucket: str) -> dict[str, Any]:
 
 def translate(parameters: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
     s3 = boto3.client("s3", region_name=REGION)
-    s3.create_bucket(Bucket="relay-artifacts")
-    template = package(s3, "relay-artifacts")
+    # Bucket names are global: each account packages into a bucket of its own.
+    bucket = f"relay-artifacts-{os.environ.get('MOTO_ACCOUNT_ID', ACCOUNT)}"
+    s3.create_bucket(Bucket=bucket)
+    template = package(s3, bucket)
     return template, transform(template, parameters, _NoManagedPolicies())
+
+
+_create_function = LambdaFunction.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+
+def _reserving(cls: Any, name: str, spec: dict[str, Any], account: str, region: str, **kw: Any) -> Any:
+    """A function created as CloudFormation creates it: then its reservation, through the API that
+    checks the account's quota (moto's CloudFormation would set it unchecked)."""
+    fn = _create_function(cls, name, spec, account, region, **kw)
+    reserved, fn.reserved_concurrency = fn.reserved_concurrency, None
+    if reserved is not None:
+        get_backend(account, region).put_function_concurrency(fn.function_name, reserved)
+    return fn
 
 
 def deploy(parameters: dict[str, str], name: str = "batch-relay") -> dict[str, Any]:
     """Translate with these parameters and create the stack; its description and resources."""
     _, translated = translate(parameters)
     cfn = boto3.client("cloudformation", region_name=REGION)
-    cfn.create_stack(
-        StackName=name,
-        TemplateBody=json.dumps(translated),
-        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
-        Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
-    )
+    with mock.patch.object(LambdaFunction, "create_from_cloudformation_json", classmethod(_reserving)):
+        cfn.create_stack(
+            StackName=name,
+            TemplateBody=json.dumps(translated),
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+            Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+        )
     stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
     pages = cfn.get_paginator("list_stack_resources").paginate(StackName=name)
     physical = {
@@ -325,7 +348,7 @@ def test_each_function_has_its_environment_role_and_event_source(deployed: dict[
         (s["EventSourceArn"], s["BatchSize"], s["MaximumBatchingWindowInSeconds"], s["FunctionResponseTypes"])
         for s in sources
     ] == [(queue["QueueArn"], 100, 5, ["ReportBatchItemFailures"])]
-    # The realtime function takes one request a message, no faster than its reserved concurrency.
+    # The realtime function takes one request a message, RealtimeConcurrency at once at most.
     sources = lam.list_event_source_mappings(FunctionName=p["RealtimeFunction"])["EventSourceMappings"]
     assert [(s["EventSourceArn"], s["BatchSize"], s["FunctionResponseTypes"]) for s in sources] == [
         (names["realtime_queue"], 1, ["ReportBatchItemFailures"])
@@ -338,8 +361,6 @@ def test_each_function_has_its_environment_role_and_event_source(deployed: dict[
         and r["Properties"]["FunctionName"] == {"Ref": "RealtimeFunction"}
     ]
     assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "RealtimeConcurrency"}}
-    realtime_props = resources["RealtimeFunction"]["Properties"]
-    assert realtime_props["ReservedConcurrentExecutions"] == {"Ref": "RealtimeConcurrency"}
     for fn in ("SubmitterFunction", "CheckBatchFunction", "CollectResultsFunction"):
         assert lam.list_event_source_mappings(FunctionName=p[fn])["EventSourceMappings"] == [], fn
 
@@ -466,6 +487,68 @@ def test_kms_decrypt_is_granted_only_with_a_customer_key() -> None:
     resource = without["translated"]["Resources"]["ApiKeyDecryptPolicy"]
     assert resource["Condition"] == "HasApiKeyKmsKey"
     assert without["translated"]["Parameters"]["ApiKeyKmsKeyArn"]["Default"] == ""
+
+
+def _reserved(physical: dict[str, str]) -> dict[str, int]:
+    lam = boto3.client("lambda", region_name=REGION)
+    out = {}
+    for fn in FUNCTIONS:
+        got = lam.get_function_concurrency(FunctionName=physical[fn]).get("ReservedConcurrentExecutions")
+        if got is not None:
+            out[fn] = int(got)
+    return out
+
+
+def _account(n: int, quota: str | None) -> dict[str, str]:
+    """An account of its own (no other stack's reservations count against its quota), with this
+    concurrency quota (None: moto checks none)."""
+    return (
+        ENV | {"MOTO_ACCOUNT_ID": f"{n:012d}"} | ({"MOTO_LAMBDA_CONCURRENCY_QUOTA": quota} if quota else {})
+    )
+
+
+def test_default_deploy_succeeds_on_an_account_with_a_low_concurrency_quota() -> None:
+    # A new account's quota is 10: Lambda refuses any reservation that leaves under 100 unreserved.
+    with mock.patch.dict(os.environ, _account(1, "10")), mock_aws(config={"lambda": {"use_docker": False}}):
+        stack = deploy({"ApiKeySecretArn": _secret()})
+        assert stack["stack"]["StackStatus"] == "CREATE_COMPLETE"
+        assert _reserved(stack["physical"]) == {}
+        # Realtime calls stay bounded without a reservation: the event source's maximum concurrency.
+        lam = boto3.client("lambda", region_name=REGION)
+        (source,) = lam.list_event_source_mappings(FunctionName=stack["physical"]["RealtimeFunction"])[
+            "EventSourceMappings"
+        ]
+    resources = stack["translated"]["Resources"]
+    (mapping,) = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping"
+        and r["Properties"]["FunctionName"] == {"Ref": "RealtimeFunction"}
+    ]
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "RealtimeConcurrency"}}
+    assert source["BatchSize"] == 1
+    assert stack["translated"]["Parameters"]["RealtimeConcurrency"]["Default"] == 5
+
+
+@pytest.mark.parametrize(("account", "quota"), [(2, None), (3, "10")])
+def test_reserve_concurrency_reserves_what_it_asks_and_a_low_quota_refuses_it(
+    account: int, quota: str | None
+) -> None:
+    asked = {"ReserveConcurrency": "true", "RealtimeConcurrency": "7"}
+    with (
+        mock.patch.dict(os.environ, _account(account, quota)),
+        mock_aws(config={"lambda": {"use_docker": False}}),
+    ):
+        if quota is not None:
+            # What Lambda answers a stack that reserves on a new account (moto's CloudFormation
+            # passes Lambda's JSON error on as its answer, which botocore cannot parse as XML).
+            refused = (ClientError, ResponseParserError)
+            with pytest.raises(refused, match="UnreservedConcurrentExecution below its minimum"):
+                deploy({"ApiKeySecretArn": _secret()} | asked)
+            return
+        stack = deploy({"ApiKeySecretArn": _secret()} | asked)
+        assert stack["stack"]["StackStatus"] == "CREATE_COMPLETE"
+        assert _reserved(stack["physical"]) == {"SubmitterFunction": 1, "RealtimeFunction": 7}
 
 
 def test_topic_buckets_and_logs_as_cloudformation_receives_them(deployed: dict[str, Any]) -> None:

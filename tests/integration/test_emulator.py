@@ -975,3 +975,59 @@ def test_a_realtime_directive_with_an_error_code_answers_that_type_and_code(emu)
         "permission_error",
         "user_profile_not_billable",
     )
+
+
+def test_an_answer_names_the_request_it_answers_and_says_it_is_emulated(client, clock):
+    # Given two requests in one batch, and one realtime call with no id to name it by
+    text = "The export button on the Reports page does nothing since Tuesday (reference 00018)"
+    batch = client.messages.batches.create(
+        requests=[
+            req("ticket-00018", text),
+            req("post-00019", "Selling my old road bike [[emulate:succeeded]]"),
+        ]
+    )
+    clock.advance(61)
+    # When they are answered
+    answers = {
+        r.custom_id: r.result.message.content[0].text for r in client.messages.batches.results(batch.id)
+    }
+    realtime = client.messages.create(**params(text)).content[0].text
+    # Then each answer starts by naming its own request, as emulated text; directives are left out
+    assert answers["ticket-00018"].startswith(
+        '[emulated] answer to ticket-00018 "The export button on ... since Tuesday (reference 00018)":'
+    )
+    assert answers["post-00019"].startswith('[emulated] answer to post-00019 "Selling my old road bike":')
+    assert realtime.startswith(
+        '[emulated] realtime answer to "The export button on ... since Tuesday (reference 00018)":'
+    )
+
+
+def test_tests_see_a_batch_as_the_api_shows_it(client, emu, clock):
+    # Given a batch of two, one canceled while it runs
+    batch = client.messages.batches.create(requests=[req("a"), req("b")])
+    seen = emu.batch(batch.id)
+    assert seen == client.messages.batches.retrieve(batch.id).model_dump(mode="json", exclude_unset=True)
+    with pytest.raises(ValueError, match="not ended"):
+        emu.results(batch.id)
+    client.messages.batches.cancel(batch.id)
+    assert emu.batch(batch.id)["cancel_initiated_at"] is not None
+    # What a test is given is a copy: changing it changes nothing in the API
+    seen["request_counts"]["processing"] = 0
+    assert emu.batch(batch.id)["request_counts"]["processing"] == 2
+    clock.advance(61)
+    lines = emu.results(batch.id)
+    assert lines == [
+        r.model_dump(mode="json", exclude_unset=True) for r in client.messages.batches.results(batch.id)
+    ]
+    ended = emu.batch(batch.id)
+    ended["request_counts"]["canceled"] = -1
+    assert (
+        emu.batch(batch.id)["request_counts"]
+        == client.messages.batches.retrieve(batch.id).request_counts.to_dict()
+    )
+    # And a succeeded line's message carries the id the emulator names for it
+    emu.cancel_seconds = 0
+    done = client.messages.batches.create(requests=[req("c")])
+    clock.advance(61)
+    [line] = emu.results(done.id)
+    assert line["result"]["message"]["id"] == emu.message_id(done.id, "c")

@@ -80,17 +80,6 @@ def extended_client(name: str) -> Iterator[Any]:
         boto3.session.Session, boto3.Session, boto3.DEFAULT_SESSION = saved
 
 
-@pytest.fixture
-def aws_stack():
-    from relay_local.stack import LocalStack
-
-    from tests.conftest import TEST_PARAMETERS
-
-    with LocalStack(parameters=dict(TEST_PARAMETERS)) as s:
-        s.inbox = s.subscribe()
-        yield s
-
-
 @pytest.mark.parametrize(
     ("library", "legacy", "pointer_class", "size_attribute"),
     [

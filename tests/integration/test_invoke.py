@@ -12,24 +12,44 @@ from relay_local import cli
 from tests.conftest import EVENTS, load_event
 
 
+def documents(out: str) -> list[Any]:
+    """The JSON documents `invoke` printed: the function's return value, then each completion."""
+    decoder, found, at = json.JSONDecoder(), [], out.index("{\n")
+    while at < len(out):
+        doc, at = decoder.raw_decode(out, at)
+        found.append(doc)
+        while at < len(out) and out[at].isspace():
+            at += 1
+    return found
+
+
 @pytest.mark.parametrize(
-    ("function", "event", "expected"),
+    ("function", "event", "expected", "published"),
     [
-        ("CheckBatchFunction", "check.json", {"ended": True, "processing_status": "ended", "cursor": 0}),
-        ("CollectResultsFunction", "collect.json", {"done": True, "cursor": 3}),
+        ("CheckBatchFunction", "check.json", {"ended": True, "processing_status": "ended", "cursor": 0}, 0),
+        ("CollectResultsFunction", "collect.json", {"done": True, "cursor": 3}, 3),
     ],
 )
 def test_invoke_runs_the_poller_steps_on_their_sample_events(
-    function: str, event: str, expected: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch
+    function: str,
+    event: str,
+    expected: dict[str, Any],
+    published: int,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch,
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     status = cli.main(["invoke", function, str(EVENTS / event)])
-    out = capsys.readouterr().out
-    assert status == 0, out
-    result = json.loads(out[out.index("{\n") :])
+    printed = capsys.readouterr()
+    assert status == 0, printed.out
+    result, *completions = documents(printed.out)
     sample = load_event(event)
     assert (result["batch_id"], result["ref"]) == (sample["batch_id"], sample["ref"])
     assert expected.items() <= result.items()
+    # And the completions the step published are shown, as a subscriber would get them
+    assert f"published on the completion topic: {published}" in printed.err
+    assert len(completions) == published
+    assert {(c["status"], c["batch_id"]) for c in completions} <= {("succeeded", sample["batch_id"])}
 
 
 def test_a_seeded_batch_is_collected_like_a_submitted_one(stack, emulator) -> None:
@@ -51,8 +71,12 @@ def test_invoke_answers_the_realtime_sample_event(capsys: pytest.CaptureFixture[
     status = cli.main(["invoke", "RealtimeFunction", str(EVENTS / "realtime.json")])
     out = capsys.readouterr().out
     assert status == 0, out
-    assert json.loads(out[out.index("{\n") :]) == {"batchItemFailures": []}
-    assert '"route":"realtime"' not in out  # completions go to SNS, never to the log
+    result, *completions = documents(out)
+    assert result == {"batchItemFailures": []}
+    # Its one completion went to the topic (shown here as a subscriber gets it), never to the log
+    [completion] = completions
+    assert (completion["route"], completion["status"]) == ("realtime", "succeeded")
+    assert '"route":"realtime"' not in out
 
 
 def test_a_seeded_realtime_request_is_answered_once_at_list_price(stack, emulator) -> None:

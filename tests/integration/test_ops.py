@@ -12,10 +12,10 @@ from contextlib import contextmanager
 
 import boto3
 import pytest
-from relay_local import ops
+from relay_ops import cli as ops
 
 from tests.conftest import TEST_PARAMETERS
-from tests.helpers import request
+from tests.helpers import items, learn, request, rescued, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -253,7 +253,7 @@ def test_report_html_is_one_page_whose_charts_add_up_to_the_totals(stack, emulat
     charts = figures(page)
     assert set(charts) == {
         "chart-spend-by-day", "chart-spend-by-tier", "chart-spend-by-model",
-        "chart-waits", "chart-turnaround", "chart-outcomes",
+        "chart-queued", "chart-waits", "chart-turnaround", "chart-outcomes",
     }  # fmt: skip
 
     # And what each chart draws adds up to the totals, computed here from the completions
@@ -281,7 +281,8 @@ def test_report_html_is_one_page_whose_charts_add_up_to_the_totals(stack, emulat
                 expected[k][group] += v
         for name, key in (
             ("paid (batch price)", "batch_usd"),
-            ("saved", "saved_usd"),
+            # Every request went by batch: no batch copies, so saved net is saved
+            ("saved (net)", "saved_usd"),
             ("list price", "list_usd"),
         ):
             t = trace(charts[chart], name)
@@ -297,7 +298,7 @@ def test_report_html_is_one_page_whose_charts_add_up_to_the_totals(stack, emulat
         0,
     )
 
-    # Receipt to completion: every completion counted once, in its tier, against the tier's max wait
+    # Receipt to completion: every completion counted once, in its tier
     waits = charts["chart-waits"]
     divisor = UNITS[waits["layout"]["yaxis"]["title"]["text"].split(",")[0]]
     per_tier = defaultdict(list)
@@ -309,7 +310,18 @@ def test_report_html_is_one_page_whose_charts_add_up_to_the_totals(stack, emulat
     }
     for tier, top in zip(slowest["x"], slowest["y"], strict=True):
         assert top == pytest.approx(max(per_tier[tier]) / divisor, abs=0.01)
-    limits = trace(waits, "tier's max wait")
+    # Time in the tier (receipt to submission), against the tier's flush wait
+    queued = charts["chart-queued"]
+    divisor = UNITS[queued["layout"]["yaxis"]["title"]["text"].split(",")[0]]
+    slowest = trace(queued, "slowest")
+    for tier, top in zip(slowest["x"], slowest["y"], strict=True):
+        longest = max(
+            _seconds(c["submitted_at"]) - _seconds(c["received_at"])
+            for c in completions
+            if c["tier"] == tier and c["attempts"] == 1  # a retry is submitted again: not a wait in its tier
+        )
+        assert top == pytest.approx(longest / divisor, abs=0.01)
+    limits = trace(queued, "tier's flush wait")
     tiers = json.loads(policy)
     assert dict(zip(limits["x"], limits["y"], strict=True)) == pytest.approx(
         {t: tiers[t]["max_wait_seconds"] / divisor for t in per_tier}, abs=1e-5
@@ -563,8 +575,6 @@ def test_batches_shows_the_turnaround_learned_per_model(stack, emulator, capsys)
     from batch_relay.settings import settings
     from batch_relay.store import Store
 
-    from tests.integration.test_deadlines import learn
-
     # Given four haiku batches (the emulator's take 0.2 s) and one sonnet batch
     learn(stack, emulator, batches=4)
     stack.send([request("s-1", model="claude-sonnet-4-5")])
@@ -629,25 +639,18 @@ def write_report(stack, capsys, tmp_path):
     return page_data(page), figures(page), page
 
 
-def test_report_shows_routes_and_what_deadlines_cost(make_stack, emulator, capsys, tmp_path):
-    from tests.integration.test_deadlines import _rescued, at, items, rescue_stack, wait_for
-
+def test_report_shows_routes_and_what_deadlines_cost(late_batch, emulator, capsys, tmp_path):
     # Given one request due too soon for any batch (realtime at claim), two taken out of a late
     # batch for realtime before their deadline, and two left in that batch
-    stack = rescue_stack(make_stack)
-    inbox = stack.subscribe()
-    emulator.make_late(1, 7200)
     due, free = ["dl0", "dl1"], ["nd0", "nd1"]
-    stack.send(
-        [request("soon", deadline=at(100))]
-        + [request(r, deadline=at(1800)) for r in due]
-        + [request(r, text=f"Summarise ticket {r}: the lift is stuck.") for r in free]
+    late = late_batch(
+        {"soon": 100} | dict.fromkeys(due, 1800),
+        [request(r, text=f"Summarise ticket {r}: the lift is stuck.") for r in free],
     )
-    stack.deliver()
-    stack.tick()
+    stack, inbox = late.stack, late.inbox
     stack.deliver_realtime()
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: _rescued(stack))
+    wait_for(lambda: rescued(stack))
     wait_for(lambda: stack.deliver_realtime() and len(emulator.messages_created) == 3)
 
     # While the batch runs, what its copies cost is the completions' estimate, and said so
@@ -749,34 +752,35 @@ def test_report_shows_routes_and_what_deadlines_cost(make_stack, emulator, capsy
     )
     assert sum(copies["customdata"]) == 2
     for chart in ("chart-spend-by-day", "chart-spend-by-tier", "chart-spend-by-model"):
-        at_batch, at_list, saved, listed = (
+        at_batch, at_list, both, saved, listed = (
             trace(charts[chart], name)["y"]
-            for name in ("paid (batch price)", "paid (list price, realtime)", "saved", "list price")
+            for name in (
+                "paid (batch price)",
+                "paid (list price, realtime)",
+                "batch copies of realtime answers",
+                "saved (net)",
+                "list price",
+            )
         )
-        stacked = [sum(p) for p in zip(at_batch, at_list, saved, strict=True)]
+        # Saved net of the batch copies: paid, copies and saved still stack up to the list price
+        stacked = [sum(p) for p in zip(at_batch, at_list, both, saved, strict=True)]
         assert stacked == pytest.approx(listed, abs=1e-6), chart
+        assert sum(both) == pytest.approx(sum(copies["y"]), abs=1e-6), chart
         assert sum(at_list) == pytest.approx(list_paid, abs=1e-6), chart
         assert sum(at_batch) == pytest.approx(paid - list_paid, abs=1e-6), chart
 
 
-def canceled_before_running(make_stack, emulator):
+def canceled_before_running(late_batch, emulator):
     """A late batch whose requests were all taken out for realtime, canceled before it ran (most
     of) them, and collected before the realtime answers came. Returns the stack, the completions,
     the batch's record and the requests' items."""
-    from tests.integration.test_deadlines import at, items, rescue_stack, wait_for
-
-    stack = rescue_stack(make_stack)
-    inbox = stack.subscribe()
-    # A batch of 20 hours canceled after half an hour has run about 2% of its requests
-    emulator.make_late(1, 20 * 3600)
     ids = [f"cx{i}" for i in range(6)]
-    stack.send([request(r, deadline=at(1800)) for r in ids])
-    stack.deliver()
-    stack.tick()
-    [batch_id] = emulator.batch_ids()
+    # A batch of 20 hours canceled after half an hour has run about 2% of its requests
+    late = late_batch(ids, late=20 * 3600)
+    stack, inbox, batch_id = late.stack, late.inbox, late.batch_id
     stack.polls_realtime = False  # the realtime answers come after the batch is collected
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: emulator._batches[batch_id].cancel_at is not None)
+    wait_for(lambda: emulator.batch(batch_id)["cancel_initiated_at"] is not None)
 
     def collected():
         stack.settle()
@@ -785,7 +789,7 @@ def canceled_before_running(make_stack, emulator):
         return record["status"] == "collected"
 
     wait_for(collected)
-    assert emulator._view(emulator._batches[batch_id])["request_counts"]["canceled"] >= 1
+    assert emulator.batch(batch_id)["request_counts"]["canceled"] >= 1
     stack.polls_realtime = True
     stack.deliver_realtime()
     got = {c["request_id"]: c for c in stack.drain(inbox)}
@@ -794,8 +798,8 @@ def canceled_before_running(make_stack, emulator):
     return stack, got, record, {i["request_id"]: i for i in items(stack).values()}
 
 
-def test_report_counts_a_batch_copy_only_if_its_batch_billed_it(make_stack, emulator, capsys):
-    stack, got, record, table = canceled_before_running(make_stack, emulator)
+def test_report_counts_a_batch_copy_only_if_its_batch_billed_it(late_batch, emulator, capsys):
+    stack, got, record, table = canceled_before_running(late_batch, emulator)
     # What the batch's results billed for copies, request by request and in all
     billed = {r: float(i["both_ways_usd"]) for r, i in table.items() if i.get("both_ways_usd") is not None}
     assert float(record.get("both_ways_usd") or 0) == pytest.approx(sum(billed.values()))
@@ -816,8 +820,8 @@ def test_report_counts_a_batch_copy_only_if_its_batch_billed_it(make_stack, emul
     )
 
 
-def test_a_completion_claims_no_batch_copy_its_collected_batch_never_ran(make_stack, emulator):
-    _, got, _, table = canceled_before_running(make_stack, emulator)
+def test_a_completion_claims_no_batch_copy_its_collected_batch_never_ran(late_batch, emulator):
+    _, got, _, table = canceled_before_running(late_batch, emulator)
     unbilled = [r for r in got if table[r].get("both_ways_usd") is None]
     assert unbilled
     assert {r: (got[r]["cost"] or {}).get("both_ways_usd") for r in unbilled} == dict.fromkeys(unbilled)
@@ -836,7 +840,7 @@ def test_estimate_counts_tokens_on_an_operator_s_machine(emulator, tmp_path):
     }
     lines = estimate_lines()
     done = subprocess.run(
-        [sys.executable, "-m", "relay_local.ops", "estimate", jsonl(tmp_path, lines), "--format", "json"],
+        [sys.executable, "-m", "relay_ops.cli", "estimate", jsonl(tmp_path, lines), "--format", "json"],
         env=env,
         capture_output=True,
         text=True,
@@ -848,21 +852,15 @@ def test_estimate_counts_tokens_on_an_operator_s_machine(emulator, tmp_path):
     assert shown["estimated_lines"] == [], done.stderr
 
 
-def test_what_a_batch_copy_cost_survives_a_realtime_answer_settled_at_the_same_time(make_stack, emulator):
+def test_what_a_batch_copy_cost_survives_a_realtime_answer_settled_at_the_same_time(late_batch, emulator):
     from batch_relay.settings import settings
     from batch_relay.store import Store, request_key
     from boto3.dynamodb.conditions import Attr
 
-    from tests.integration.test_deadlines import _rescued, at, items, rescue_stack, wait_for
-
     # Given a request taken out of a late batch for realtime
-    stack = rescue_stack(make_stack)
-    emulator.make_late(1, 7200)
-    stack.send([request("race", deadline=at(1800)), request("stays")])
-    stack.deliver()
-    stack.tick()
+    stack = late_batch(["race"], ["stays"]).stack
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: _rescued(stack))
+    wait_for(lambda: rescued(stack))
 
     # When the batch's collector records what its copy cost (the write `Settler._both_ways` makes)
     # while the realtime function settles its answer: after the function's read, before its write

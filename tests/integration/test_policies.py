@@ -34,8 +34,7 @@ from batch_relay.errors import FunctionKilled
 from botocore.exceptions import ClientError
 from botocore.handlers import BUILTIN_HANDLERS
 
-from tests.helpers import by_id, request, stop_execution
-from tests.integration.test_deadlines import at, wait_for
+from tests.helpers import at, by_id, request, stop_execution, wait_for
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 # Grants no call exercises, each with why it is still needed.
@@ -549,7 +548,7 @@ def run_deadline_paths(stack: Any, emulator: Any) -> dict[str, list[dict[str, An
     stack.tick()
     canceled = _new_batch(emulator, before)
     stack.advance(1800 - 60 + 5)
-    wait_for(lambda: emulator._batches[canceled].cancel_at is not None)
+    wait_for(lambda: emulator.batch(canceled)["cancel_initiated_at"] is not None)
     stack.pump()
     completions += stack.drain(inbox)
 
@@ -813,3 +812,62 @@ def test_a_request_sent_realtime_again_after_an_account_hold_is_not_kept_waiting
     assert stack.hidden_for == [], "the request's own earlier, finished try still holds its lease"
     [c] = by_id(stack.drain(inbox))["again"]
     assert (c["status"], c["route"]) == ("succeeded", "realtime")
+
+
+# the realtime and check functions' roles, against what they do
+
+
+def _aws_needs(stack: Any, service: str, operation: str, params: dict[str, Any]) -> list[Any]:
+
+    if service == "sqs":
+        arn = next(stack.arns[n] for n, url in stack.physical.items() if url == params["QueueUrl"])
+        action = {"SendMessageBatch": "sqs:SendMessage"}.get(operation, f"sqs:{operation}")
+        return [Need(action, arn)]
+    return needs(service, operation, params)
+
+
+def test_the_realtime_function_may_do_what_its_account_problem_path_does(stack, emulator):
+    """A realtime answer that shows an account problem holds its tier (`hold#<tier>`), as a batch's
+    does; the realtime role's table grant names only req#, batch# and budget# items, so in AWS the
+    hold is refused and the invocation fails after writing the request back."""
+
+    with Recorder(stack) as recorder:
+        emulator.credit = False
+        stack.send([request("np", deadline=at(600))])
+        stack.deliver()
+        stack.tick()
+        emulator.credit = True
+    calls = [c for c in recorder.calls if c[0] == "RealtimeFunction"]
+    assert calls, "the realtime function made no AWS call"
+    granted = statements(stack, "RealtimeFunction")
+    denied = [
+        f"{need.action} {need.leading_keys or need.resource}"
+        for _, service, operation, params in calls
+        for need in _aws_needs(stack, service, operation, params)
+        if not any(allows(s, need) for s in granted)
+    ]
+    assert denied == []
+
+
+def test_the_check_step_can_neither_replace_nor_delete_request_items(stack):
+    """The check step moves a request to realtime with one conditional UpdateItem; its role lists
+    Get/Put/Update/DeleteItem against every key prefix it touches, so it may also read, overwrite
+    and delete any request item (and delete batch records and turnaround samples)."""
+
+    table_arn = stack.arns["RequestTable"]
+    granted = statements(stack, "CheckBatchFunction")
+    assert any(allows(s, Need("dynamodb:UpdateItem", table_arn, ("req#1",))) for s in granted)
+    never_used = [
+        ("dynamodb:GetItem", "req#1"),
+        ("dynamodb:PutItem", "req#1"),
+        ("dynamodb:DeleteItem", "req#1"),
+        ("dynamodb:DeleteItem", "batch#1"),
+        ("dynamodb:GetItem", "turn#m#b"),
+        ("dynamodb:DeleteItem", "turn#m#b"),
+    ]
+    excess = [
+        f"{action} {key}"
+        for action, key in never_used
+        if any(allows(s, Need(action, table_arn, (key,))) for s in granted)
+    ]
+    assert excess == []

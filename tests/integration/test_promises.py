@@ -4,6 +4,8 @@ account problems. Every test drives the real SDK against the emulator and the te
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections import Counter
 
@@ -12,10 +14,24 @@ import boto3
 import pytest
 from batch_relay import errors
 from botocore.exceptions import ClientError
+from relay_local.stack import as_harness
 
-from tests.conftest import load_event
-from tests.helpers import by_id, emitted, request, stop_execution
-from tests.integration.test_faults import STALE, assert_once, ids_in_batches
+from tests.conftest import TEST_PARAMETERS, load_event
+from tests.helpers import (
+    STALE,
+    assert_once,
+    at,
+    by_id,
+    emitted,
+    ids_in_batches,
+    items,
+    learn,
+    once,
+    request,
+    stop_execution,
+    table,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -579,3 +595,139 @@ def test_a_request_whose_body_is_gone_is_answered_and_its_tier_moves_on(stack, e
     assert "could not be read back" in per_id["gone-1"][0]["error"]["message"]
     assert per_id["gone-1"][0]["attempts"] == 1
     assert {per_id[f"k{i}"][0]["status"] for i in range(5)} == {"succeeded"}
+
+
+# a tier the policy no longer names
+
+
+def test_requests_of_a_tier_a_redeploy_dropped_are_answered(stack, emulator, capsys):
+    """Requests wait in the `bulk` tier (6 hours, or 1,000 requests); a redeploy drops `bulk` from
+    `TierPolicy`. The submitter used to flush and measure only the tiers the policy names: the
+    requests were never answered, and no wait metric (so no alarm) saw them. They are flushed
+    under the default tier's timing, counted (`OrphanedTierRequests`) and measured."""
+    inbox = stack.subscribe()
+    ids = [f"orphan{i}" for i in range(3)]
+    stack.send([request(rid, tier="bulk") for rid in ids])
+    stack.deliver()
+    # When the stack is deployed again with a policy that no longer names `bulk`
+    policy = {k: v for k, v in json.loads(TEST_PARAMETERS["TierPolicy"]).items() if k != "bulk"}
+    stack.redeploy(TierPolicy=json.dumps(policy))
+    capsys.readouterr()
+    stack.tick()
+    seen = emitted(capsys)
+    assert seen["OrphanedTierRequests"] == 3, "requests of a dropped tier are not counted"
+    assert "OldestPendingSeconds_bulk" in seen, "requests of a dropped tier are not measured"
+    # Then, the default tier's max wait passed, each is answered once, by a batch
+    stack.pump()
+    got = once(stack, inbox, ids)
+    assert {c["status"] for c in got.values()} == {"succeeded"}
+    assert {c["route"] for c in got.values()} == {"batch"}
+
+
+# a rescue counted twice
+
+
+class AddedTwice:
+    """The first write of <function> that adds to the batch record's `n_rescued` is applied
+    twice, as when its answer is lost and the SDK sends it again (a throttle, a reset)."""
+
+    def __init__(self, stack, function: str):
+        self.stack, self.function = stack, function
+        self.fired = threading.Event()
+        self._before = threading.local()
+
+    def n_rescued(self) -> int:
+        with as_harness():
+            found = [b for b in items(self.stack, "batch#").values() if b.get("batch_id")]
+        return sum(int(b.get("n_rescued", 0)) for b in found)
+
+    def before(self, function: str, operation: str) -> None:
+        if function == self.function and operation == "UpdateItem" and not self.fired.is_set():
+            self._before.n = self.n_rescued()
+
+    def after(self, function: str, operation: str) -> None:
+        if function != self.function or operation != "UpdateItem" or self.fired.is_set():
+            return
+        added = self.n_rescued() - self._before.n
+        if added:
+            self.fired.set()
+            with as_harness():
+                [ref] = [b["ref"] for b in items(self.stack, "batch#").values() if b.get("batch_id")]
+                table(self.stack).update_item(
+                    Key={"pk": f"batch#{ref}"},
+                    UpdateExpression="ADD n_rescued :n",
+                    ExpressionAttributeValues={":n": added},
+                )
+
+
+def test_a_rescue_counted_twice_cancels_no_batch_that_still_holds_a_request(make_stack, emulator):
+    """A late batch holds three requests: two with deadlines half an hour apart, one without. The
+    check that takes the first out for realtime adds 1 to the batch's `n_rescued`, and that write
+    is applied twice. When the second is taken out, the tally read 3 of 3: the batch was canceled
+    though it still held the third request, which got a `canceled` completion. Whether a batch
+    holds none of its requests is read from the requests: no cancel is sent, and the third is
+    answered by its batch."""
+    from batch_relay import clock
+
+    stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds="60")
+    inbox = stack.subscribe()
+    emulator.make_late(1, 7200)
+    start = clock.now()
+    stack.send([request("first", deadline=at(1800)), request("second", deadline=at(3600)), request("third")])
+    stack.deliver()
+    stack.tick()
+    [batch_id] = emulator.batch_ids()
+    twice = AddedTwice(stack, "CheckBatchFunction")
+    stack.before, stack.after = twice.before, twice.after
+    # When the first deadline comes within the margin, its rescue is counted twice
+    stack.advance(start + 1800 - 60 + 5 - clock.now())
+    wait_for(twice.fired.is_set)
+    stack.before = stack.after = None
+    wait_for(lambda: stack.deliver_realtime() and len(emulator.messages_created) == 1)
+    # And the second is taken out too
+    stack.advance(start + 3600 - 60 + 5 - clock.now())
+    wait_for(lambda: stack.deliver_realtime() and len(emulator.messages_created) == 2)
+    # Then the batch, which still holds the third request, is not canceled
+    assert emulator.batch(batch_id)["cancel_initiated_at"] is None, (
+        "a batch that holds a request was canceled"
+    )
+    stack.advance(7200)
+    stack.pump()
+    got = once(stack, inbox, ["first", "second", "third"])
+    assert {rid: c["route"] for rid, c in got.items()} == {
+        "first": "realtime",
+        "second": "realtime",
+        "third": "batch",
+    }
+    assert got["third"]["status"] == "succeeded", got["third"].get("error")
+
+
+# what an expired batch teaches
+
+
+def test_a_batch_that_expired_does_not_send_deadline_requests_realtime_for_a_week(stack, emulator):
+    """The relay has timed three batches of a fraction of a second; then one runs to the API's
+    24-hour limit and its request expires (and is tried again). That batch used to be recorded as
+    a 24-hour sample: the p95 of four samples is the slowest, so for a week every request due
+    within about a day went realtime at list price. A batch whose requests expired says when the
+    API gave up, not how long batches take: it is not a sample, and a request due in 40 minutes
+    keeps its batch price."""
+    inbox = stack.subscribe()
+    learn(stack, emulator)
+    # Far past the 24-hour limit: the emulator expires the share of a batch not yet processed by
+    # then (here one in a million), so the request expires whatever its place in the batch.
+    emulator.make_late(1, 1e6 * 86400)
+    stack.send([request("slow")])
+    stack.deliver()
+    stack.advance(5)
+    stack.tick()
+    assert len(emulator.batch_ids()) == 4
+    stack.advance(86400 + 60)
+    stack.pump()
+    slow = once(stack, inbox, ["slow", *(f"warm-{n}" for n in range(3))])["slow"]
+    assert slow["status"] == "succeeded" and slow["attempts"] == 2, "the first batch did not expire"
+    stack.send([request("d40", deadline=at(2400))])
+    stack.pump()
+    got = once(stack, inbox, ["d40"])["d40"]
+    assert got["route"] == "batch" and got["cost"]["saved_usd"] > 0
+    assert emulator.messages_created == []

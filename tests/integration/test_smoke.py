@@ -10,7 +10,8 @@ from typing import Any
 
 import boto3
 import pytest
-from relay_local import ops, smoke
+from relay_ops import cli as ops
+from relay_ops import smoke
 
 pytestmark = pytest.mark.integration
 

@@ -59,9 +59,9 @@ def test_bodies_of_too_many_values_are_refused_before_they_are_parsed():
     assert "values" in refused(dense)
     # Commas inside strings do not count: a long prompt of prose passes.
     prose = json.dumps({"content": "one, two, three, " * 200_000}).encode()
-    assert bodies._values(prose) < 10 and bodies.parse(prose)["content"].startswith("one,")
+    assert bodies.count_values(prose) < 10 and bodies.parse(prose)["content"].startswith("one,")
     escaped = json.dumps({"a": 'say "hi", \\ then, ' * 100_000}).encode()
-    assert bodies._values(escaped) == 1
+    assert bodies.count_values(escaped) == 1
 
 
 def test_reasons_quote_a_short_escaped_excerpt_and_stay_within_a_kilobyte():
@@ -111,9 +111,9 @@ def test_pointers_of_both_formats_are_recognised_and_malformed_ones_refused():
     ],
 )
 def test_values_are_counted_outside_strings_only(text, values):
-    assert bodies._values(text) == values
+    assert bodies.count_values(text) == values
 
 
 def test_counting_stops_past_the_limit():
     many = b"[" + b"1," * (bodies.MAX_VALUES + 10) + b"1]"
-    assert bodies._values(many) == bodies.MAX_VALUES + 1
+    assert bodies.count_values(many) == bodies.MAX_VALUES + 1

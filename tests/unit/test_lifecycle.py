@@ -41,9 +41,12 @@ def status_writes(path: Path) -> list[str]:
         elif isinstance(node, ast.Assign | ast.AugAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for t in targets:
-                if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant):
-                    if t.slice.value == "status":
-                        found.append(where)
+                if (
+                    isinstance(t, ast.Subscript)
+                    and isinstance(t.slice, ast.Constant)
+                    and t.slice.value == "status"
+                ):
+                    found.append(where)
         for child in ast.iter_child_nodes(node):
             visit(child, function)
 
@@ -70,15 +73,15 @@ def test_the_scan_finds_each_kind_of_status_write(tmp_path):
 def test_every_state_has_one_row_and_the_sets_derive_from_the_table():
     assert set(BATCH) == set(Batch) and set(lifecycle.REQUEST) == set(Request)
     assert lifecycle.IN_FLIGHT < LIVE_STATES
-    assert lifecycle.AWAITING_RESULTS == LIVE_STATES - {Batch.REALTIME}
-    assert lifecycle.WAITS_ON_SUBMITTER == {
+    assert LIVE_STATES - {Batch.REALTIME} == lifecycle.AWAITING_RESULTS
+    assert {
         Batch.CLAIMING,
         Batch.UPLOADED,
         Batch.CREATING,
         Batch.CREATED,
         Batch.FAILED,
         Batch.CLOSING,
-    }
+    } == lifecycle.WAITS_ON_SUBMITTER
     # A state string stored before the enums is the same key, and the same member.
     assert "polling" in LIVE_STATES and Batch("polling") is Batch.POLLING
 

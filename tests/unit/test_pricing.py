@@ -267,7 +267,7 @@ def most_input(request: dict[str, Any]) -> int:
     at most its family's ceiling, the tool prompt."""
     price = price_of(request["model"])
     texts, blocks = 0, len(request["messages"]) + 1
-    for block in pricing._blocks(request):
+    for block in pricing.content_blocks(request):
         blocks += 1
         if block["type"] == "image":
             texts += price.image_tokens

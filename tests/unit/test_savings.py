@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from relay_local import savings
+from relay_ops import savings
 
 
 def req(rid, status, tier="urgent", model="claude-haiku-4-5", attempts=1, cost=None, **extra):
@@ -64,7 +64,7 @@ def test_percentiles_are_nearest_rank():
 
 def test_a_route_of_realtime_is_grouped_apart():
     rows = savings.group(
-        [req("a", "succeeded", cost=0.5), req("b", "succeeded", cost=1.0, route="realtime")], ["route"]
+        [req("a", "succeeded", cost=0.5), req("b", "succeeded", cost=0.5, route="realtime")], ["route"]
     )
     assert [(r["route"], r["batch_usd"]) for r in rows] == [("batch", 0.5), ("realtime", 1.0)]
 
@@ -73,7 +73,7 @@ def test_a_table_with_nothing_completed_still_makes_a_page():
     page = savings.page(savings.gather([req("d", "rejected")]))
     data = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S)[1])
     assert data["totals"]["requests"] == 0 and data["totals"]["rejected"] == 1
-    assert page.count('class="figure"') == 6 and "no completed requests" in page
+    assert page.count('class="figure"') == 7 and "no completed requests" in page
 
 
 def test_text_from_the_table_cannot_end_the_page_s_scripts():
@@ -88,13 +88,14 @@ def test_text_from_the_table_cannot_end_the_page_s_scripts():
     ("seconds", "unit"), [([30.0], "seconds"), ([600.0], "minutes"), ([4 * 3600.0], "hours")]
 )
 def test_chart_units_follow_the_largest_value(seconds, unit):
-    assert savings._unit(seconds)[1] == unit
+    assert savings.time_unit(seconds)[1] == unit
 
 
 def realtime(rid, list_usd, **extra):
-    """A request answered in realtime: it paid the list price, it saved nothing."""
+    """A request answered in realtime: it paid the list price, it saved nothing (batch_usd says what
+    a batch would have charged)."""
     return req(rid, "succeeded", route="realtime", **extra) | {
-        "cost": {"batch_usd": list_usd, "list_usd": list_usd, "saved_usd": 0.0}
+        "cost": {"batch_usd": list_usd / 2, "list_usd": list_usd, "saved_usd": 0.0, "paid_usd": list_usd}
     }
 
 
@@ -134,6 +135,8 @@ def test_realtime_answers_count_once_at_list_price_and_batch_copies_on_top():
     # Both ways: what the batch billed, or the estimate while the batch may still run it
     assert (t["both_ways"], t["both_ways_usd"], t["both_ways_estimated"]) == (2, 2.75, 1)
     assert t["deadline_usd"] == 9.0 * 0.5 + 2.75
+    # Saved net of the batch copies paid on top
+    assert t["net_saved_usd"] == 0.5 - 2.75
     routes = {r["route"]: r for r in s.by_route}
     batch = routes["batch"]
     assert (batch["requests"], batch["realtime"], batch["batch_usd"]) == (1, 0, 0.5)
@@ -151,14 +154,14 @@ def test_spend_stacks_up_to_list_price_with_realtime_apart():
     spend = {t.name: list(t.y) for t in charts["spend-by-model"].data}
     assert spend["paid (batch price)"] == [0.5, 0.0]
     assert spend["paid (list price, realtime)"] == [1.0, 3.0]
-    assert spend["saved"] == [0.5, 0.0]
+    assert spend["saved (net)"] == [0.5, 0.0]
     assert spend["list price"] == [2.0, 3.0]
     deadlines = {t.name: (list(t.y), list(t.customdata)) for t in charts["deadlines"].data}
     assert deadlines["saving given up (realtime)"] == ([2.0], [2])
     assert deadlines["batch copy also paid (both ways)"] == ([0.0], [0])
     # The page draws what deadlines cost only when they cost something
-    assert savings.page(savings.gather(items)).count('class="figure"') == 7
-    assert savings.page(savings.gather(items[:1])).count('class="figure"') == 6
+    assert savings.page(savings.gather(items)).count('class="figure"') == 8
+    assert savings.page(savings.gather(items[:1])).count('class="figure"') == 7
 
 
 # The estimate's arithmetic (`batch-relay estimate`)
@@ -166,7 +169,7 @@ def test_spend_stacks_up_to_list_price_with_realtime_apart():
 
 def test_an_estimate_prices_input_and_max_tokens_per_model():
     from batch_relay.pricing import DEAREST
-    from relay_local.estimate import Priced, rows
+    from relay_ops.estimate import Priced, rows
 
     priced = [
         Priced(1, "claude-haiku-4-5", 1000, 200),
@@ -191,7 +194,7 @@ def test_an_estimate_prices_input_and_max_tokens_per_model():
 def test_counting_stops_on_a_refused_key_or_a_run_of_failures_but_not_on_one_bad_request():
     from batch_relay.errors import ApiAccessError, BatchRefusedError, TransientError
     from batch_relay.pricing import input_tokens_of
-    from relay_local.estimate import Counter, spans
+    from relay_ops.estimate import Counter, spans
 
     answers = iter([BatchRefusedError("400: model"), 7, TransientError("500"), TransientError("500"), 9,
                     TransientError("529"), TransientError("529"), TransientError("529")])  # fmt: skip
@@ -221,3 +224,48 @@ def test_counting_stops_on_a_refused_key_or_a_run_of_failures_but_not_on_one_bad
     refused({}, line)
     assert refused.stopped and refused({"b": 2}, line) == (guess, refused.stopped)
     assert spans([9, 1, 4, 5, 6, 2]) == "1-2, 4-6, 9"
+
+
+def test_a_realtime_cost_from_before_paid_usd_is_paid_at_list_price():
+    old = realtime("old", 2.0)
+    old["cost"] = {"batch_usd": 2.0, "list_usd": 2.0, "saved_usd": 0.0}
+    items = [old, realtime("new", 2.0)]
+    assert [savings.paid(i) for i in items] == [2.0, 2.0]
+    assert savings.gather(items).totals["batch_usd"] == 4.0
+
+
+def test_waits_are_measured_against_the_flush_wait_and_the_deadline():
+    # Given an urgent request that waited 5 minutes in its tier (flush wait 2) and one within it,
+    # and a bulk request done 10 minutes past its deadline
+    def timed(rid, tier, queued, done, deadline=None):
+        return req(rid, "succeeded", tier=tier) | {
+            "received_at": "2026-11-20T10:00:00Z",
+            "submitted_at": f"2026-11-20T10:{queued:02d}:00Z",
+            "completed_at": f"2026-11-20T10:{done:02d}:00Z",
+            **({"deadline": f"2026-11-20T10:{deadline:02d}:00Z"} if deadline is not None else {}),
+        }
+
+    items = [timed("a", "urgent", 5, 6, 30), timed("b", "urgent", 1, 2), timed("c", "bulk", 1, 50, 40)]
+    s = savings.gather(items, {"urgent": 120, "bulk": 1800})
+    w = {r["tier"]: r for r in s.waits}
+    # Then the time in the tier is held against the flush wait, completion against the deadline
+    assert (w["urgent"]["queued_max"], w["urgent"]["over_max_wait"]) == (300, 1)
+    assert (w["bulk"]["over_max_wait"], w["bulk"]["missed"], w["bulk"]["least_spare"]) == (0, 1, -600)
+    assert (w["urgent"]["with_deadline"], w["urgent"]["median_spare"]) == (1, 24 * 60)
+    charts = {chart_id: fig for chart_id, _, _, fig in savings.charts(s)}
+    flush = {t.name: t for t in charts["queued"].data}["tier's flush wait"]
+    assert dict(zip(flush.x, flush.y, strict=True)) == {"urgent": 2.0, "bulk": 30.0}
+    assert charts["queued"].layout.yaxis.title.text == "minutes, receipt to submission"
+
+
+def test_a_log_axis_labels_its_ticks_with_whole_values():
+    # Given tiers a hundredfold apart
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.update_yaxes(title="minutes, receipt to completion")
+    savings.log_if_spread(fig, [60.0, 3 * 3600.0])
+    # Then the axis is logarithmic and every label is the value it marks
+    assert fig.layout.yaxis.type == "log"
+    assert list(fig.layout.yaxis.ticktext) == [f"{v:g}" for v in fig.layout.yaxis.tickvals]
+    assert list(fig.layout.yaxis.tickvals) == [0.5, 1, 2, 5, 10, 20, 50, 100, 200]

@@ -42,7 +42,7 @@ def parse(data: bytearray | bytes | str, where: str = "body") -> Any:
     is parsed first so that a rejection can still be answered under the caller's id. A bytearray
     is cleared once decoded, so a large body is not held twice while it is parsed."""
     if isinstance(data, bytes | bytearray):
-        if len(data) > _COUNT_FROM and _values(data) > MAX_VALUES:
+        if len(data) > _COUNT_FROM and count_values(data) > MAX_VALUES:
             raise RejectedRequest(f"{where} holds over {MAX_VALUES:,} JSON values")
         try:
             text = data.decode("utf-8-sig")
@@ -64,7 +64,7 @@ def parse(data: bytearray | bytes | str, where: str = "body") -> Any:
         raise RejectedRequest(f"{where} is not JSON this relay can read: {excerpt(str(exc), 80)}") from None
 
 
-def _values(data: bytes | bytearray) -> int:
+def count_values(data: bytes | bytearray) -> int:
     """An upper bound of the values in a JSON text, counted until it passes MAX_VALUES: the commas
     and opening brackets outside strings (a prompt's own commas do not count). Strings are matched
     by the regex engine, atomically, so no body (one long string of escaped quotes, say) costs more

@@ -127,7 +127,7 @@ class Intake:
         try:
             for raw in event.get("Records", []):
                 record = SQSRecord(raw)
-                if _spent(context):
+                if out_of_time(context):
                     # Large bodies took the invocation's time: the rest go back to the queue now,
                     # not with the whole batch when the function times out.
                     self.parsed[record.message_id] = TransientError(
@@ -436,7 +436,7 @@ def refused_of(rid: str | None, reason: str, received_at: str, raw: Any) -> Refu
     return refused
 
 
-def _spent(context: Any) -> bool:
+def out_of_time(context: Any) -> bool:
     """Whether parsing must stop: what is left of the invocation is kept for storing what was read."""
     left = getattr(context, "get_remaining_time_in_millis", None)
     return left is not None and left() < PARSE_RESERVE_MS

@@ -232,10 +232,15 @@ class ErrorInfo(BaseModel):
 
 class Cost(BaseModel):
     batch_usd: float = Field(
-        description="what the request cost: its batch price, or its list price if realtime"
+        description="its batch price (for a realtime answer, what a batch would have charged: not paid)"
     )
-    list_usd: float = Field(description="what it costs at list price")
-    saved_usd: float = Field(description="list_usd - batch_usd: 0 for a realtime answer")
+    list_usd: float = Field(description="what it costs at list price (what a realtime answer paid)")
+    saved_usd: float = Field(description="list_usd - paid_usd: 0 for a realtime answer")
+    paid_usd: float | None = Field(
+        default=None,
+        description="what answering it was billed: batch_usd by batch, list_usd in realtime (a batch "
+        "copy's both_ways_usd is on top); absent from completions made before it was added",
+    )
     both_ways_usd: float | None = Field(
         default=None,
         description="a request answered in realtime after it was put in a batch: the batch price of its "

@@ -184,16 +184,25 @@ def cost_of(model: str, usage: dict[str, Any] | None) -> Cost | None:
     search_factor = BATCH_DISCOUNT if WEB_SEARCH["batch_discount"] else 1.0
     batch_usd = tokens_usd * BATCH_DISCOUNT + search_usd * search_factor
     return Cost(
-        batch_usd=round(batch_usd, 8), list_usd=round(list_usd, 8), saved_usd=round(list_usd - batch_usd, 8)
+        batch_usd=round(batch_usd, 8),
+        list_usd=round(list_usd, 8),
+        saved_usd=round(list_usd - batch_usd, 8),
+        paid_usd=round(batch_usd, 8),
     )
 
 
 def realtime_cost_of(model: str, usage: dict[str, Any] | None) -> Cost | None:
-    """A realtime answer's cost: the list price, nothing saved."""
+    """A realtime answer's cost: the list price paid, nothing saved; batch_usd still says what a
+    batch would have charged, never what was paid."""
     cost = cost_of(model, usage)
     if cost is None:
         return None
-    return Cost(batch_usd=cost.list_usd, list_usd=cost.list_usd, saved_usd=0.0)
+    return cost.model_copy(update={"saved_usd": 0.0, "paid_usd": cost.list_usd})
+
+
+def paid(cost: Cost) -> float:
+    """What a request's answer was billed, from a cost with or without `paid_usd`."""
+    return cost.paid_usd if cost.paid_usd is not None else cost.batch_usd
 
 
 # Before a request runs: the most it can cost.
@@ -233,7 +242,7 @@ def unbounded_reason(params: Mapping[str, Any]) -> str | None:
                 f"server tool {kind!r}: its calls add input and output past max_tokens that nothing "
                 "in the request bounds, so DailyBudgetUSD cannot take it"
             )
-    for block in _blocks(params):
+    for block in content_blocks(params):
         if block.get("type") == "document":
             source = block["source"] if isinstance(block.get("source"), dict) else {}
             if source.get("type") not in ("text", "content"):
@@ -250,7 +259,7 @@ def tokens_bound(params: Mapping[str, Any], line_bytes: int) -> int:
     """The most input tokens the request can be billed for (see the module's rules)."""
     price = price_of(str(params.get("model"))) or DEAREST
     images = media = 0
-    for block in _blocks(params):
+    for block in content_blocks(params):
         if block.get("type") == "image":
             images += 1
             source = block["source"] if isinstance(block.get("source"), dict) else {}
@@ -297,13 +306,13 @@ def bound(
 
 def _names_hour(params: Mapping[str, Any]) -> bool:
     """Whether any cache_control of the request asks for the 1-hour TTL."""
-    marks = [b.get("cache_control") for b in _blocks(params)]
+    marks = [b.get("cache_control") for b in content_blocks(params)]
     marks += [t.get("cache_control") for t in params.get("tools") or [] if isinstance(t, dict)]
     marks.append(params.get("cache_control"))
     return any(isinstance(m, dict) and m.get("ttl") == "1h" for m in marks)
 
 
-def _blocks(params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def content_blocks(params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Every content block of the system prompt and the messages, nested ones included."""
     system = params.get("system")
     if isinstance(system, list):

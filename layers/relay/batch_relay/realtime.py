@@ -1,7 +1,7 @@
 """The realtime path: requests a batch cannot answer by their deadline, sent to the Messages API.
 
-Fed by the realtime queue (see `handoff`), one request a message; the template reserves its
-concurrency so realtime calls stay inside the API's rate limit. A request is answered once, at list
+Fed by the realtime queue (see `handoff`), one request a message; the template caps the event
+source's concurrency so realtime calls stay inside the API's rate limit. A request is answered once, at list
 price, whatever is delivered twice or dies on the way:
 - a message whose request its realtime record no longer holds (answered, or taken back) does
   nothing but publish what a crashed try settled and did not send;

@@ -56,7 +56,7 @@ from .lifecycle import (
 from .models import Completion, ErrorInfo
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
-from .pricing import BATCH_DISCOUNT, cost_of, realtime_cost_of
+from .pricing import BATCH_DISCOUNT, cost_of, paid, realtime_cost_of
 from .settings import Settings
 from .store import Store, batch_key, dynamo, request_key
 
@@ -174,13 +174,16 @@ class Settler:
             self.store.put_many(written)
         tally = Counter(kind for _, _, kind in outcomes)
         tokens: Counter[str] = Counter()
+        # A batch record's batch_usd (and the BatchCostUSD metric) is what was spent, realtime
+        # answers' list price included: what the budget settles and the dashboard sums.
         totals = {"batch_usd": copies, "list_usd": 0.0, "saved_usd": 0.0}
         for c in done:
             for k in TOKEN_METRICS:
                 tokens[k] += (c.usage or {}).get(k) or 0
             if c.cost:
-                for k in totals:
-                    totals[k] += getattr(c.cost, k)
+                totals["batch_usd"] += paid(c.cost)
+                totals["list_usd"] += c.cost.list_usd
+                totals["saved_usd"] += c.cost.saved_usd
         if both_ways:
             totals["both_ways_usd"] = both_ways
         self.store.update(batch_key(record["ref"]), add={**{f"n_{k}": v for k, v in tally.items()}, **totals})

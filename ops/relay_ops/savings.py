@@ -29,6 +29,9 @@ ROUTE_COUNTS = ("realtime", "both_ways")
 ROUTE_USD = ("realtime_usd", "both_ways_usd")
 TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 GROUPS = ("day", "tier", "model", "status", "route")
+# A due tier is flushed by the next schedule tick (the template's default, a minute): waiting in a
+# tier longer than its flush wait by less than this is on time.
+TICK_SECONDS = 60
 # Chart colours: what was paid (at batch price, at list price), what was saved, what list price
 # would have cost, and what batch copies of realtime answers cost.
 PAID, REALTIME, SAVED, LIST, BOTH = "#4c78a8", "#f58518", "#54a24b", "#e45756", "#b279a2"
@@ -71,6 +74,16 @@ def both_ways(item: Mapping[str, Any], collected: set[str]) -> float | None:
     return float(estimate)
 
 
+def paid(item: Mapping[str, Any]) -> float:
+    """What a request's (or a completion's) answer was billed: its cost's `paid_usd`, or for a
+    cost from before that field, the list price of a realtime answer and the batch price of the
+    others. A batch copy of a realtime answer (`both_ways_usd`) is on top."""
+    cost = item.get("cost") or {}
+    if cost.get("paid_usd") is not None:
+        return float(cost["paid_usd"])
+    return float(cost.get("list_usd" if item.get("route") == "realtime" else "batch_usd") or 0.0)
+
+
 def keys(item: Mapping[str, Any]) -> dict[str, str]:
     return {
         "day": str(item["completed_at"])[:10],
@@ -84,9 +97,10 @@ def keys(item: Mapping[str, Any]) -> dict[str, str]:
 def group(requests: Iterable[Mapping[str, Any]], by: list[str]) -> list[dict[str, Any]]:
     """Requests, tokens and cost of completed requests, one row per value of the `by` keys.
 
-    `batch_usd` is what was paid: the batch price, or for a realtime answer its list price (its
-    `realtime_usd` too, never added twice); `both_ways_usd` is paid on top, for batch copies of
-    requests answered in realtime (`completed` resolves it)."""
+    A row's `batch_usd` is what was paid (`paid`): the batch price, or for a realtime answer its
+    list price (its `realtime_usd` too, never added twice); `both_ways_usd` is paid on top, for
+    batch copies of requests answered in realtime (`completed` resolves it), and `net_saved_usd`
+    is what was saved once they are paid."""
     sums: dict[tuple[str, ...], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for item in requests:
         values = keys(item)
@@ -96,7 +110,7 @@ def group(requests: Iterable[Mapping[str, Any]], by: list[str]) -> list[dict[str
         for k in TOKENS:
             row[k] += int(usage.get(k) or 0)
         for k in USD:
-            row[k] += float(cost.get(k) or 0.0)
+            row[k] += paid(item) if k == "batch_usd" else float(cost.get(k) or 0.0)
         if values["route"] == "realtime":
             row["realtime"] += 1
             row["realtime_usd"] += float(cost.get("list_usd") or 0.0)
@@ -111,6 +125,7 @@ def group(requests: Iterable[Mapping[str, Any]], by: list[str]) -> list[dict[str
         | {k: round(row[k], 6) for k in USD}
         | {k: int(row[k]) for k in ROUTE_COUNTS}
         | {k: round(row[k], 6) for k in ROUTE_USD}
+        | {"net_saved_usd": round(row["saved_usd"] - row["both_ways_usd"], 6)}
         for key, row in sorted(sums.items())
     ]
 
@@ -153,6 +168,7 @@ def gather(items: Iterable[Mapping[str, Any]], max_wait: Mapping[str, float] | N
             **dict.fromkeys(USD, 0.0),
             **dict.fromkeys(ROUTE_COUNTS, 0),
             **dict.fromkeys(ROUTE_USD, 0.0),
+            "net_saved_usd": 0.0,
         }
     ]
     statuses = Counter(i["status"] for i in done)
@@ -161,11 +177,22 @@ def gather(items: Iterable[Mapping[str, Any]], max_wait: Mapping[str, float] | N
 
     waits = []
     by_tier: dict[str, list[float]] = defaultdict(list)
+    # The yardsticks: a tier's flush wait bounds how long a request waits in it before it is
+    # submitted (not its completion, which adds the batch's turnaround); a deadline bounds completion.
+    queued: dict[str, list[float]] = defaultdict(list)
+    spare: dict[str, list[float]] = defaultdict(list)
     for i in done:
+        tier = keys(i)["tier"]
         if i.get("received_at"):
-            by_tier[keys(i)["tier"]].append(parse(i["completed_at"]) - parse(i["received_at"]))
+            by_tier[tier].append(parse(i["completed_at"]) - parse(i["received_at"]))
+            # A retried request was submitted again after its first batch: only first tries count.
+            if i.get("submitted_at") and int(i.get("attempts") or 1) == 1:
+                queued[tier].append(max(0.0, parse(i["submitted_at"]) - parse(i["received_at"])))
+        if i.get("deadline"):
+            spare[tier].append(parse(i["deadline"]) - parse(i["completed_at"]))
     for tier in sorted(by_tier, key=lambda t: ((max_wait or {}).get(t, math.inf), t)):
-        ordered = sorted(by_tier[tier])
+        ordered, q, d = sorted(by_tier[tier]), sorted(queued[tier]), sorted(spare[tier])
+        limit = (max_wait or {}).get(tier)
         waits.append(
             {
                 "tier": tier,
@@ -173,7 +200,17 @@ def gather(items: Iterable[Mapping[str, Any]], max_wait: Mapping[str, float] | N
                 "p50": round(percentile(ordered, 0.5), 3),
                 "p95": round(percentile(ordered, 0.95), 3),
                 "max": round(ordered[-1], 3),
-                "max_wait_seconds": (max_wait or {}).get(tier),
+                "max_wait_seconds": limit,
+                # Receipt to submission (first tries a batch took), against the flush wait.
+                "queued": len(q),
+                "queued_p50": round(percentile(q, 0.5), 3) if q else None,
+                "queued_max": round(q[-1], 3) if q else None,
+                "over_max_wait": sum(1 for v in q if limit is not None and v > limit + TICK_SECONDS),
+                # Deadline minus completion, for requests with a deadline (negative: missed).
+                "with_deadline": len(d),
+                "missed": sum(1 for v in d if v < 0),
+                "least_spare": round(d[0], 3) if d else None,
+                "median_spare": round(percentile(d, 0.5), 3) if d else None,
             }
         )
 
@@ -240,7 +277,8 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
 
     def spend(rows: list[dict[str, Any]], key: str, label: str) -> Any:
         x = [r[key] for r in rows]
-        # Paid at batch price, paid at list price (realtime) and saved stack up to the list price.
+        # Paid at batch price, paid at list price (realtime), batch copies also paid and saved (net)
+        # stack up to the list price.
         fig = go.Figure(
             [
                 go.Bar(
@@ -257,7 +295,16 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
                     marker_color=REALTIME,
                     hovertemplate="%{x}: $%{y:.4f} (%{customdata} requests)<extra>realtime</extra>",
                 ),
-                go.Bar(name="saved", x=x, y=[r["saved_usd"] for r in rows], marker_color=SAVED),
+                go.Bar(
+                    name="batch copies of realtime answers",
+                    x=x,
+                    y=[r["both_ways_usd"] for r in rows],
+                    customdata=[r["both_ways"] for r in rows],
+                    marker_color=BOTH,
+                    hovertemplate="%{x}: $%{y:.4f} (%{customdata} requests)<extra>batch copies</extra>",
+                ),
+                # Net: what the batch copies cost is not saved; the stack still adds up to list price.
+                go.Bar(name="saved (net)", x=x, y=[r["net_saved_usd"] for r in rows], marker_color=SAVED),
                 go.Scatter(
                     name="list price",
                     x=x,
@@ -268,45 +315,62 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
             ]
         )
         fig.update_layout(barmode="stack", xaxis={"type": "category", "title": label})
-        fig.update_yaxes(title="USD", tickformat="$.4~f")
+        fig.update_yaxes(title="USD", tickformat="$.3~r")
         return fig
 
-    div, unit = _unit([w["max"] for w in s.waits])
-    waits = go.Figure(
-        [
-            go.Bar(
-                name=name,
-                x=[w["tier"] for w in s.waits],
-                y=[round(w[key] / div, 6) for w in s.waits],
-                customdata=[w["requests"] for w in s.waits],
-                marker_color=colour,
-                hovertemplate="%{x}: %{y:.1f} "
-                + unit
-                + " (%{customdata} requests)<extra>"
-                + name
-                + "</extra>",
-            )
-            for key, name, colour in (
-                ("p50", "median", "#9ecae9"),
-                ("p95", "95th percentile", PAID),
-                ("max", "slowest", "#1d3f6e"),
-            )
-        ]
-        + [
-            go.Scatter(
-                name="tier's max wait",
-                x=[w["tier"] for w in s.waits if w["max_wait_seconds"]],
-                y=[round(w["max_wait_seconds"] / div, 6) for w in s.waits if w["max_wait_seconds"]],
-                mode="markers",
-                marker={"symbol": "line-ew-open", "size": 14, "color": LIST, "line": {"width": 3}},
-            )
-        ]
+    def per_tier(rows: list[dict[str, Any]], bars: tuple[tuple[str, str, str], ...], what: str) -> Any:
+        """Bars per tier of durations, in the one unit that suits the largest of them."""
+        values = [r[k] for r in rows for k, _, _ in bars if r[k] is not None]
+        div, unit = time_unit([abs(v) for v in values])
+        fig = go.Figure(
+            [
+                go.Bar(
+                    name=name,
+                    x=[r["tier"] for r in rows],
+                    y=[None if r[key] is None else round(r[key] / div, 6) for r in rows],
+                    customdata=[r["requests"] for r in rows],
+                    marker_color=colour,
+                    hovertemplate="%{x}: %{y:.1f} "
+                    + unit
+                    + " (%{customdata} requests)<extra>"
+                    + name
+                    + "</extra>",
+                )
+                for key, name, colour in bars
+            ]
+        )
+        fig.update_layout(barmode="group", xaxis={"type": "category", "title": "tier"})
+        fig.update_yaxes(title=f"{unit}, {what}")
+        return fig, div, values
+
+    waits, _, values = per_tier(
+        s.waits,
+        (("p50", "median", "#9ecae9"), ("p95", "95th percentile", PAID), ("max", "slowest", "#1d3f6e")),
+        "receipt to completion",
     )
-    # The max wait as a dashed line across each tier's group of bars (category i sits at x = i).
-    for n, w in enumerate(s.waits):
+    # Tiers may differ a hundredfold (minutes against hours): then a log scale keeps each one readable.
+    log_if_spread(waits, values)
+
+    flushed = [w for w in s.waits if w["queued"]]
+    queued, div, values = per_tier(
+        flushed,
+        (("queued_p50", "median", "#9ecae9"), ("queued_max", "slowest", "#1d3f6e")),
+        "receipt to submission",
+    )
+    queued.add_trace(
+        go.Scatter(
+            name="tier's flush wait",
+            x=[w["tier"] for w in flushed if w["max_wait_seconds"]],
+            y=[round(w["max_wait_seconds"] / div, 6) for w in flushed if w["max_wait_seconds"]],
+            mode="markers",
+            marker={"symbol": "line-ew-open", "size": 14, "color": LIST, "line": {"width": 3}},
+        )
+    )
+    # The flush wait as a dashed line across each tier's group of bars (category i sits at x = i).
+    for n, w in enumerate(flushed):
         if w["max_wait_seconds"]:
             y = w["max_wait_seconds"] / div
-            waits.add_shape(
+            queued.add_shape(
                 type="line",
                 x0=n - 0.45,
                 x1=n + 0.45,
@@ -314,14 +378,17 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
                 y1=y,
                 line={"color": LIST, "width": 2, "dash": "dash"},
             )
-    waits.update_layout(barmode="group", xaxis={"type": "category", "title": "tier"})
-    waits.update_yaxes(title=f"{unit}, receipt to completion")
-    # Tiers may differ a hundredfold (minutes against hours): then a log scale keeps each one readable.
-    spread = [v for w in s.waits for v in (w["p50"], w["max"], w["max_wait_seconds"] or 0) if v > 0]
-    if spread and max(spread) / min(spread) > 30:
-        waits.update_yaxes(type="log")
+    log_if_spread(queued, [*values, *(w["max_wait_seconds"] or 0 for w in flushed)])
 
-    div, unit = _unit([b["seconds"] for b in s.turnaround])
+    timed = [w for w in s.waits if w["with_deadline"]]
+    spare, _, _ = per_tier(
+        timed,
+        (("least_spare", "least to spare", LIST), ("median_spare", "median to spare", SAVED)),
+        "from completion to deadline",
+    )
+    spare.update_yaxes(zeroline=True, zerolinecolor="#1f2933")
+
+    div, unit = time_unit([b["seconds"] for b in s.turnaround])
     turnaround = go.Figure(
         [
             go.Scatter(
@@ -379,11 +446,12 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
         ]
     )
     deadlines.update_layout(barmode="stack", xaxis={"type": "category", "title": "day (UTC)"})
-    deadlines.update_yaxes(title="USD", tickformat="$.4~f", rangemode="tozero")
+    deadlines.update_yaxes(title="USD", tickformat="$.3~r", rangemode="tozero")
 
     return [
         ("spend-by-day", "Spend per day", "Paid at batch price, paid at list price for realtime answers, "
-         "and saved against list price.", spend(
+         "paid for batch copies of requests answered in realtime, and saved against list price (net of "
+         "those copies).", spend(
             s.by_day, "day", "day (UTC)"
         )),
         ("spend-by-tier", "Spend by tier", "The same, for each latency tier.", spend(
@@ -392,8 +460,17 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
         ("spend-by-model", "Spend by model", "The same, for each model.", spend(
             s.by_model, "model", "model"
         )),
+        ("queued", "Time in the tier, against its flush wait", "Per tier: how long requests waited "
+         "in their tier before a batch took them (median and slowest), against the tier's flush wait "
+         "(max_wait_seconds: how long a request may wait before its tier is flushed). A tier held by the "
+         "day's budget waits longer; a request with a near deadline goes sooner.", queued),
         ("waits", "Receipt to completion", "Per tier: median, 95th percentile and slowest request, "
-         "against the tier's max wait (how long a request may wait before its tier is flushed).", waits),
+         "from receipt to its completion: the time in the tier plus its batch's turnaround.", waits),
+    ] + ([
+        ("deadlines-spare", "Against each request's deadline", "Per tier, for requests with a deadline: "
+         "the least and the median time left between completion and deadline (below zero: missed).",
+         spare),
+    ] if timed else []) + [
         ("turnaround", "Batch turnaround", "Each batch the API ended: from its creation to its end.",
          turnaround),
         ("outcomes", "Errored and retried", "Share of completed requests that ended errored, expired or "
@@ -407,22 +484,42 @@ def charts(s: Savings) -> list[tuple[str, str, str, Any]]:
     ] if s.totals["realtime"] or s.totals["both_ways"] else [])  # fmt: skip
 
 
-def _unit(seconds: list[float]) -> tuple[float, str]:
+def time_unit(seconds: list[float]) -> tuple[float, str]:
     """Seconds, minutes or hours, whichever reads best for the largest of the values."""
     top = max(seconds, default=0.0)
     return (1.0, "seconds") if top < 120 else (60.0, "minutes") if top < 3 * 3600 else (3600.0, "hours")
+
+
+def log_if_spread(fig: Any, values: list[float]) -> None:
+    """A log scale when values differ over thirtyfold, ticked at 1-2-5 steps with their whole values
+    (Plotly's own log ticks label the ones between powers of ten with a bare digit: "2", "5")."""
+    shown = [v for v in values if v and v > 0]
+    if not shown or max(shown) / min(shown) <= 30:
+        return
+    unit = fig.layout.yaxis.title.text.split(",")[0]
+    div = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0}[unit]
+    # Values come in seconds; the axis is in its unit.
+    lo, hi = min(shown) / div, max(shown) / div
+    ticks = [
+        m * 10.0**e
+        for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+        for m in (1, 2, 5)
+        if lo / 2 <= m * 10.0**e <= hi * 2
+    ]
+    fig.update_yaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
 
 
 def _share(n: int, of: int) -> float:
     return round(100 * n / of, 3) if of else 0.0
 
 
-def page(s: Savings, title: str = "Batch relay: savings report") -> str:
-    """One HTML page, plotly.js inline: it opens from a file, with no network."""
+def page(s: Savings, title: str = "Batch relay: savings report", notes: Iterable[str] = ()) -> str:
+    """One HTML page, plotly.js inline: it opens from a file, with no network. `notes` are lines
+    shown above the charts (the demo names the batches it made late there)."""
     from plotly.offline import get_plotlyjs
 
     t = s.totals
-    saved_pct = _share(t["saved_usd"], t["list_usd"]) if t["list_usd"] else 0.0
+    saved_pct = _share(t["net_saved_usd"], t["list_usd"]) if t["list_usd"] else 0.0
     cards = [
         ("requests completed", f"{t['requests']:,}", f"{t['rejected']:,} rejected at intake"),
         (
@@ -431,7 +528,12 @@ def page(s: Savings, title: str = "Batch relay: savings report") -> str:
             f"list price ${t['list_usd']:,.4f}"
             + (f"; ${t['both_ways_usd']:,.4f} more for batch copies" if t["both_ways"] else ""),
         ),
-        ("saved", f"${t['saved_usd']:,.4f}", f"{saved_pct:.0f}% of list price"),
+        (
+            "saved (net)",
+            f"${t['net_saved_usd']:,.4f}",
+            f"{saved_pct:.0f}% of list price"
+            + (f", after ${t['both_ways_usd']:,.4f} of batch copies" if t["both_ways"] else ""),
+        ),
         ("errored", f"{_share(t['errored'], t['requests']):.1f}%", f"{t['errored']:,} requests"),
         ("retried", f"{_share(t['retried'], t['requests']):.1f}%", f"{t['retried']:,} needed another batch"),
         ("batches", f"{t['batches']:,}", _latency(t)),
@@ -464,6 +566,7 @@ def page(s: Savings, title: str = "Batch relay: savings report") -> str:
             f'</div><div class="note">{html.escape(c)}</div></div>'
             for a, b, c in cards
         ),
+        notes="".join(f"<li>{html.escape(n)}</li>" for n in notes),
         sections="\n".join(sections),
         totals=_script_json(json.dumps(asdict(s) | {"generated_at": s.generated_at}, sort_keys=True)),
         plotly=get_plotlyjs(),
@@ -506,6 +609,7 @@ h1 {{ font-size: 24px; margin: 0 0 4px; }} h2 {{ font-size: 18px; margin: 0 0 2p
 .card .label {{ color: #52606d; font-size: 13px; }} .card .value {{ font-size: 24px; font-weight: 600; }}
 .card .note {{ color: #7b8794; font-size: 12px; }}
 section {{ margin-bottom: 16px; }} section p {{ color: #52606d; margin: 0 0 6px; }}
+.notes {{ color: #52606d; margin: 0 0 16px; }}
 </style>
 <script>{plotly}</script>
 </head><body><main>
@@ -514,6 +618,7 @@ section {{ margin-bottom: 16px; }} section p {{ color: #52606d; margin: 0 0 6px;
 usage; the Message Batches API charges half the list price, and a request no batch could answer by its
 deadline is answered in realtime, at list price.</p>
 <div class="cards">{cards}</div>
+<ul class="notes">{notes}</ul>
 {sections}
 <script type="application/json" id="report-data">{totals}</script>
 </main>

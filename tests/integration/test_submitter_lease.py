@@ -1,6 +1,7 @@
-"""Review of the submitter's lease and what a run that holds it may recover at once: each test drives
-the stack (moto + the emulator) into one way the promises of DESIGN.md ("Never billed twice", the
-daily budget, deadlines) can break around the `submitter` lease, and fails while they do.
+"""The submitter's lease, and what a run that holds it may recover at once from a run that failed:
+each test drives the stack (moto + the emulator) into one way the promises of DESIGN.md ("Never
+billed twice", the daily budget, deadlines) can break around the `submitter` lease, and fails while
+they do.
 
 Faults are placed with the stack's hooks: `before(function, operation)` runs before an AWS call of a
 function (raising refuses it), `after(function, operation)` once it acted (raising there is an
@@ -14,23 +15,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import boto3
 import pytest
-from botocore.exceptions import ClientError
+from batch_relay.errors import FunctionKilled
+from relay_local.stack import as_harness
 
-from tests.helpers import request
-from tests.integration.test_deadline_faults import answered_in_time
+from tests.helpers import (
+    Once,
+    answered_in_time,
+    committed,
+    install,
+    once,
+    request,
+    table,
+    throttled,
+    to_morning,
+)
 
 pytestmark = pytest.mark.integration
 
 MODEL = "claude-haiku-4-5"
-
-
-def table(stack: Any) -> Any:
-    return boto3.resource("dynamodb").Table(stack.physical["RequestTable"])
 
 
 def records(stack: Any) -> dict[str, dict[str, Any]]:
@@ -42,45 +47,6 @@ def records(stack: Any) -> dict[str, dict[str, Any]]:
 def holding(emulator: Any, rid: str) -> list[str]:
     """The API's batches that hold request <rid>: each one bills it."""
     return [b for b in emulator.batch_ids() if rid in emulator.custom_ids(b)]
-
-
-def to_morning(stack: Any) -> None:
-    """Move the relay's clock (and the API's) to 06:00 UTC of the next day, so a test that reads a
-    day's budget never straddles midnight."""
-    from batch_relay import clock
-
-    now = clock.now()
-    stack.advance(86400 - now % 86400 + 6 * 3600)
-
-
-def committed(stack: Any) -> float:
-    from batch_relay.budget import today
-
-    item = table(stack).get_item(Key={"pk": f"budget#{today()}"}, ConsistentRead=True).get("Item")
-    return int(item["committed_micros"]) / 1e6 if item else 0.0
-
-
-def throttled(operation: str) -> ClientError:
-    return ClientError(
-        {
-            "Error": {"Code": "ThrottlingException", "Message": "injected"},
-            "ResponseMetadata": {"HTTPStatusCode": 400},
-        },
-        operation,
-    )
-
-
-@contextmanager
-def as_harness() -> Iterator[None]:
-    """AWS calls made from inside a hook, as the harness's own (no hook sees them, none is counted)."""
-    from relay_local import stack as local
-
-    saved = getattr(local._RUNNING, "function", None)
-    local._RUNNING.function = None
-    try:
-        yield
-    finally:
-        local._RUNNING.function = saved
 
 
 def index_view() -> list[dict[str, Any]]:
@@ -97,13 +63,13 @@ def lagging_index(monkeypatch: pytest.MonkeyPatch, view: list[dict[str, Any]]) -
     moment earlier (the table itself, read consistently, is up to date). Returns a list that gets
     an entry once the view has been served."""
     from batch_relay.store import Store
-    from relay_local import stack as local
+    from relay_local.stack import current_function
 
     real = Store.live_batches
     served: list[int] = []
 
     def live_batches(self: Any) -> Iterator[dict[str, Any]]:
-        if not served and getattr(local._RUNNING, "function", None) == "SubmitterFunction":
+        if not served and current_function() == "SubmitterFunction":
             served.append(1)
             return iter([dict(item) for item in view])
         return real(self)
@@ -259,3 +225,98 @@ def test_a_lease_whose_answer_was_lost_does_not_keep_every_run_out(stack, emulat
     stack.after = None
     assert fired
     answered_in_time(stack, inbox, "ls1")
+
+
+# a submitter run killed or stalled while it holds the lease
+
+
+def test_a_submitter_run_killed_holding_its_lease_keeps_the_next_runs_out_briefly(stack, emulator):
+    """A submitter run is killed right after it takes its lease. The lease used to last as long
+    as the run's invocation could (15 minutes and a minute): every run meanwhile did nothing,
+    and a request due in 10 minutes, which the first of them would send realtime, missed its
+    deadline. The lease is short and renewed as a run goes, so the next runs take it within
+    minutes and the request is answered in time."""
+    inbox = stack.subscribe()
+    killed = Once("SubmitterFunction", "PutItem", "kill after")
+    install(stack, killed)
+    with pytest.raises(FunctionKilled):
+        stack.tick()
+    assert killed.fired.is_set()
+    stack.before = stack.after = None
+    answered_in_time(stack, inbox, "killed1")
+
+
+def test_a_run_whose_lease_was_taken_stops_before_its_next_claim(stack, emulator):
+    """A run that stalls past its lease (here: its clock jumps on while it claims) finds, at its
+    next write that needs the lease, that another run has taken it, and stops: it claims and
+    creates nothing more, so two runs never claim at once."""
+    from batch_relay import clock
+    from batch_relay.settings import settings
+    from batch_relay.store import Store
+
+    inbox = stack.subscribe()
+    stack.send([request(f"lt{i}") for i in range(3)])
+    stack.deliver()
+    other: list[bool] = []
+
+    def before(function: str, operation: str) -> None:
+        if function == "SubmitterFunction" and operation == "BatchWriteItem" and not other:
+            # The run stalls past its lease (however long), and another run takes it meanwhile.
+            stack.advance(20 * 60)
+            with as_harness():
+                now = clock.now()
+                other.append(Store(settings().table_name).lease("submitter", "another-run", now + 600, now))
+
+    stack.before = before
+    report = stack.tick()
+    stack.before = None
+    assert other == [True]
+    assert report.get("lease_lost") and not report["batches"]
+    assert emulator.batch_ids() == [], "a run whose lease was taken created a batch"
+    with as_harness():
+        Store(settings().table_name).unlease("submitter", "another-run")
+    stack.pump()
+    assert set(once(stack, inbox, [f"lt{i}" for i in range(3)])) == {"lt0", "lt1", "lt2"}
+
+
+# a commitment whose answer was lost
+
+
+def test_a_commitment_whose_answer_was_lost_is_not_made_twice(make_stack, emulator):
+    """A run claims a request, uploads it (record `uploaded`, its upper bound as `budget_usd`) and
+    commits that bound to the day's budget; the commitment applies, and its answer is lost (the
+    run fails). The next run recovers the record at once (`_recover_uploaded`) and commits what
+    its record does not say is committed. Were the budget item's update and the record's
+    `budget_day` two writes, a run failing between them would leave a commitment no record names,
+    made again by the recovery and never given back (the batch's settlement gives back one): the
+    cap would hold the relay's tiers back with less than the cap spent or out. They are one
+    transaction (`Store.commit`), so the record names the commitment whenever it applied."""
+    stack = make_stack(DailyBudgetUSD="1")  # far above one request's bound
+    to_morning(stack)
+    stack.send([request("c1")])
+    stack.deliver()
+    lost: list[str] = []
+
+    def after(function: str, operation: str) -> None:
+        if function == "SubmitterFunction" and operation == "TransactWriteItems" and not lost:
+            lost.append(operation)
+            raise throttled(operation)  # applied; its answer never came back
+
+    stack.after = after
+    with pytest.raises(Exception, match=r"TransactWriteItems|Throttling|injected"):
+        stack.tick()
+    stack.after = None
+    assert lost == ["TransactWriteItems"]
+    [record] = records(stack).values()
+    assert record["status"] == "uploaded" and record["budget_day"]
+    one = float(record["budget_usd"])
+    assert committed(stack) == pytest.approx(one, abs=2e-6)
+    stack.tick()  # the next run: recovers the record and creates its batch
+    assert len(emulator.batch_ids()) == 1
+    twice = committed(stack)
+    stack.settle()  # the batch ends: what it did not spend of its commitment is given back
+    assert committed(stack) <= one + 2e-6, (
+        f"the day's commitments said {twice:.6f} USD for one batch whose upper bound is {one:.6f} "
+        f"USD; with the batch ended they say {committed(stack):.6f} USD, more than that bound: "
+        "the second commitment is never given back"
+    )

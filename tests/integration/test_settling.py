@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.helpers import by_id, emitted, request
+from tests.helpers import at, by_id, emitted, request
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +28,6 @@ def refused(operation: str) -> ClientError:
     return ClientError(
         {"Error": {"Code": "InternalError", "Message": "injected"}, "ResponseMetadata": {}}, operation
     )
-
-
-def at(seconds: float) -> str:
-    """An RFC 3339 deadline this many seconds from now on the relay's clock."""
-    from batch_relay import clock
-
-    return clock.iso(clock.now() + seconds).replace("Z", "+00:00")
 
 
 def table_items(stack: Any, prefix: str) -> dict[str, dict[str, Any]]:
@@ -216,16 +209,11 @@ def test_a_rescued_request_refused_for_budget_is_not_reported_as_paid_both_ways(
     day = table_items(stack, f"budget#{today()}")[f"budget#{today()}"]
     ran = sum(
         cost_of("claude-haiku-4-5", line["result"]["message"]["usage"]).batch_usd
-        for line in _results(emulator, batch_id)
+        for line in emulator.results(batch_id)
         if line["result"]["type"] == "succeeded"
     )
     assert ran > 0
     assert int(day["committed_micros"]) / 1e6 >= ran - 1e-6, "what the batch spent was given back"
-
-
-def _results(emulator: Any, batch_id: str) -> list[dict[str, Any]]:
-    batch = emulator._batches[batch_id]
-    return [json.loads(line) for line in emulator._results(batch, None)]
 
 
 # 2. A batch is collected only once every journaled request is answered, whatever the tallies say.

@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -108,7 +108,7 @@ class Smoke:
         )["SubscriptionArn"]
 
     def send(self) -> None:
-        bodies = [
+        bodies: list[dict[str, Any]] = [
             {
                 "request_id": rid,
                 "tier": self.tier,
@@ -165,7 +165,7 @@ class Smoke:
     def summary(self) -> dict[str, Any]:
         latencies = sorted(at - self.sent_at[rid] for rid, (at, _) in self.done.items())
         statuses = Counter(body.get("status", "?") for _, body in self.done.values())
-        cost = Counter[str]()
+        cost: dict[str, float] = defaultdict(float)
         for _, body in self.done.values():
             for key, value in (body.get("cost") or {}).items():
                 cost[key] += float(value or 0)

@@ -1,46 +1,54 @@
 """`batch-relay`: drive a deployed relay from an operator's machine.
 
-    batch-relay estimate requests.jsonl     # what it will cost, at batch and at list price
-    batch-relay --stack batch-relay send requests.jsonl
-    batch-relay --stack batch-relay status ticket-4711
-    batch-relay --stack batch-relay batches   # and the batch turnaround the relay has learned
-    batch-relay --stack batch-relay report --by day,tier,model --format table|csv|json
-    batch-relay --stack batch-relay report --html report.html   # the savings page, with charts
-    batch-relay --stack batch-relay cancel msgbatch_...
-    batch-relay --stack batch-relay redrive
-    batch-relay tail --from https://sqs...   # a queue subscribed to the completion topic
-    batch-relay --stack batch-relay smoke --count 5  # after sam deploy: end to end, then clean up
+examples:
+  batch-relay estimate requests.jsonl                 what it will cost, at batch and at list price
+  batch-relay send requests.jsonl --stack batch-relay
+  batch-relay status ticket-4711 --stack batch-relay --region eu-west-1 --profile prod
+  batch-relay batches --stack batch-relay             and the batch turnaround the relay has learned
+  batch-relay report --stack batch-relay --by day,tier,model --format table|csv|json
+  batch-relay report --stack batch-relay --html report.html      the savings page, with charts
+  batch-relay cancel msgbatch_...                     at the API (needs ANTHROPIC_API_KEY)
+  batch-relay redrive --stack batch-relay
+  batch-relay tail --from https://sqs...              a queue subscribed to the completion topic
+  batch-relay smoke --stack batch-relay --count 5     after sam deploy: end to end, then clean up
+  batch-relay teardown --stack batch-relay            the stack and the data it keeps on purpose
 
 The stack's resources come from its CloudFormation outputs (`--stack`), or each one can be named
-(`--queue-url`, `--table`, ...), which is also how the local stack is reached. A user mistake ends
-in one line on stderr and a non-zero exit, never a traceback. Tables and progress are drawn with
-Rich on a terminal and come out as plain columns when piped; `--format csv|json` is for scripts.
+(`--queue-url`, `--table`, ...), which is also how the local stack is reached. As with the AWS CLI,
+these options, `--region` and `--profile` go before or after the command, and credentials and the
+region otherwise come from the environment and ~/.aws. A user mistake ends in one line on stderr
+and a non-zero exit, never a traceback. Tables and progress are drawn with Rich on a terminal and
+come out as plain columns when piped; `--format csv|json` is for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import boto3
+from batch_relay import aws
 from batch_relay.clock import parse
 from batch_relay.models import RequestMessage
 from batch_relay.store import Store, batch_key, request_key
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from relay_local import estimate as costs
-from relay_local import savings, smoke, term
+from relay_ops import estimate as costs
+from relay_ops import savings, smoke, teardown, term
 
 OUTPUTS = {
     "queue_url": "RequestQueueUrl",
@@ -56,6 +64,7 @@ class UserError(Exception):
 
 @dataclass
 class Stack:
+    name: str | None = None
     queue_url: str | None = None
     dlq_url: str | None = None
     table: str | None = None
@@ -66,8 +75,9 @@ class Stack:
 
     @classmethod
     def resolve(cls, args: argparse.Namespace) -> Stack:
-        given = {k: getattr(args, k, None) for k in OUTPUTS}
-        if args.stack:
+        given: dict[str, Any] = {k: getattr(args, k, None) for k in OUTPUTS} | {"name": args.stack}
+        # teardown finds the stack itself: it may be gone already, its kept resources not.
+        if args.stack and args.command != "teardown":
             try:
                 answer = boto3.client("cloudformation").describe_stacks(StackName=args.stack)
             except ClientError as exc:
@@ -391,7 +401,7 @@ def report(stack: Stack, args: argparse.Namespace) -> int:
         write_csv(rows, columns)
     else:
         # On screen, two tables: the rows asked for, then by route with what deadlines cost.
-        [total] = savings.group(done, []) or [None]
+        total = next(iter(savings.group(done, [])), None)
         out = term.console()
         plain = not out.is_terminal
         shown = [*by, "requests", "realtime", "input_tokens", "output_tokens", *savings.USD]
@@ -479,17 +489,15 @@ def redrive(stack: Stack, args: argparse.Namespace) -> int:
         )
         if not got:
             break
-        sqs.send_message_batch(
-            QueueUrl=target,
-            Entries=[
-                {
-                    "Id": str(i),
-                    "MessageBody": m["Body"],
-                    **({"MessageAttributes": m["MessageAttributes"]} if m.get("MessageAttributes") else {}),
-                }
-                for i, m in enumerate(got)
-            ],
-        )
+        entries: list[Any] = [
+            {
+                "Id": str(i),
+                "MessageBody": m["Body"],
+                **({"MessageAttributes": m["MessageAttributes"]} if m.get("MessageAttributes") else {}),
+            }
+            for i, m in enumerate(got)
+        ]
+        sqs.send_message_batch(QueueUrl=target, Entries=entries)
         sqs.delete_message_batch(
             QueueUrl=source,
             Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)],
@@ -575,34 +583,81 @@ COMMANDS = {
     "redrive": redrive,
     "tail": tail,
     "smoke": smoke.command,
+    "teardown": teardown.command,
 }
+
+# The options every command takes, before or after its name; None when not given.
+GLOBAL = ("stack", "queue_url", "dlq_url", "table", "topic_arn", "region", "profile")
+
+
+def common() -> argparse.ArgumentParser:
+    """The stack and AWS options, as a parent of the top parser and of every command's: their
+    default is SUPPRESS so that one given before the command is not reset by the command's parser."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("stack and AWS options (before or after the command)")
+    quiet = argparse.SUPPRESS
+    g.add_argument(
+        "--stack",
+        default=quiet,
+        metavar="NAME",
+        help="the relay's CloudFormation stack: resources from its outputs",
+    )
+    g.add_argument("--queue-url", dest="queue_url", default=quiet, metavar="URL", help="the request queue")
+    g.add_argument("--dlq-url", dest="dlq_url", default=quiet, metavar="URL", help="the dead-letter queue")
+    g.add_argument("--table", default=quiet, metavar="NAME", help="the request table")
+    g.add_argument("--topic-arn", dest="topic_arn", default=quiet, metavar="ARN", help="the completion topic")
+    g.add_argument(
+        "--region",
+        default=quiet,
+        help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's)",
+    )
+    g.add_argument(
+        "--profile", default=quiet, help="a named profile of ~/.aws/config (default: AWS_PROFILE or default)"
+    )
+    return p
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="batch-relay", description=__doc__.split("\n\n")[0])
-    top.add_argument("--stack", help="CloudFormation stack name (resources from its outputs)")
-    top.add_argument("--queue-url", dest="queue_url")
-    top.add_argument("--dlq-url", dest="dlq_url")
-    top.add_argument("--table")
-    top.add_argument("--topic-arn", dest="topic_arn")
-    sub = top.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("send", help="validate a JSONL file of requests and send it to the queue")
-    p.add_argument("file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p = sub.add_parser(
-        "estimate", help="what a JSONL file of requests will cost, at batch and at list price, before sending"
+    shared = common()
+    doc = __doc__ or ""
+    top = argparse.ArgumentParser(
+        prog="batch-relay",
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[shared],
     )
-    p.add_argument("file")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = top.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        title="commands",
+        help="one of these; `batch-relay COMMAND --help` for its own options",
+    )
+
+    def command(name: str, what: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=what, description=what, parents=[shared])
+
+    p = command("send", "validate a JSONL file of requests and send it to the queue, ten a call")
+    p.add_argument("file", help="one request message (JSON) a line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = command(
+        "estimate", "what a JSONL file of requests will cost, at batch and at list price, before sending"
+    )
+    p.add_argument("file", help="one request message (JSON) a line")
+    p.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="output (default table)"
+    )
     p.add_argument(
         "--no-count", action="store_true", help="estimate input tokens from each line's bytes; ask no API"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p = sub.add_parser("status", help="where one request is")
-    p.add_argument("request_id")
-    p = sub.add_parser("batches", help="the batches the relay made, newest first")
+    p = command("status", "where one request is: its state, batch, attempts, cost")
+    p.add_argument("request_id", help="the request's id, as sent")
+    p = command("batches", "the batches the relay made, newest first, and the turnaround learned per model")
     p.add_argument("--all", action="store_true", help="also claims that never became a batch")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="output (default table)")
     p.add_argument(
         "--default-turnaround",
         dest="default_turnaround",
@@ -611,36 +666,78 @@ def parser() -> argparse.ArgumentParser:
         help="the DefaultTurnaroundSeconds parameter, used until a model has 3 samples (read from --stack "
         "otherwise)",
     )
-    p = sub.add_parser("report", help="tokens, cost and savings of completed requests")
+    p = command("report", "tokens, cost and savings of completed requests, or the savings page")
     p.add_argument(
         "--by", default="day,tier,model", help="grouping: day, tier, model, status, route (comma-separated)"
     )
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="output (default table)"
+    )
     p.add_argument("--html", metavar="PATH", help="write the savings page (charts, one self-contained file)")
     p.add_argument(
         "--tier-policy",
         dest="tier_policy",
         help="the TierPolicy JSON, for each tier's max wait on the page (read from --stack otherwise)",
     )
-    p = sub.add_parser("cancel", help="cancel a message batch at the API (its requests end canceled)")
-    p.add_argument("batch_id")
-    sub.add_parser("redrive", help="move the dead-letter queue's messages back to the request queue")
-    p = sub.add_parser("tail", help="follow completions from a queue subscribed to the topic")
-    p.add_argument("--from", dest="queue_url_tail", required=True, help="the subscribed queue's URL")
+    p = command("cancel", "cancel a message batch at the API (its requests end canceled)")
+    p.add_argument("batch_id", help="the batch's id at the API (msgbatch_...)")
+    command("redrive", "move the dead-letter queue's messages back to the request queue")
+    p = command("tail", "follow completions from a queue subscribed to the topic")
+    p.add_argument(
+        "--from", dest="queue_url_tail", required=True, metavar="URL", help="the subscribed queue's URL"
+    )
     p.add_argument("--once", action="store_true", help="stop when the queue is empty")
     p.add_argument(
         "--json", action="store_true", help="print each completion message as it came, one JSON a line"
     )
-    p = sub.add_parser("smoke", help="after sam deploy: N urgent requests end to end, then clean up")
+    p = command("smoke", "after sam deploy: N urgent requests end to end, then clean up")
     smoke.arguments(p)
+    p = command("teardown", teardown.WHAT)
+    teardown.arguments(p)
     return top
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _version() -> str:
     try:
-        return COMMANDS[args.command](Stack.resolve(args), args)
-    except UserError as exc:
+        return version("batch-relay")
+    except PackageNotFoundError:  # run from a checkout, not installed
+        return "(not installed)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = parser().parse_args(argv)
+    for name in GLOBAL:
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    return args
+
+
+@contextlib.contextmanager
+def session(profile: str | None, region: str | None) -> Iterator[None]:
+    """Every boto3 client made inside (the relay's own store included) uses this profile and region;
+    the process's default session is put back after, so a caller's other clients are untouched."""
+    if not (profile or region):
+        yield
+        return
+    before = boto3.DEFAULT_SESSION
+    try:
+        boto3.setup_default_session(profile_name=profile, region_name=region)
+    except ProfileNotFound:
+        raise UserError(f"--profile {profile}: no such profile in the AWS config") from None
+    aws.reset()  # clients cached under the former session
+    try:
+        yield
+    finally:
+        boto3.DEFAULT_SESSION = before
+        aws.reset()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with session(args.profile, args.region):
+            return COMMANDS[args.command](Stack.resolve(args), args)
+    except (UserError, teardown.Refused) as exc:
         print(f"batch-relay: {exc}", file=sys.stderr)
         return 2
     except (ClientError, BotoCoreError) as exc:
