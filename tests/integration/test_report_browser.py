@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from relay_local import savings
+from relay_ops import savings
 
 pytestmark = pytest.mark.integration
 
