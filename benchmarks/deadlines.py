@@ -40,6 +40,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from relay_ops import savings
+
 DAY = 86400
 MODELS = (("claude-haiku-4-5", 0.75), ("claude-sonnet-4-5", 0.25))
 SUBJECTS = (
@@ -585,7 +587,7 @@ def tally(result: dict[str, Any], s: Scenario) -> dict[str, Any]:
         "realtime_calls": len(result["realtime_calls"]),
         "list_usd": round(list_usd, 8),
         "batch_price_usd": round(batch_price_usd, 8),
-        "paid_usd": round(usd("batch_usd") + sum(both), 8),
+        "paid_usd": round(sum(savings.paid(c) for c in answered.values()) + sum(both), 8),
         "billed_usd": round(billed_batch + billed_realtime, 8),
         "billed_batch_usd": round(billed_batch, 8),
         "billed_realtime_usd": round(billed_realtime, 8),
