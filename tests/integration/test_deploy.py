@@ -281,6 +281,17 @@ def _names(deployed: dict[str, Any]) -> dict[str, str]:
     return names
 
 
+def realtime_scaling(translated: dict[str, Any]) -> Any:
+    """The scaling the translated template gives the realtime queue's event source."""
+    (mapping,) = [
+        r["Properties"]
+        for r in translated["Resources"].values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping"
+        and r["Properties"]["FunctionName"] == {"Ref": "RealtimeFunction"}
+    ]
+    return mapping["ScalingConfig"]
+
+
 def test_stack_is_created_with_every_output(deployed: dict[str, Any]) -> None:
     stack, p = deployed["stack"], deployed["physical"]
     assert stack["StackStatus"] == "CREATE_COMPLETE"
@@ -353,14 +364,7 @@ def test_each_function_has_its_environment_role_and_event_source(deployed: dict[
     assert [(s["EventSourceArn"], s["BatchSize"], s["FunctionResponseTypes"]) for s in sources] == [
         (names["realtime_queue"], 1, ["ReportBatchItemFailures"])
     ]
-    resources = deployed["translated"]["Resources"]
-    (mapping,) = [
-        r["Properties"]
-        for r in resources.values()
-        if r["Type"] == "AWS::Lambda::EventSourceMapping"
-        and r["Properties"]["FunctionName"] == {"Ref": "RealtimeFunction"}
-    ]
-    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "RealtimeConcurrency"}}
+    assert realtime_scaling(deployed["translated"]) == {"MaximumConcurrency": {"Ref": "RealtimeConcurrency"}}
     for fn in ("SubmitterFunction", "CheckBatchFunction", "CollectResultsFunction"):
         assert lam.list_event_source_mappings(FunctionName=p[fn])["EventSourceMappings"] == [], fn
 
@@ -518,14 +522,7 @@ def test_default_deploy_succeeds_on_an_account_with_a_low_concurrency_quota() ->
         (source,) = lam.list_event_source_mappings(FunctionName=stack["physical"]["RealtimeFunction"])[
             "EventSourceMappings"
         ]
-    resources = stack["translated"]["Resources"]
-    (mapping,) = [
-        r["Properties"]
-        for r in resources.values()
-        if r["Type"] == "AWS::Lambda::EventSourceMapping"
-        and r["Properties"]["FunctionName"] == {"Ref": "RealtimeFunction"}
-    ]
-    assert mapping["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "RealtimeConcurrency"}}
+    assert realtime_scaling(stack["translated"]) == {"MaximumConcurrency": {"Ref": "RealtimeConcurrency"}}
     assert source["BatchSize"] == 1
     assert stack["translated"]["Parameters"]["RealtimeConcurrency"]["Default"] == 5
 
