@@ -626,6 +626,30 @@ def test_a_second_realtime_try_is_committed_to_the_budget(make_stack, emulator):
     assert completion["status"] == "errored" and completion["error"]["type"] == "budget_exceeded"
 
 
+@pytest.mark.parametrize("how", ["503", "reset"])
+def test_a_realtime_call_whose_answer_was_lost_keeps_its_commitment(make_stack, emulator, how):
+    """A realtime call whose answer was lost may have run and been billed, and nothing tells what it
+    cost: the day keeps the call's upper bound. Giving it all back counted a billed call as free,
+    so a day of lost answers could spend past its cap."""
+    from batch_relay.pricing import realtime_cost_of
+
+    stack = make_stack(DailyBudgetUSD="1")
+    to_morning(stack)
+    inbox = stack.subscribe()
+    emulator.lose_answers("message", 1, how=how)
+    stack.send([request("lb", deadline=at(1800))])
+    stack.pump()
+    done = once(stack, inbox, ["lb"])["lb"]
+    assert (done["status"], done["route"]) == ("succeeded", "realtime")
+    calls = emulator.messages_created
+    assert len(calls) == 2
+    usage = [{"input_tokens": c.input_tokens, "output_tokens": c.output_tokens} for c in calls]
+    billed = sum(realtime_cost_of(c.model, u).list_usd for c, u in zip(calls, usage, strict=True))
+    assert committed(stack) >= billed - 2e-6, (
+        f"the day counts {committed(stack):.8f} USD committed while the API billed {billed:.8f}"
+    )
+
+
 def test_a_realtime_request_that_writes_the_cache_stays_within_its_commitment(make_stack, emulator):
     """The upper bound of a request is its input tokens at the input price plus max_tokens at the
     output price; tokens written to the prompt cache cost 1.25x the input price. A realtime request

@@ -47,10 +47,12 @@ class Budget:
         return done
 
     def settle(self, key: str, committed: float, day: str | None, spent: float) -> None:
-        """Give back what a commitment on item <key> did not spend, once."""
-        if not self.capped or not day or committed <= spent:
+        """Give back what a commitment on item <key> did not spend, once. The item says it is
+        settled even when nothing is given back (all of it spent, or perhaps spent): a later try
+        of the request then commits afresh instead of reading this commitment as its own."""
+        if not self.capped or not day or committed <= 0:
             return
-        self.store.give_back(day, committed - spent, mark=key)
+        self.store.give_back(day, max(0.0, committed - spent), mark=key)
 
     @staticmethod
     def terms(record: dict[str, Any]) -> tuple[float, str | None]:

@@ -14,7 +14,8 @@ goes back to the queue hidden for as long as the API asked. An account problem (
 organization on hold, `x-should-retry: false`: see `errors.RULES`) sends the request back to its
 tier, which is held. A call whose answer was lost after it was sent (a 5xx, a reset, a read timeout)
 may have run and been billed, and the API has no key to ask: it is settled `api_error`, so it is
-sent again only as a new attempt, which its completion counts and MaxAttempts bounds. A call that
+sent again only as a new attempt, which its completion counts and MaxAttempts bounds, and the
+day's budget keeps the call's whole commitment. A call that
 never left (a refused connection) backs off the
 same way as a 429, up to MAX_TRIES; then the request is settled as `api_error`, which a later batch tries
 again while attempts remain. With a daily budget, the call's upper bound (`pricing.request_bound`,
@@ -178,10 +179,11 @@ class Realtime:
         if not kept.startswith(f"answers/{ref}/") and tries > 1:
             # An earlier try may have died between keeping its answer and naming it on the item.
             kept = f"answers/{ref}/{rid}.json" if self.payloads.exists(f"answers/{ref}/{rid}.json") else ""
+        unknown = False  # whether a call may have run and been billed with its answer lost
         if kept.startswith(f"answers/{ref}/"):
             result = self.payloads.read_json(kept)  # a try that died after the call paid for it
         else:
-            result = self._result(item, tries)
+            result, unknown = self._result(item, tries)
             if result["type"] == "succeeded":
                 # Kept before it is settled: a try that dies from here on is settled from it.
                 kept = f"answers/{ref}/{rid}.json"
@@ -191,8 +193,9 @@ class Realtime:
         message = result.get("message") or {}
         cost = realtime_cost_of(item["model"], message.get("usage")) if message else None
         committed, day = Budget.terms(item)
-        # An answer with usage but no price keeps its whole commitment: spend is never counted as 0.
-        spent = cost.list_usd if cost else committed if message.get("usage") else 0.0
+        # An answer with usage but no price, or a call whose answer was lost, keeps its whole
+        # commitment: what the API may have billed is never counted as 0.
+        spent = cost.list_usd if cost else committed if message.get("usage") or unknown else 0.0
         self.budget.settle(key, committed, day, spent)
         metrics.add_metric(name="RealtimeAnswered", unit=MetricUnit.Count, value=1)
         # From its handoff: a request taken out of a batch was submitted when the batch was.
@@ -202,46 +205,49 @@ class Realtime:
             metrics.add_metric(name="RealtimeSeconds", unit=MetricUnit.Seconds, value=waited)
         return str(result["type"])
 
-    def _result(self, item: dict[str, Any], tries: int) -> dict[str, Any]:
-        """The request's result line, in the batch results' shape, from one realtime call."""
+    def _result(self, item: dict[str, Any], tries: int) -> tuple[dict[str, Any], bool]:
+        """The request's result line, in the batch results' shape, from one realtime call; and
+        whether that call's outcome is unknown (it may have run, and been billed)."""
         rid = item["request_id"]
         try:
             line = self.bodies.line(item["body_key"], int(item["body_at"]), int(item["body_len"]))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
                 raise
-            return errored(rid, "request_unavailable", "the request's body could not be read back")["result"]
+            return errored(rid, "request_unavailable", "the request's body could not be read back")[
+                "result"
+            ], False
         params: dict[str, Any] = json.loads(line)["params"]
         # A commitment is made once per try of the request: one given back (a try that went
         # back to its tier) is made again.
         if self.budget.capped and (not item.get("budget_day") or item.get("budget_settled")):
             usd = request_bound(params, len(line), batch=False)
             if usd is None:  # e.g. a model priced after it was accepted, then taken out of the table
-                return errored(rid, "budget_exceeded", str(unbounded_reason(params)))["result"]
+                return errored(rid, "budget_exceeded", str(unbounded_reason(params)))["result"], False
             day = today()
             if not self.budget.commit(usd, day, mark=request_key(rid)):
                 logger.warning("realtime request over the day's budget", extra={"request_id": rid})
                 metrics.add_metric(name="BudgetExceeded", unit=MetricUnit.Count, value=1)
                 message = f"answering it in realtime (up to {usd:.4f} USD) would pass the daily budget"
-                return errored(rid, "budget_exceeded", message)["result"]
+                return errored(rid, "budget_exceeded", message)["result"], False
             item.update(budget_usd=usd, budget_day=day)
             item.pop("budget_settled", None)
         return self._call(item, params, tries)
 
-    def _call(self, item: dict[str, Any], params: dict[str, Any], tries: int) -> dict[str, Any]:
+    def _call(self, item: dict[str, Any], params: dict[str, Any], tries: int) -> tuple[dict[str, Any], bool]:
         rid = item["request_id"]
         while True:
             try:
                 answer = batches.message(
                     params, deadline=self.until, headers=batches.headers_for(item, realtime=True)
                 )
-                return {"type": "succeeded", "message": answer}
+                return {"type": "succeeded", "message": answer}, False
             except OutcomeUnknownError as exc:
                 # It may have run and been billed: sent again only as a new attempt, which the
                 # request's completion counts (and MaxAttempts bounds), never within this one.
                 metrics.add_metric(name="RealtimeOutcomeUnknown", unit=MetricUnit.Count, value=1)
                 message = f"the realtime call's answer was lost after it was sent; it may have run: {exc}"
-                return errored(rid, "api_error", message)["result"]
+                return errored(rid, "api_error", message)["result"], True
             except TransientError as exc:  # 429/529 (NotAcceptedError), a call that never left
                 wait = batches.retry_after(exc) or min(
                     BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (tries - 1)
@@ -252,19 +258,21 @@ class Realtime:
                     continue
                 if tries >= MAX_TRIES:
                     kind = "overloaded_error" if "529" in str(exc) else "api_error"
-                    return errored(rid, kind, f"realtime call failed {tries} times: {exc}")["result"]
+                    return errored(rid, kind, f"realtime call failed {tries} times: {exc}")["result"], False
                 raise Later(wait, f"realtime call not answered: {exc}") from None
             except BatchTooLargeError as exc:
-                return errored(rid, "request_too_large", str(exc))["result"]
+                return errored(rid, "request_too_large", str(exc))["result"], False
             except AccountError as exc:
                 # Settled like a batch's account-level result: back to its tier, which is held. A
                 # spend cap's 429 lands here too: trying again before the cap lifts cannot help.
-                return errored(rid, "billing_error", str(exc), exc.code)["result"]
+                return errored(rid, "billing_error", str(exc), exc.code)["result"], False
             except ApiAccessError as exc:
                 raise Later(300, str(exc)) from None
             except BatchRefusedError as exc:
                 # The request's own fault, in the API's words (a 403 about its user profile included).
-                return errored(rid, exc.api_type or "invalid_request_error", str(exc), exc.code)["result"]
+                return errored(rid, exc.api_type or "invalid_request_error", str(exc), exc.code)[
+                    "result"
+                ], False
 
     def _unlease(self, rid: str, token: str, pause: float = 0.0) -> None:
         """End this try's lease; with `pause`, no try starts before it has passed."""
