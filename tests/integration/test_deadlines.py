@@ -447,6 +447,41 @@ def test_a_realtime_try_killed_after_writing_its_answer_does_not_call_the_api_ag
     assert len(emulator.messages_created) == 1, "one realtime request was billed twice"
 
 
+def test_a_realtime_answer_whose_keeping_fails_is_not_bought_again_in_the_same_attempt(make_stack, emulator):
+    """The call is answered and billed; S3 then refuses the write that keeps the answer (a 500, more
+    times than any retry covers). The try fails and the next one, finding no kept answer, called the
+    API again: billed twice under a completion that says `attempts: 1`."""
+    stack = make_stack()
+    inbox = stack.subscribe()
+    stack.send([request("ks", deadline=at(3000))])
+    stack.deliver()
+    refused: list[str] = []
+
+    def before(fn: str, op: str) -> None:
+        if fn == "RealtimeFunction" and op == "PutObject" and emulator.messages_created and len(refused) < 6:
+            refused.append(op)
+            raise ClientError(
+                {"Error": {"Code": "InternalError", "Message": "injected"}, "ResponseMetadata": {}}, op
+            )
+
+    stack.before = before
+    stack.tick()
+    stack.before = None
+    got: dict[str, Any] = {}
+    for _ in range(8):
+        stack.advance(300)
+        stack.tick()  # a request sent back to its tier is claimed again by a run
+        got |= by_id(stack.drain(inbox))
+        if got:
+            break
+    [done] = got["ks"]
+    billed = len(emulator.messages_created)
+    assert refused and billed >= 1
+    assert done["attempts"] == billed, (
+        f"{billed} calls billed for a completion of {done['attempts']} attempt(s)"
+    )
+
+
 def test_a_cancel_that_fails_once_is_tried_again(late_batch, emulator):
     """Every request of a late batch went realtime; the cancel call meets one 500. The check is
     retried, but the rescue schedule is already spent, so the cancel is never sent again and the

@@ -341,7 +341,7 @@ ANSWERED = frozenset({Request.SUCCEEDED, Request.ERRORED, Request.EXPIRED, Reque
 
 # What a realtime try leaves on a request, for as long as one record holds it: a request back in
 # its tier starts afresh (no lease of a past try to wait out, its tries counted from one again).
-REALTIME_TRY = ("rt_until", "rt_holder", "rt_tries", "rt_answer", "rt_since")
+REALTIME_TRY = ("rt_until", "rt_holder", "rt_tries", "rt_answer", "rt_since", "rt_called")
 
 
 def _enter(item: dict[str, Any], to: Request, leaving: frozenset[Request] | None) -> dict[str, Any]:

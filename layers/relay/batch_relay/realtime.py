@@ -169,7 +169,11 @@ class Realtime:
         except Exception as exc:
             # A failed try keeps no one else waiting; one the API asked to pause makes any
             # message of this request (a resend) wait as long.
-            self._unlease(rid, token, pause=exc.seconds if isinstance(exc, Later) else 0.0)
+            # A try sent back for later proved no call ran (a 429, 529 or refused connection).
+            if isinstance(exc, Later):
+                self._unlease(rid, token, pause=exc.seconds, uncalled=True)
+            else:
+                self._unlease(rid, token)
             raise
 
     def _answer(self, item: dict[str, Any], record: dict[str, Any], token: str) -> str:
@@ -182,12 +186,16 @@ class Realtime:
         unknown = False  # whether a call may have run and been billed with its answer lost
         if kept.startswith(f"answers/{ref}/"):
             result = self.payloads.read_json(kept)  # a try that died after the call paid for it
+        elif item.get("rt_called") == ref:
+            # An earlier try sent the call, then failed or died before keeping its answer.
+            message = "an earlier try's realtime call may have run; its answer was not kept"
+            result, unknown = errored(rid, "api_error", message)["result"], True
         else:
-            result, unknown = self._result(item, tries)
+            result, unknown = self._result(item, tries, ref, token)
             if result["type"] == "succeeded":
                 # Kept before it is settled: a try that dies from here on is settled from it.
                 kept = f"answers/{ref}/{rid}.json"
-                self.payloads.put_json(kept, result)
+                insist(lambda: self.payloads.put_json(kept, result))
                 self.store.update_if(key, Attr("rt_holder").eq(token), rt_answer=kept)
         self.settler.settle(record, [{"custom_id": rid, "result": result}], None)
         message = result.get("message") or {}
@@ -205,7 +213,7 @@ class Realtime:
             metrics.add_metric(name="RealtimeSeconds", unit=MetricUnit.Seconds, value=waited)
         return str(result["type"])
 
-    def _result(self, item: dict[str, Any], tries: int) -> tuple[dict[str, Any], bool]:
+    def _result(self, item: dict[str, Any], tries: int, ref: str, token: str) -> tuple[dict[str, Any], bool]:
         """The request's result line, in the batch results' shape, from one realtime call; and
         whether that call's outcome is unknown (it may have run, and been billed)."""
         rid = item["request_id"]
@@ -232,6 +240,10 @@ class Realtime:
                 return errored(rid, "budget_exceeded", message)["result"], False
             item.update(budget_usd=usd, budget_day=day)
             item.pop("budget_settled", None)
+        # Said before the call: a try that then fails or dies cannot tell whether the API ran it,
+        # and the next one must not send it again within this attempt.
+        if not self.store.update_if(request_key(rid), Attr("rt_holder").eq(token), rt_called=ref):
+            raise Later(60, "another invocation is answering this request")
         return self._call(item, params, tries)
 
     def _call(self, item: dict[str, Any], params: dict[str, Any], tries: int) -> tuple[dict[str, Any], bool]:
@@ -274,12 +286,14 @@ class Realtime:
                     "result"
                 ], False
 
-    def _unlease(self, rid: str, token: str, pause: float = 0.0) -> None:
-        """End this try's lease; with `pause`, no try starts before it has passed."""
+    def _unlease(self, rid: str, token: str, pause: float = 0.0, uncalled: bool = False) -> None:
+        """End this try's lease; with `pause`, no try starts before it has passed; `uncalled`: no
+        call of this try ran, so the next may call."""
         fields: dict[str, Any] = {"rt_not_before": clock.now() + pause} if pause else {}
+        remove = ("rt_until", "rt_holder", "rt_called") if uncalled else ("rt_until", "rt_holder")
         # Through a throttle: a lease left behind keeps every delivery off until the try's timeout.
         insist(
             lambda: self.store.update_if(
-                request_key(rid), Attr("rt_holder").eq(token), remove=("rt_until", "rt_holder"), **fields
+                request_key(rid), Attr("rt_holder").eq(token), remove=remove, **fields
             )
         )
