@@ -135,8 +135,9 @@ def late_batch(make_stack: Any, emulator: Any) -> Callable[..., LateBatch]:
     tick that submits it has run; the batch has not ended.
 
     `due` names the requests with deadlines (all `deadline` seconds away, or each its own when a
-    mapping), `free` those without (ids, or whole request bodies); `before_tick(stack)` runs
-    between the delivery and the tick (to place faults); `params` change the stack's."""
+    mapping), `free` those without (ids, or whole request bodies); `before_send(stack)` runs once
+    the stack is up (to move its clock), `before_tick(stack)` between the delivery and the tick (to
+    place faults); `params` change the stack's."""
 
     def make(
         due: Sequence[str] | Mapping[str, float],
@@ -145,10 +146,13 @@ def late_batch(make_stack: Any, emulator: Any) -> Callable[..., LateBatch]:
         deadline: float = 1800,
         margin: float = 60,
         late: float = 7200,
+        before_send: Callable[[Any], None] | None = None,
         before_tick: Callable[[Any], None] | None = None,
         **params: str,
     ) -> LateBatch:
         stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds=str(margin), **params)
+        if before_send is not None:
+            before_send(stack)
         inbox = stack.subscribe()
         emulator.make_late(1, late)
         seconds = due if isinstance(due, Mapping) else dict.fromkeys(due, deadline)

@@ -660,7 +660,7 @@ class AddedTwice:
                 )
 
 
-def test_a_rescue_counted_twice_cancels_no_batch_that_still_holds_a_request(make_stack, emulator):
+def test_a_rescue_counted_twice_cancels_no_batch_that_still_holds_a_request(late_batch, emulator):
     """A late batch holds three requests: two with deadlines half an hour apart, one without. The
     check that takes the first out for realtime adds 1 to the batch's `n_rescued`, and that write
     is applied twice. When the second is taken out, the tally read 3 of 3: the batch was canceled
@@ -669,14 +669,9 @@ def test_a_rescue_counted_twice_cancels_no_batch_that_still_holds_a_request(make
     answered by its batch."""
     from batch_relay import clock
 
-    stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds="60")
-    inbox = stack.subscribe()
-    emulator.make_late(1, 7200)
     start = clock.now()
-    stack.send([request("first", deadline=at(1800)), request("second", deadline=at(3600)), request("third")])
-    stack.deliver()
-    stack.tick()
-    [batch_id] = emulator.batch_ids()
+    late = late_batch({"first": 1800, "second": 3600}, ["third"])
+    stack, inbox, batch_id = late.stack, late.inbox, late.batch_id
     twice = AddedTwice(stack, "CheckBatchFunction")
     stack.before, stack.after = twice.before, twice.after
     # When the first deadline comes within the margin, its rescue is counted twice

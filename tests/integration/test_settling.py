@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.helpers import at, by_id, emitted, request
+from tests.helpers import at, by_id, emitted, request, to_morning
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +138,7 @@ def test_a_half_failed_publish_whose_retry_is_refused_repeats_no_completion(load
 
 @pytest.mark.parametrize("first", ["realtime", "batch"])
 def test_a_rescued_request_refused_for_budget_is_not_reported_as_paid_both_ways(
-    make_stack, emulator, capsys, first
+    late_batch, emulator, capsys, first
 ):
     """A deadline request goes into a batch that turns out late; before its deadline it is taken
     out for realtime, where the day's budget refuses the call (`budget_exceeded`). The batch, when
@@ -147,20 +147,13 @@ def test_a_rescued_request_refused_for_budget_is_not_reported_as_paid_both_ways(
     what the batch spent on it still counts against the day. Whichever is settled first: the
     realtime refusal (`first` realtime), or the batch's results (the realtime message held back
     until the batch is collected)."""
-    from batch_relay import clock
 
     # Batches assumed to take a minute, a realtime margin of a minute; a budget the batch of two
     # fits (its bound: about 0.00122 USD committed) but a realtime call on top (about 0.00122 more)
     # does not, even once the batch has given back what it did not spend (all but about 0.00026).
-    stack = make_stack(DefaultTurnaroundSeconds="60", DeadlineMarginSeconds="60", DailyBudgetUSD="0.0013")
-    now = clock.now()
-    stack.advance(86400 - now % 86400 + 6 * 3600)  # morning: the day does not change mid-test
-    inbox = stack.subscribe()
-    emulator.make_late(1, 7200)
-    stack.send([request("bw-due", deadline=at(1800)), request("bw-free")])
-    stack.deliver()
-    stack.tick()
-    [batch_id] = emulator.batch_ids()
+    # (In the morning: the day does not change mid-test.)
+    late = late_batch(["bw-due"], ["bw-free"], before_send=to_morning, DailyBudgetUSD="0.0013")
+    stack, inbox, batch_id = late.stack, late.inbox, late.batch_id
     assert set(emulator.custom_ids(batch_id)) == {"bw-due", "bw-free"}
     # When the deadline nears (the batch still running), the request is rescued and refused
     stack.polls_realtime = False
