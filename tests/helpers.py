@@ -124,9 +124,17 @@ def items(stack: Any, prefix: str = "req#") -> dict[str, dict[str, Any]]:
     return {i["pk"]: i for i in table(stack).scan()["Items"] if i["pk"].startswith(prefix)}
 
 
+def records(stack: Any) -> list[Any]:
+    """The batch records (`BatchRecord`), as the store reads them."""
+    from batch_relay.records import BatchRecord
+    from batch_relay.store import plain
+
+    return [BatchRecord.model_validate(plain(i)) for i in items(stack, "batch#").values()]
+
+
 def rescued(stack: Any) -> bool:
     """Whether some request has been taken out of its batch for realtime (a realtime record)."""
-    return any(b.get("status") == "realtime" for b in items(stack, "batch#").values())
+    return any(b.status == "realtime" for b in records(stack))
 
 
 def committed(stack: Any, day: str | None = None) -> float:

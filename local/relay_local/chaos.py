@@ -828,8 +828,6 @@ class Drive:
     def stage(self, rid: str, item: dict[str, Any] | None, now: float) -> str:
         """What a request was waiting on: intake, the submitter, a batch's poller (a rescue), or
         the realtime path (a try's lease, the API's retry-after, its message's return)."""
-        from batch_relay.store import batch_key
-
         if item is None:
             return "not accepted"
         status = item.get("status")
@@ -845,10 +843,10 @@ class Drive:
                 if start <= due <= end and ids is not None and rid in ids:
                     return f"realtime, a {function} waiting out a retry-after in place"
             return f"answered ({status}) as its deadline passed"
-        record = self.store.get(batch_key(str(item.get("batch_ref")))) or {}
-        state = record.get("status")
-        if state in ("polling", "collecting"):
-            collect = self.store.get(f"lease#collect#{record['ref']}") or {}
+        record = self.store.batch(str(item.get("batch_ref")))
+        state = record.status if record else None
+        if record is not None and state in ("polling", "collecting"):
+            collect = self.store.get(f"lease#collect#{record.ref}") or {}
             more = float(collect.get("until", 0)) - now
             held = f" (its collect lease held {more:.0f} s more)" if more > 0 else ""
             return f"in a running batch, not rescued{held}"
@@ -900,7 +898,7 @@ class Drive:
         if self.realtime_held():
             return False
         live = list(self.store.live_batches())
-        return all(b.get("status") == "polling" for b in live) and self.running() >= len(live)
+        return all(b.status == "polling" for b in live) and self.running() >= len(live)
 
     def move_to(self, events: list[float]) -> None:
         """Advance the relay's clock to the next event: one given, the schedule (when it has work),

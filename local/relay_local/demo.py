@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, TextIO
 
 from batch_relay import clock
 from batch_relay.lifecycle import AT_API
+from batch_relay.records import BatchRecord
 from relay_ops import savings, term
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -626,10 +627,11 @@ class Run:
             and (i.get("pending_tier") == name if name else i.get("pending_tier"))
         ]
 
-    def live(self) -> list[dict[str, Any]]:
+    def live(self) -> list[BatchRecord]:
         from batch_relay.store import LIVE
 
-        return [i for i in self.items if i.get("kind") == "batch" and i.get("pending_tier") == LIVE]
+        listed = (i for i in self.items if i.get("kind") == "batch" and i.get("pending_tier") == LIVE)
+        return [BatchRecord.model_validate(i) for i in listed]
 
     def left(self) -> float:
         day = clock.iso(clock.now())[:10]
@@ -649,11 +651,11 @@ class Run:
 
     def next_tick(self) -> float | None:
         """The next schedule tick that finds work (the others are skipped)."""
-        from batch_relay.lifecycle import BATCH, WAITS_ON_SUBMITTER, Batch, Mover
+        from batch_relay.lifecycle import BATCH, WAITS_ON_SUBMITTER, Mover
 
         now = clock.now()
         # A realtime record is closed by whichever run comes next, once its requests are answered.
-        live = [b["status"] for b in self.live() if BATCH[Batch(b["status"])].mover is not Mover.POLLER]
+        live = [b.status for b in self.live() if BATCH[b.status].mover is not Mover.POLLER]
         moments = [now for status in live if status in WAITS_ON_SUBMITTER]
         for name in self.config.tiers:
             at = self.tier_due(name)
@@ -720,8 +722,8 @@ class Run:
             if i["pending_tier"] in rows:
                 rows[i["pending_tier"]]["buffered"] += 1
         for b in self.live():
-            if b.get("tier") in rows and b.get("batch_id") and b.get("status") in AT_API:
-                rows[b["tier"]]["polling"] += 1
+            if b.tier in rows and b.batch_id and b.status in AT_API:
+                rows[b.tier]["polling"] += 1
         rejected = 0
         for c in self.completions:
             row = rows.get(c.get("tier") or "")
@@ -735,7 +737,7 @@ class Run:
         total = {k: sum(r[k] for r in rows.values()) for k in columns}
         # Rejected messages are answered too: they count toward the demo's total of completions.
         total["completed"] += rejected
-        batches = {c.get("batch_id") for c in self.completions} | {b.get("batch_id") for b in self.live()}
+        batches = {c.get("batch_id") for c in self.completions} | {b.batch_id for b in self.live()}
         now = clock.now()
         return {
             "tiers": rows,
@@ -776,19 +778,23 @@ class Run:
             deadlines[key] += 1
             row = deadlines["by_route"].setdefault(c.get("route") or "batch", dict.fromkeys(kinds, 0))
             row[key] += 1
-        records = {i["batch_id"]: i for i in items if i.get("kind") == "batch" and i.get("batch_id")}
+        records = {
+            r.batch_id: r
+            for r in (BatchRecord.model_validate(i) for i in items if i.get("kind") == "batch")
+            if r.batch_id
+        }
         made_late = dict(self.late)
         late = []
         for batch_id, record in records.items():
-            if batch_id not in made_late and not int(record.get("n_rescued", 0)):
+            if batch_id not in made_late and not record.n_rescued:
                 continue
-            count, moved = int(record.get("request_count", 0)), int(record.get("n_rescued", 0))
-            created, ended = record.get("created_at") or record.get("submitted_at"), record.get("ended_at")
+            count, moved = record.request_count, record.n_rescued
+            created, ended = record.created_at or record.submitted_at, record.ended_at
             late.append(
                 {
                     "batch_id": batch_id,
                     "why": made_late.get(batch_id),
-                    "tier": record.get("tier"),
+                    "tier": record.tier,
                     "created_at": created,
                     "ran_seconds": round(clock.parse(ended) - clock.parse(created), 1)
                     if created and ended

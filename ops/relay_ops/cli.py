@@ -41,7 +41,8 @@ import boto3
 from batch_relay import aws
 from batch_relay.clock import parse
 from batch_relay.models import RequestMessage
-from batch_relay.store import Store, batch_key, request_key
+from batch_relay.records import BatchRecord
+from batch_relay.store import Store, request_key
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -251,7 +252,8 @@ def status(stack: Stack, args: argparse.Namespace) -> int:
         raise UserError(f"no request {args.request_id!r}")
     batch_id = item.get("batch_id") or item.get("last_batch_id")
     if not batch_id and item.get("batch_ref"):
-        batch_id = (store.get(batch_key(item["batch_ref"])) or {}).get("batch_id")
+        record = store.batch(item["batch_ref"])
+        batch_id = record.batch_id if record else None
     keys = (
         "request_id",
         "status",
@@ -275,30 +277,30 @@ def list_batches(stack: Stack, args: argparse.Namespace) -> int:
     """The batches, newest first, and the turnaround the relay has learned from them per model."""
     now = time.time()
     store = Store(stack.need("table"))
-    records: list[dict[str, Any]] = []
+    records: list[BatchRecord] = []
     models: set[str] = set()
     for item in store.scan():
         if item.get("kind") == "batch":
-            records.append(item)
-            models.update(item.get("models") or [])
+            records.append(BatchRecord.model_validate(item))
+            models.update(records[-1].models or [])
         elif item.get("kind") == "turnaround" and item.get("model"):
             models.add(item["model"])
     rows = []
-    for b in sorted(records, key=lambda b: b.get("claimed_at", ""), reverse=True):
-        if not b.get("batch_id") and not args.all:
+    for b in sorted(records, key=lambda b: b.claimed_at, reverse=True):
+        if not b.batch_id and not args.all:
             continue
         rows.append(
             {
-                "batch_id": b.get("batch_id", "-"),
-                "tier": b.get("tier"),
-                "status": b.get("status"),
-                "requests": b.get("request_count", 0),
-                "succeeded": b.get("n_succeeded", 0),
-                "errored": b.get("n_errored", 0),
-                "retried": b.get("n_retried", 0),
-                "age_min": round((now - parse(b["claimed_at"])) / 60, 1),
-                "batch_usd": round(float(b.get("batch_usd", 0)), 4),
-                "saved_usd": round(float(b.get("saved_usd", 0)), 4),
+                "batch_id": b.batch_id or "-",
+                "tier": b.tier,
+                "status": b.status.value,
+                "requests": b.request_count,
+                "succeeded": b.n_succeeded,
+                "errored": b.n_errored,
+                "retried": b.n_retried,
+                "age_min": round((now - parse(b.claimed_at)) / 60, 1),
+                "batch_usd": round(b.batch_usd, 4),
+                "saved_usd": round(b.saved_usd, 4),
             }
         )
     columns = [

@@ -26,6 +26,7 @@ from tests.helpers import (
     install,
     items,
     once,
+    records,
     request,
     wait_for,
 )
@@ -227,7 +228,7 @@ def test_a_realtime_message_delivered_twice_at_once_is_answered_once(stack, emul
 
     inbox = stack.subscribe()
     realtime_at_claim(stack, "k3")
-    [record] = [b for b in items(stack, "batch#").values() if b.get("status") == "realtime"]
+    [record] = [b for b in records(stack) if b.status == "realtime"]
     config = settings()
     Handoff(config, Store(config.table_name), Payloads(config.bucket_name)).dispatch(record, ["k3"])
     url, arn = stack.queue_url("RealtimeQueue"), stack.arns["RealtimeQueue"]

@@ -22,6 +22,7 @@ from tests.helpers import (
     items,
     learn,
     once,
+    records,
     request,
     rescued,
     table,
@@ -195,7 +196,7 @@ def test_a_realtime_message_delivered_twice_is_answered_once(stack, emulator):
     stack.send([request("dup", deadline=at(600))])
     stack.deliver()
     stack.tick()
-    [record] = [b for b in items(stack, "batch#").values() if b.get("status") == "realtime"]
+    [record] = [b for b in records(stack) if b.status == "realtime"]
     config = settings()
     Handoff(config, Store(config.table_name), Payloads(config.bucket_name)).dispatch(record, ["dup", "dup"])
     stack.deliver_realtime()

@@ -49,7 +49,7 @@ def holding(emulator: Any, rid: str) -> list[str]:
     return [b for b in emulator.batch_ids() if rid in emulator.custom_ids(b)]
 
 
-def index_view() -> list[dict[str, Any]]:
+def index_view() -> list[Any]:
     """The batch records the `pending` index lists as live, as the submitter reads them."""
     from batch_relay.settings import settings
     from batch_relay.store import Store
@@ -58,7 +58,7 @@ def index_view() -> list[dict[str, Any]]:
         return list(Store(settings().table_name).live_batches())
 
 
-def lagging_index(monkeypatch: pytest.MonkeyPatch, view: list[dict[str, Any]]) -> list[int]:
+def lagging_index(monkeypatch: pytest.MonkeyPatch, view: list[Any]) -> list[int]:
     """The next submitter run's first read of the live batches gets `view`, the index as it was a
     moment earlier (the table itself, read consistently, is up to date). Returns a list that gets
     an entry once the view has been served."""
@@ -68,10 +68,10 @@ def lagging_index(monkeypatch: pytest.MonkeyPatch, view: list[dict[str, Any]]) -
     real = Store.live_batches
     served: list[int] = []
 
-    def live_batches(self: Any) -> Iterator[dict[str, Any]]:
+    def live_batches(self: Any) -> Iterator[Any]:
         if not served and current_function() == "SubmitterFunction":
             served.append(1)
-            return iter([dict(item) for item in view])
+            return iter([record.model_copy() for record in view])
         return real(self)
 
     monkeypatch.setattr(Store, "live_batches", live_batches)
@@ -87,7 +87,7 @@ def snapshot_when(status: str, operation: str) -> tuple[Any, dict[str, Any]]:
         if function != "SubmitterFunction" or op != operation or "view" in kept:
             return
         view = index_view()
-        if any(b.get("status") == status for b in view):
+        if any(b.status == status for b in view):
             kept["view"] = view
 
     return after, kept
@@ -117,7 +117,7 @@ def test_a_record_the_index_still_lists_in_a_state_it_left_is_not_recovered_from
     stack.after = after
     stack.tick()
     stack.after = None
-    assert [b["status"] for b in kept["view"]] == [status]
+    assert [b.status for b in kept["view"]] == [status]
     [record] = records(stack).values()
     assert record["status"] == "polling" and len(holding(emulator, "u1")) == 1
     stack.advance(60)  # the schedule's next run

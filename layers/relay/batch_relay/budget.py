@@ -10,10 +10,10 @@ the SDK's resend after a lost answer frees the room twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from . import clock
 from .observability import MetricUnit, metrics
+from .records import BatchRecord, RequestItem
 from .settings import Settings
 from .store import Store
 
@@ -55,6 +55,6 @@ class Budget:
         self.store.give_back(day, max(0.0, committed - spent), mark=key)
 
     @staticmethod
-    def terms(record: dict[str, Any]) -> tuple[float, str | None]:
+    def terms(record: BatchRecord | RequestItem) -> tuple[float, str | None]:
         """What a record or item committed, and on which day."""
-        return float(record.get("budget_usd", 0) or 0), record.get("budget_day")
+        return float(record.budget_usd or 0), record.budget_day

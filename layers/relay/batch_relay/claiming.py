@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from . import batches, clock
 from .closing import Closing
 from .deadlines import schedule_of
-from .lifecycle import EMPTY, UPLOAD, Batch, Request, claimed, move, new_record
+from .lifecycle import EMPTY, UPLOAD, Batch, BatchRecord, Request, claimed, move, new_record
 from .observability import logger
 from .payloads import JsonlWriter
 from .pricing import request_bound, unbounded_reason
@@ -75,7 +75,7 @@ class Claiming:
     run: Run
     closing: Closing
 
-    def claim(self, tier: str, cap: int) -> tuple[dict[str, Any] | None, int]:
+    def claim(self, tier: str, cap: int) -> tuple[BatchRecord | None, int]:
         """Claim the most urgent pending requests of a tier (deadline ones by when they must go,
         then the rest oldest first) into a new batch and write its JSONL to S3; also answers those
         too large for any batch and sends realtime those a batch could no longer answer in time.
@@ -83,7 +83,8 @@ class Claiming:
         run = self.run
         record = self.new_record(tier)
         limit = run.settings.max_batch_bytes - ENVELOPE_BYTES
-        taking = Taking(run.payloads.writer(record["input_key"]), cap, limit, run.budget.left())
+        assert record.input_key is not None
+        taking = Taking(run.payloads.writer(record.input_key), cap, limit, run.budget.left())
         run.over_budget = False
         size_hint = min(cap, 1000)
         pages = chain(
@@ -106,7 +107,7 @@ class Claiming:
         fields = taking.fields()
         if taking.schedule:
             # Its poller takes these out for realtime if the batch has not ended in time.
-            run.payloads.put_lines(f"deadlines/{record['ref']}.json", [schedule_of(taking.schedule).encode()])
+            run.payloads.put_lines(f"deadlines/{record.ref}.json", [schedule_of(taking.schedule).encode()])
             first = min(d for d, _ in taking.schedule)
             fields["rescue_at"] = first - run.settings.deadline_margin_seconds
         run.lease.keep()
@@ -114,7 +115,7 @@ class Claiming:
         return record, answered
 
     def _take_page(
-        self, record: dict[str, Any], tier: str, number: int, page: list[dict[str, Any]], taking: Taking
+        self, record: BatchRecord, tier: str, number: int, page: list[dict[str, Any]], taking: Taking
     ) -> bool:
         """Take what a page holds into the batch; True once the batch is full."""
         run = self.run
@@ -151,8 +152,8 @@ class Claiming:
                 taking.schedule.append((clock.parse(item["deadline"]), item["request_id"]))
         if taken:
             run.lease.keep()
-            run.payloads.journal(record["ref"], number, (item["request_id"] for item in taken))
-            run.store.put_many(claimed(item, record["ref"], record["claimed_at"]) for item in taken)
+            run.payloads.journal(record.ref, number, (item["request_id"] for item in taken))
+            run.store.put_many(claimed(item, record.ref, record.claimed_at) for item in taken)
             for line in lines:
                 taking.writer.write(line)
         return full
@@ -209,7 +210,7 @@ class Claiming:
         usd = request_bound(json.loads(line)["params"], len(line), batch=True)
         return math.inf if usd is None else usd  # nothing bounds it: no day's budget can hold it
 
-    def new_record(self, tier: str, state: Batch = Batch.CLAIMING, **extra: Any) -> dict[str, Any]:
+    def new_record(self, tier: str, state: Batch = Batch.CLAIMING, **extra: Any) -> BatchRecord:
         run = self.run
         ref = uuid.uuid4().hex
         record = new_record(
@@ -242,8 +243,8 @@ class Claiming:
         record = self.new_record(
             tier, Batch.CLOSING, close_error=error, close_message=message, close_status=Batch.REFUSED.value
         )
-        self.run.payloads.journal(record["ref"], 0, [item["request_id"]])
-        self.run.store.put_many([claimed(item, record["ref"], record["claimed_at"])])
+        self.run.payloads.journal(record.ref, 0, [item["request_id"]])
+        self.run.store.put_many([claimed(item, record.ref, record.claimed_at)])
         self.closing.close(record)
 
     def route_late(self, name: str) -> int:
@@ -265,13 +266,13 @@ class Claiming:
         run.lease.keep()
         return run.handoff.route(name, late, why="late", run=run.holder)
 
-    def recover(self, record: dict[str, Any], idle: float) -> bool:
+    def recover(self, record: BatchRecord, idle: float) -> bool:
         """A claim its run never finished: its requests go back to their tier."""
         left = self.run.left(record, idle)
         if left is None:
             return False
         n = self.run.settler.release(left, Batch.RELEASED)
-        logger.warning("released an abandoned claim", extra={"ref": record["ref"], "n": n})
+        logger.warning("released an abandoned claim", extra={"ref": record.ref, "n": n})
         return True
 
 

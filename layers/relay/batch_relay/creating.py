@@ -23,7 +23,7 @@ from .errors import (
     NotAcceptedError,
     OutcomeUnknownError,
 )
-from .lifecycle import BEGIN_CREATE, CREATED, RETRY_CREATE, Batch, move
+from .lifecycle import BEGIN_CREATE, CREATED, RETRY_CREATE, Batch, BatchRecord, move
 from .observability import MetricUnit, logger, metrics
 from .payloads import RequestsBody
 from .runs import CLOCK_SKEW_SECONDS, Run
@@ -45,22 +45,23 @@ class Creating:
     closing: Closing
     starts: Starts
 
-    def commit(self, record: dict[str, Any]) -> bool:
+    def commit(self, record: BatchRecord) -> bool:
         """Commit the batch's upper-bound cost to today's budget, or release it if it no longer fits
         (realtime answers committed meanwhile)."""
         run = self.run
         if not run.budget.capped:
             return True
-        usd, day = float(record["budget_usd"]), today()
-        if run.budget.commit(usd, day, mark=batch_key(record["ref"])):
-            record["budget_day"] = day
+        usd, day = float(record.budget_usd or 0), today()
+        if run.budget.commit(usd, day, mark=batch_key(record.ref)):
+            record.budget_day = day
             return True
         run.settler.release(record, Batch.OVER_BUDGET)
         return False
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: BatchRecord) -> None:
         """Create the batch from the uploaded JSONL and start its poller."""
-        run, ref = self.run, record["ref"]
+        run, ref = self.run, record.ref
+        assert record.input_key is not None
         run.lease.keep()
         started = clock.now()
         move(
@@ -72,11 +73,11 @@ class Creating:
             updated_at=clock.iso(started),
         )
         try:
-            body = RequestsBody(run.payloads, record["input_key"], run.payloads.size(record["input_key"]))
-            headers = batches.headers_for(record)
+            body = RequestsBody(run.payloads, record.input_key, run.payloads.size(record.input_key))
+            headers = batches.headers_for(record.model_dump())
             batch = batches.create_from(body, len(body), deadline=run.create_until, headers=headers)
         except (BatchTooLargeError, BatchRefusedError) as exc:
-            if int(record["request_count"]) == 1:
+            if record.request_count == 1:
                 # One request the API will never take: answer it rather than retry it forever.
                 error = (
                     "request_too_large" if isinstance(exc, BatchTooLargeError) else "invalid_request_error"
@@ -92,7 +93,7 @@ class Creating:
             metrics.add_metric(name="BatchCreateRefused", unit=MetricUnit.Count, value=1)
             run.settler.release(record, Batch.REFUSED)
             if isinstance(exc, AccountError):
-                run.settler.hold(record["tier"])  # not the requests' fault: the tier pauses
+                run.settler.hold(record.tier)  # not the requests' fault: the tier pauses
             raise
         except OutcomeUnknownError:
             # The batch may or may not exist now: a later run adopts it or proves it absent.
@@ -101,9 +102,9 @@ class Creating:
             raise
         self.created(record, batch)
 
-    def created(self, record: dict[str, Any], batch: Any) -> None:
-        run, ref = self.run, record["ref"]
-        if not run.store.own(batch.id, ref, int(record["ttl"])):
+    def created(self, record: BatchRecord, batch: Any) -> None:
+        run, ref = self.run, record.ref
+        if not run.store.own(batch.id, ref, record.ttl):
             raise Taken(batch.id)
         now = clock.iso()
         move(
@@ -117,7 +118,7 @@ class Creating:
             created_at=_stamp(batch.created_at),
         )
         metrics.add_metric(name="BatchesCreated", unit=MetricUnit.Count, value=1)
-        fresh = run.store.get(batch_key(ref)) or record
+        fresh = run.store.batch(ref) or record
         rescuer = Rescuer(run.settings, run.store, run.payloads)
         if rescuer.may_be_empty(fresh, 0) and not rescuer.holds_any(ref):
             # Adopted after every one of its requests went realtime: nothing in it is ours to wait for.
@@ -128,41 +129,40 @@ class Creating:
             extra={
                 "batch_id": batch.id,
                 "ref": ref,
-                "tier": record["tier"],
-                "requests": record["request_count"],
+                "tier": record.tier,
+                "requests": record.request_count,
             },
         )
         self.starts.start(record)
 
     # recovery
 
-    def recover_uploaded(self, record: dict[str, Any], idle: float) -> bool:
+    def recover_uploaded(self, record: BatchRecord, idle: float) -> bool:
         left = self.run.left(record, idle)
         if left is None:
             return False
         if self.rescued_from(left):
             return True
         # A run that ended before committing its cost to the budget leaves that to this one.
-        uncommitted = "budget_usd" in left and not left.get("budget_day")
+        uncommitted = left.budget_usd is not None and not left.budget_day
         if uncommitted and not self.commit(left):
             return True  # released: it no longer fits the day's budget
         self.submit(left)
         return True
 
-    def rescued_from(self, record: dict[str, Any]) -> bool:
+    def rescued_from(self, record: BatchRecord) -> bool:
         """A batch never created whose deadline requests went realtime meanwhile: its input still
         holds them, so it is not created from it. What it holds goes back to its tier instead, to be
         claimed afresh (with its own deadlines, now sooner)."""
-        fresh = self.run.store.get(batch_key(record["ref"])) or record
-        if not int(fresh.get("n_rescued", 0)):
+        fresh = self.run.store.batch(record.ref) or record
+        if not fresh.n_rescued:
             return False
         n = self.run.settler.release(fresh, Batch.RELEASED)
         logger.warning("a batch lost requests to realtime before its create; released", extra={"n": n})
         return True
 
-    def recover_creating(self, record: dict[str, Any], idle: float) -> bool:
-        start = clock.parse(record["create_started"]) - CLOCK_SKEW_SECONDS
-        end = clock.parse(record["create_until"]) + CLOCK_SKEW_SECONDS
+    def recover_creating(self, record: BatchRecord, idle: float) -> bool:
+        start, end = _window(record)
         if clock.now() < end:
             return False  # the create may still be under way
         found = self.find_created(record, start, end)
@@ -180,7 +180,7 @@ class Creating:
         self.created(record, found)
         return True
 
-    def find_created(self, record: dict[str, Any], start: float, end: float) -> Any:
+    def find_created(self, record: BatchRecord, start: float, end: float) -> Any:
         """The API's batch made by this record's create, None when there is none, or `WAIT`.
 
         The API keeps no metadata of ours: a candidate was created inside the window, holds as
@@ -188,11 +188,11 @@ class Creating:
         of several (another deployment on the same key), only the one whose results carry
         exactly this batch's journaled ids, once they have all ended."""
         run = self.run
-        count = int(record["request_count"])
+        count = record.request_count
         fits = [b for b in batches.created_between(start, end, run.create_until) if _total(b) == count]
         owners = run.store.owners(b.id for b in fits)
         for b in fits:
-            if owners.get(b.id) == record["ref"]:
+            if owners.get(b.id) == record.ref:
                 return b  # the record's own, claimed before a crash
         candidates = [b for b in fits if b.id not in owners]
         if not candidates:
@@ -204,26 +204,32 @@ class Creating:
         metrics.add_metric(name="AmbiguousAdoptions", unit=MetricUnit.Count, value=1)
         if any(b.processing_status != "ended" for b in candidates):
             logger.warning(
-                "several batches could be this one; waiting for them to end", extra={"ref": record["ref"]}
+                "several batches could be this one; waiting for them to end", extra={"ref": record.ref}
             )
             return WAIT
-        ours = set(run.payloads.journaled(record["ref"]))
+        ours = set(run.payloads.journaled(record.ref))
         matching = [b for b in candidates if set(batches.custom_ids(b.id, run.create_until)) == ours]
         return matching[0] if len(matching) == 1 else None
 
-    def rivals(self, record: dict[str, Any], start: float, end: float) -> bool:
+    def rivals(self, record: BatchRecord, start: float, end: float) -> bool:
         """Whether another record of this stack, as large, also has a create of unknown outcome
         in an overlapping window: a lone candidate could then be either's."""
         for other in self.run.store.live_batches():
-            if other["ref"] == record["ref"] or other["status"] != Batch.CREATING:
+            if other.ref == record.ref or other.status != Batch.CREATING:
                 continue
-            if int(other["request_count"]) != int(record["request_count"]):
+            if other.request_count != record.request_count:
                 continue
-            o_start = clock.parse(other["create_started"]) - CLOCK_SKEW_SECONDS
-            o_end = clock.parse(other["create_until"]) + CLOCK_SKEW_SECONDS
+            o_start, o_end = _window(other)
             if o_start <= end and start <= o_end:
                 return True
         return False
+
+
+def _window(record: BatchRecord) -> tuple[float, float]:
+    """When a create of unknown outcome may have made the record's batch, widened by the skew."""
+    assert record.create_started is not None and record.create_until is not None
+    start = clock.parse(record.create_started) - CLOCK_SKEW_SECONDS
+    return start, clock.parse(record.create_until) + CLOCK_SKEW_SECONDS
 
 
 def _total(batch: Any) -> int:

@@ -23,11 +23,11 @@ from itertools import islice
 from typing import Any
 
 from . import clock
-from .lifecycle import held_by, holds
+from .lifecycle import BatchRecord, held_by, holds
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .settings import Settings, Tier
-from .store import BY, Store, batch_key, request_key
+from .store import BY, Store, request_key
 
 # Samples older than this are forgotten; fewer than MIN_SAMPLES and the default is used.
 WINDOW_SECONDS = 7 * 86400
@@ -144,40 +144,35 @@ class Rescuer:
     store: Store
     payloads: Payloads
 
-    def rescue_at(self, record: dict[str, Any]) -> float | None:
-        at = record.get("rescue_at")
-        return float(at) if at is not None else None
+    def due(self, record: BatchRecord, now: float) -> bool:
+        return record.rescue_at is not None and now >= record.rescue_at
 
-    def due(self, record: dict[str, Any], now: float) -> bool:
-        at = self.rescue_at(record)
-        return at is not None and now >= at
-
-    def rescue(self, record: dict[str, Any], now: float, send: Any, until: float = float("inf")) -> int:
+    def rescue(self, record: BatchRecord, now: float, send: Any, until: float = float("inf")) -> int:
         """Move the batch's requests whose deadline is near to a realtime record and hand them to
         `send` (a `handoff.Handoff`), a chunk at a time; returns how many moved. The caller holds
         the batch's collect lease. The record keeps how far down the schedule it got, so what
         `until` leaves no time for is taken up by the next check, not done again."""
-        ref = record["ref"]
+        ref = record.ref
         margin = self.settings.deadline_margin_seconds
         stored = self.payloads.read_json(f"deadlines/{ref}.json")
-        start = int(record.get("rescue_from", 0))
+        start = record.rescue_from
         schedule = [(float(d) - margin, rid) for d, rid in stored[start:]]
         cut = now + RESCUE_GROUP_SECONDS
         due = [rid for at, rid in schedule if at <= cut]
         moved = done = 0
         emptied = False
-        target: dict[str, Any] | None = None
+        target: BatchRecord | None = None
         while done < len(due) and clock.now() < until:
             chunk = due[done : done + RESCUE_CHUNK]
             if target is None:
-                target = send.record(record["tier"], rescued_from=ref)
-            self.payloads.journal(target["ref"], done // RESCUE_CHUNK, chunk)
+                target = send.record(record.tier, rescued_from=ref)
+            self.payloads.journal(target.ref, done // RESCUE_CHUNK, chunk)
             taken = []
             for rid in chunk:
                 if clock.now() >= until:
                     break
                 done += 1
-                if self._take(rid, ref, target["ref"]):
+                if self._take(rid, ref, target.ref):
                     taken.append(rid)
             moved += len(taken)
             left = [at for at, _ in schedule[done:]]
@@ -188,36 +183,36 @@ class Rescuer:
                 emptied = not self.holds_any(ref)
             if emptied:
                 fields["cancel_wanted"] = True
-            self.store.update(
-                batch_key(ref),
+            self.store.update_batch(
+                ref,
                 remove=() if left else ("rescue_at",),
                 add={"n_rescued": len(taken)} if taken else None,
                 **fields,
             )
-            target["request_count"] = moved
+            target.request_count = moved
             send.dispatch(target, taken)
         if moved:
             logger.warning(
                 "requests taken out of a batch that has not ended, to meet their deadline",
-                extra={"ref": ref, "batch_id": record.get("batch_id"), "n": moved},
+                extra={"ref": ref, "batch_id": record.batch_id, "n": moved},
             )
             metrics.add_metric(name="DeadlineRescues", unit=MetricUnit.Count, value=moved)
-        if emptied and record.get("batch_id"):
+        if emptied and record.batch_id:
             # Nothing of this batch is still ours to answer: stop paying for what it has not run.
             # (A cancel that fails is sent again by the next check: `cancel_wanted`.)
             from . import batches  # the SDK, loaded only where the API is called (not the buffer)
 
-            batches.cancel(record["batch_id"], deadline=clock.now() + batches.CALL_SECONDS)
+            batches.cancel(record.batch_id, deadline=clock.now() + batches.CALL_SECONDS)
             logger.info("every request of a batch went realtime; batch canceled", extra={"ref": ref})
             metrics.add_metric(name="BatchesCanceled", unit=MetricUnit.Count, value=1)
         return moved
 
     @staticmethod
-    def may_be_empty(record: dict[str, Any], moved: int) -> bool:
+    def may_be_empty(record: BatchRecord, moved: int) -> bool:
         """Whether the batch's tally of rescues says it may hold none of its requests now. A
         tally only ever says too many (a write the SDK sent again after it applied adds twice),
         so it only says when to look; `holds_any` decides."""
-        return moved + int(record.get("n_rescued", 0)) >= int(record.get("request_count", 0))
+        return moved + record.n_rescued >= record.request_count
 
     def holds_any(self, ref: str) -> bool:
         """Whether batch <ref> still holds one of its requests, as the requests' items say."""

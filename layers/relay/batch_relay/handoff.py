@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import aws, clock
-from .lifecycle import ANSWER, Batch, claimed, held_by, move, new_record
+from .lifecycle import ANSWER, Batch, BatchRecord, claimed, held_by, move, new_record
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .settings import Settings
-from .store import Store, batch_key, request_key
+from .store import Store, request_key
 
 if TYPE_CHECKING:
     from .results import Settler
@@ -39,7 +39,7 @@ class Handoff:
     store: Store
     payloads: Payloads
 
-    def record(self, tier: str, **extra: Any) -> dict[str, Any]:
+    def record(self, tier: str, **extra: Any) -> BatchRecord:
         record = new_record(tier, self.settings.retention_days, Batch.REALTIME, route="realtime", **extra)
         self.store.add(record)
         return record
@@ -50,16 +50,16 @@ class Handoff:
             return 0
         record = self.record(tier, why=why, **extra)
         ids = [item["request_id"] for item in items]
-        self.payloads.journal(record["ref"], 0, ids)
+        self.payloads.journal(record.ref, 0, ids)
         self.store.put_many(
-            claimed(item, record["ref"], record["claimed_at"]) | {"route": "realtime"} for item in items
+            claimed(item, record.ref, record.claimed_at) | {"route": "realtime"} for item in items
         )
         self.dispatch(record, ids)
         metrics.add_metric(name=f"RoutedRealtime_{why}", unit=MetricUnit.Count, value=len(ids))
-        logger.info("requests sent realtime", extra={"ref": record["ref"], "n": len(ids), "why": why})
+        logger.info("requests sent realtime", extra={"ref": record.ref, "n": len(ids), "why": why})
         return len(ids)
 
-    def dispatch(self, record: dict[str, Any], ids: Iterable[str]) -> None:
+    def dispatch(self, record: BatchRecord, ids: Iterable[str]) -> None:
         """One message per request on the realtime queue, ten a call."""
         assert self.settings.realtime_queue_url, "REALTIME_QUEUE_URL is required to send realtime"
         ids = list(ids)
@@ -67,7 +67,7 @@ class Handoff:
         for start in range(0, len(ids), SEND_BATCH):
             chunk = ids[start : start + SEND_BATCH]
             entries = [
-                {"Id": str(n), "MessageBody": json.dumps({"request_id": rid, "ref": record["ref"]})}
+                {"Id": str(n), "MessageBody": json.dumps({"request_id": rid, "ref": record.ref})}
                 for n, rid in enumerate(chunk)
             ]
             for _ in range(3):
@@ -78,11 +78,9 @@ class Handoff:
                     break
             if entries:
                 # Left for the submitter: it sends again what the record still holds.
-                logger.warning("realtime messages not sent", extra={"ref": record["ref"], "n": len(entries)})
-        self.store.update(
-            batch_key(record["ref"]),
-            request_count=max(len(ids), int(record.get("request_count", 0))),
-            updated_at=clock.iso(),
+                logger.warning("realtime messages not sent", extra={"ref": record.ref, "n": len(entries)})
+        self.store.update_batch(
+            record.ref, request_count=max(len(ids), record.request_count), updated_at=clock.iso()
         )
 
     def later(self, receipt_handle: str, seconds: float) -> None:
@@ -94,11 +92,11 @@ class Handoff:
             VisibilityTimeout=max(0, min(MAX_HIDDEN_SECONDS, math.ceil(seconds))),
         )
 
-    def recover(self, record: dict[str, Any], idle: float, run: str, settler: Settler) -> bool:
+    def recover(self, record: BatchRecord, idle: float, run: str, settler: Settler) -> bool:
         """A realtime record ends once none of its requests is still waiting for an answer and
         what they settled is published; those that wait get their message again (lost, or sent by
         a run that died). `run` is the submitter run's hold on its lease."""
-        ref = record["ref"]
+        ref = record.ref
         ids = list(self.payloads.journaled(ref))
         items = self.store.get_many(request_key(rid) for rid in ids)
         waiting = [rid for rid in ids if held_by(items.get(request_key(rid)), ref)]
@@ -113,7 +111,7 @@ class Handoff:
             return True
         # A record a failed run made whose sending never finished is sent at once, as a batch
         # record such a run left is recovered at once.
-        unsent = record.get("run") not in (None, run) and not int(record.get("request_count", 0))
+        unsent = record.run not in (None, run) and not record.request_count
         if (idle < RESEND_SECONDS and not unsent) or not ready:
             return False
         logger.warning("realtime requests sent again", extra={"ref": ref, "n": len(ready)})

@@ -31,31 +31,13 @@ from boto3.dynamodb.conditions import Attr
 
 from . import clock
 from .observability import logger
+
+# The states are declared with the record whose `status` holds them; their tables are here.
+from .records import Batch as Batch
+from .records import BatchRecord as BatchRecord
+from .records import Request as Request
+from .records import RequestItem
 from .store import LIVE, Store, batch_key
-
-
-class Batch(StrEnum):
-    """The states of a batch record (a batch of the API's, or a realtime record)."""
-
-    CLAIMING = "claiming"
-    UPLOADED = "uploaded"
-    CREATING = "creating"
-    CREATED = "created"
-    POLLING = "polling"
-    COLLECTING = "collecting"
-    FAILED = "failed"
-    CLOSING = "closing"
-    REALTIME = "realtime"
-    # ended: off the work list
-    COLLECTED = "collected"
-    EMPTY = "empty"
-    SPLIT = "split"
-    REFUSED = "refused"
-    RELEASED = "released"
-    OVER_BUDGET = "over_budget"
-    FOREIGN = "foreign"
-    ABANDONED = "abandoned"
-    ANSWERED = "answered"
 
 
 class Mover(StrEnum):
@@ -238,32 +220,48 @@ class Moved(Exception):
 
 def new_record(
     tier: str, retention_days: int, state: Batch, ref: str | None = None, **extra: Any
-) -> dict[str, Any]:
+) -> BatchRecord:
     """A `batch#<ref>` item as first written, on the work list: a batch's (claiming), one answering
     a request no batch can take (closing), or a realtime record's (realtime)."""
     if state not in LIVE_STATES:
         raise ValueError(f"a record starts on the work list, not in {state}")
     ref = ref or uuid.uuid4().hex
     now = clock.iso()
-    return {
-        "pk": batch_key(ref),
-        "kind": "batch",
-        "ref": ref,
-        "tier": tier,
-        "status": state.value,
-        "pending_tier": LIVE,
-        "pending_since": now,
-        "claimed_at": now,
-        "updated_at": now,
-        "request_count": 0,
-        "ttl": int(clock.now()) + retention_days * 86400,
-        **extra,
-    }
+    BatchRecord.check(extra)
+    first = dict(
+        pk=batch_key(ref),
+        kind="batch",
+        ref=ref,
+        tier=tier,
+        status=state,
+        pending_tier=LIVE,
+        pending_since=now,
+        claimed_at=now,
+        updated_at=now,
+        request_count=0,
+        ttl=int(clock.now()) + retention_days * 86400,
+    )
+    return BatchRecord(**(first | extra))
+
+
+def stand_in(ref: str, tier: str | None) -> BatchRecord:
+    """Realtime record <ref> as far as settling one of its requests needs it, without reading it."""
+    now = clock.iso()
+    return BatchRecord(
+        pk=batch_key(ref),
+        ref=ref,
+        tier=tier or "",
+        status=Batch.REALTIME,
+        route="realtime",
+        claimed_at=now,
+        updated_at=now,
+        ttl=0,  # never written
+    )
 
 
 def move(
     store: Store,
-    record: dict[str, Any] | str,
+    record: BatchRecord | str,
     step: Transition,
     to: Batch | None = None,
     remove: tuple[str, ...] = (),
@@ -274,8 +272,9 @@ def move(
     `fields`, only from the states `step` may leave; True once it is in `to`. An ended state takes
     the record off the work list. A lost race raises `Moved` or returns False, as `step.lost`
     says. `record` is its ref, or the record as read, which a move that applies updates."""
-    ref = record if isinstance(record, str) else record["ref"]
+    ref = record if isinstance(record, str) else record.ref
     target = step.only if to is None else to
+    BatchRecord.check([*fields, *remove, *(add or ())])
     if target not in step.to:
         raise ValueError(f"{step.name} moves to {sorted(step.to)}, not {target}")
     if target in ENDED:
@@ -285,7 +284,8 @@ def move(
     if store.update_if(key, source, remove=remove, add=add, status=target.value, **fields):
         _mirror(record, target, remove, fields)
         return True
-    now = (store.get(key) or {}).get("status")
+    found = store.batch(ref)
+    now = found.status if found else None
     if now == target:
         _mirror(record, target, remove, fields)
         return True  # a write sent again after it applied, or the same move by another hand
@@ -295,24 +295,16 @@ def move(
     return False
 
 
-def _mirror(record: dict[str, Any] | str, to: Batch, remove: tuple[str, ...], fields: dict[str, Any]) -> None:
-    if isinstance(record, dict):
+def _mirror(record: BatchRecord | str, to: Batch, remove: tuple[str, ...], fields: dict[str, Any]) -> None:
+    if isinstance(record, BatchRecord):
         for k in remove:
-            record.pop(k, None)
-        record.update(fields, status=to.value)
+            setattr(record, k, BatchRecord.model_fields[k].default)
+        for k, v in fields.items():
+            setattr(record, k, v)
+        record.status = to
 
 
 # request items
-
-
-class Request(StrEnum):
-    PENDING = "pending"
-    CLAIMED = "claimed"
-    SUCCEEDED = "succeeded"
-    ERRORED = "errored"
-    EXPIRED = "expired"
-    CANCELED = "canceled"
-    REJECTED = "rejected"
 
 
 @dataclass(frozen=True)
@@ -369,8 +361,10 @@ def claimed(item: dict[str, Any], ref: str, at: str) -> dict[str, Any]:
     return _enter(out, Request.CLAIMED, frozenset({Request.PENDING}))
 
 
-def held_by(item: dict[str, Any] | None, ref: str) -> bool:
+def held_by(item: dict[str, Any] | RequestItem | None, ref: str) -> bool:
     """Whether batch <ref> still holds this request: claimed by it and not yet answered."""
+    if isinstance(item, RequestItem):
+        return item.status == Request.CLAIMED and item.batch_ref == ref
     return item is not None and item.get("status") == Request.CLAIMED and item.get("batch_ref") == ref
 
 

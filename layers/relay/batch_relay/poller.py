@@ -22,12 +22,12 @@ from .completions import Topic
 from .deadlines import Rescuer, Turnaround, telling
 from .errors import TransientError
 from .handoff import Handoff
-from .lifecycle import COLLECT, ENDED_AT_API, Batch, move
+from .lifecycle import COLLECT, ENDED_AT_API, Batch, BatchRecord, move
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .results import CHUNK, Settler
 from .settings import Settings
-from .store import Store, batch_key
+from .store import Store
 
 # A collect invocation's lease outlives its budget by its function's safety margin.
 LEASE_MARGIN_SECONDS = 60
@@ -63,14 +63,13 @@ class Poller:
         batch = batches.retrieve(event["batch_id"], deadline=deadline)
         ended = batch.processing_status == "ended"
         wait = next_wait(batch.created_at.timestamp(), self.settings)
-        record = self.store.get(batch_key(event["ref"])) or {}
-        if not ended:
+        record = self.store.batch(event["ref"])
+        if not ended and record is not None:
             record = self._rescue(record, deadline)
-            if record.get("cancel_wanted") and batch.cancel_initiated_at is None:
+            if record.cancel_wanted and batch.cancel_initiated_at is None:
                 # Every request went realtime but the cancel did not go through: again.
                 batches.cancel(batch.id, deadline=deadline)
-            rescuer = Rescuer(self.settings, self.store, self.payloads)
-            at = rescuer.rescue_at(record)
+            at = record.rescue_at
             if at is not None and at <= clock.now():
                 # Due and not done: its lease is held elsewhere (or its time ran out): in a poll,
                 # not in a loop of checks a second apart.
@@ -97,22 +96,22 @@ class Poller:
                     k: int(getattr(counts, k)) for k in ("succeeded", "errored", "canceled", "expired")
                 },
             )
-            if telling(batch) and record.get("models"):
+            if telling(batch) and record is not None and record.models:
                 turnaround = Turnaround(self.store, self.settings)
-                turnaround.record(record["models"], batch.id, batch.created_at.timestamp(), ended_at)
+                turnaround.record(record.models, batch.id, batch.created_at.timestamp(), ended_at)
         if ended:
             move(self.store, event["ref"], ENDED_AT_API, **fields)
         else:
-            self.store.update(batch_key(event["ref"]), **fields)
+            self.store.update_batch(event["ref"], **fields)
         return out
 
-    def _rescue(self, record: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+    def _rescue(self, record: BatchRecord, deadline: float | None) -> BatchRecord:
         """Take out for realtime the requests whose deadline is near; returns the record as it is now."""
         rescuer = Rescuer(self.settings, self.store, self.payloads)
         now = clock.now()
         if not rescuer.due(record, now):
             return record
-        ref = record["ref"]
+        ref = record.ref
         holder = uuid.uuid4().hex
         until = (deadline or now + LEASE_MARGIN_SECONDS) - 5
         # The collect lease: a collector settling a request must never race its rescue. Held for
@@ -123,16 +122,16 @@ class Poller:
             rescuer.rescue(record, now, Handoff(self.settings, self.store, self.payloads), until)
         finally:
             self.store.unlease(f"collect#{ref}", holder)
-        return self.store.get(batch_key(ref)) or record
+        return self.store.batch(ref) or record
 
     def collect(self, event: dict[str, Any], deadline: float) -> dict[str, Any]:
         """Collect results from `cursor` on until the stream ends or the time budget is spent."""
         ref = event["ref"]
-        record = self.store.get(batch_key(ref))
+        record = self.store.batch(ref)
         if record is None:
             raise ValueError(f"no batch record for ref {ref}")
         out = {**event, "done": False}
-        if record["status"] in (Batch.COLLECTED, Batch.FOREIGN):
+        if record.status in (Batch.COLLECTED, Batch.FOREIGN):
             return out | {"done": True}  # a duplicate or late poller: nothing left to do
         # One collector at a time per batch: two (a restarted poller beside a late one) would both
         # read a request as still claimed and both answer it.
@@ -145,7 +144,7 @@ class Poller:
             self.store.unlease(f"collect#{ref}", holder)
 
     def _collect(
-        self, event: dict[str, Any], record: dict[str, Any], out: dict[str, Any], deadline: float
+        self, event: dict[str, Any], record: BatchRecord, out: dict[str, Any], deadline: float
     ) -> dict[str, Any]:
         batch_id, ref = event["batch_id"], event["ref"]
         if _answered(record):
@@ -186,28 +185,26 @@ class Poller:
         returned fewer lines than the journal names, the journal is swept and those it returned no
         line for are answered. Decided from the requests and the lines, not from the tallies alone:
         a tally's write that botocore sent again after it applied counts a chunk twice."""
-        record = self.store.get(batch_key(ref)) or {}
-        short = _answered(record) < int(record.get("request_count", 0))
+        record = self.store.batch(ref)
+        if record is None:
+            raise ValueError(f"no batch record for ref {ref}")
+        short = _answered(record) < record.request_count
         # A try that died between writing items and publishing them left calls unsent, which
         # tallies counted twice elsewhere may hide: they go out first, whatever the tallies say.
         self.settler.flush(ref)
         if short or cursor < len(self._journal(ref)):
             # The API left some out, or a try died between writing items and counting them.
             self.settler.unresolved(record, "api_error", "no result returned for this request")
-        if (
-            record.get("after_hold")
-            and int(record.get("n_succeeded", 0))
-            and not int(record.get("n_held", 0))
-        ):
-            self.store.unhold(record["tier"])  # the account works again: the tier's pauses end
+        if record.after_hold and record.n_succeeded and not record.n_held:
+            self.store.unhold(record.tier)  # the account works again: the tier's pauses end
         # What the batch committed of its day's budget and did not spend goes back to that day;
         # tallies short of the batch (a try died between its items and its tallies) may have
         # missed spending, so nothing is given back then.
         if not short:
-            record = self.store.get(batch_key(ref)) or record
-            spent = float(record.get("batch_usd", 0) or 0) + float(record.get("both_ways_usd", 0) or 0)
+            record = self.store.batch(ref) or record
+            spent = record.batch_usd + record.both_ways_usd
             committed, day = Budget.terms(record)
-            Budget(self.settings, self.store).settle(batch_key(ref), committed, day, spent)
+            Budget(self.settings, self.store).settle(record.pk, committed, day, spent)
         move(self.store, ref, COLLECT, collected_at=clock.iso(), updated_at=clock.iso(), cursor=cursor)
 
     def _journal(self, ref: str) -> frozenset[str]:
@@ -215,17 +212,17 @@ class Poller:
             self._journals = {ref: frozenset(self.payloads.journaled(ref))}  # one batch at a time
         return self._journals[ref]
 
-    def _foreign(self, record: dict[str, Any], out: dict[str, Any], strangers: list[str]) -> dict[str, Any]:
+    def _foreign(self, record: BatchRecord, out: dict[str, Any], strangers: list[str]) -> dict[str, Any]:
         """Result lines for requests this batch never held: the batch is not ours (a wrong
         adoption). Its lines are not used; our requests go back to their tier for a new batch."""
-        ref = record["ref"]
+        ref = record.ref
         back = self.settler.release(record, Batch.FOREIGN)
         # The batch may be another record's of this stack, whose create answer was lost too.
-        self.store.disown(record["batch_id"], ref)
+        self.store.disown(str(record.batch_id), ref)
         logger.error(
             "results hold requests this batch never claimed; its requests are released",
             extra={
-                "batch_id": record.get("batch_id"),
+                "batch_id": record.batch_id,
                 "ref": ref,
                 "strangers": len(strangers),
                 "released": back,
@@ -235,6 +232,6 @@ class Poller:
         return out | {"done": True}
 
 
-def _answered(record: dict[str, Any]) -> int:
+def _answered(record: BatchRecord) -> int:
     """Requests of a batch settled so far, by the tallies on its record."""
-    return sum(int(record.get(f"n_{k}", 0)) for k in OUTCOME_TALLIES)
+    return sum(getattr(record, f"n_{k}") for k in OUTCOME_TALLIES)

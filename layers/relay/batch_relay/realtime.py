@@ -51,10 +51,11 @@ from .errors import (
     insist,
 )
 from .handoff import Handoff
-from .lifecycle import held_by, holds
+from .lifecycle import held_by, holds, stand_in
 from .observability import MetricUnit, logger, metrics
 from .payloads import Bodies, Payloads
 from .pricing import realtime_cost_of, request_bound, unbounded_reason
+from .records import RequestItem
 from .results import Settler, errored
 from .settings import Settings
 from .store import Store, dynamo, request_key
@@ -139,17 +140,16 @@ class Realtime:
 
     def answer(self, rid: str, ref: str) -> str:
         key = request_key(rid)
-        item = self.store.get(key)
-        record = {"ref": ref, "route": "realtime", "tier": (item or {}).get("tier"), "batch_id": None}
+        item = self.store.request(rid)
         if item is None:
             logger.error("realtime message names no request", extra={"request_id": rid})
             return "missing"
         if not held_by(item, ref):
-            if str(item.get("outbox", "")).startswith(f"outbox/{ref}/"):
+            if (item.outbox or "").startswith(f"outbox/{ref}/"):
                 self.settler.flush(ref)  # settled by a try that died before publishing
             return "answered"
         now = clock.now()
-        wait = float(item.get("rt_not_before", 0)) - now
+        wait = (item.rt_not_before or 0) - now
         if wait > 0:
             raise Later(wait, "the API asked for a pause")  # a message sent again meanwhile
         token = uuid.uuid4().hex
@@ -165,7 +165,7 @@ class Realtime:
             # (A write retried behind our back after it applied reads as refused: ours, then.)
             raise Later(60, "another invocation is answering this request")
         try:
-            return self._answer(item, record, token)
+            return self._answer(item, ref, token)
         except Exception as exc:
             # A failed try keeps no one else waiting; one the API asked to pause makes any
             # message of this request (a resend) wait as long.
@@ -176,20 +176,20 @@ class Realtime:
                 self._unlease(rid, token)
             raise
 
-    def _answer(self, item: dict[str, Any], record: dict[str, Any], token: str) -> str:
-        rid, key, ref = item["request_id"], request_key(item["request_id"]), record["ref"]
-        tries = int(item.get("rt_tries", 0)) + 1
-        kept = str(item.get("rt_answer") or "")
+    def _answer(self, item: RequestItem, ref: str, token: str) -> str:
+        rid, key = item.request_id, request_key(item.request_id)
+        tries = (item.rt_tries or 0) + 1
+        kept = item.rt_answer or ""
         if not kept.startswith(f"answers/{ref}/") and tries > 1:
             # An earlier try may have died between keeping its answer and naming it on the item.
             kept = f"answers/{ref}/{rid}.json" if self.payloads.exists(f"answers/{ref}/{rid}.json") else ""
         unknown = False  # whether a call may have run and been billed with its answer lost
         if kept.startswith(f"answers/{ref}/"):
             result = self.payloads.read_json(kept)  # a try that died after the call paid for it
-        elif item.get("rt_called") == ref:
+        elif item.rt_called == ref:
             # An earlier try sent the call, then failed or died before keeping its answer.
-            message = "an earlier try's realtime call may have run; its answer was not kept"
-            result, unknown = errored(rid, "api_error", message)["result"], True
+            why = "an earlier try's realtime call may have run; its answer was not kept"
+            result, unknown = errored(rid, "api_error", why)["result"], True
         else:
             result, unknown = self._result(item, tries, ref, token)
             if result["type"] == "succeeded":
@@ -197,9 +197,9 @@ class Realtime:
                 kept = f"answers/{ref}/{rid}.json"
                 insist(lambda: self.payloads.put_json(kept, result))
                 self.store.update_if(key, Attr("rt_holder").eq(token), rt_answer=kept)
-        self.settler.settle(record, [{"custom_id": rid, "result": result}], None)
+        self.settler.settle(stand_in(ref, item.tier), [{"custom_id": rid, "result": result}], None)
         message = result.get("message") or {}
-        cost = realtime_cost_of(item["model"], message.get("usage")) if message else None
+        cost = realtime_cost_of(str(item.model), message.get("usage")) if message else None
         committed, day = Budget.terms(item)
         # An answer with usage but no price, or a call whose answer was lost, keeps its whole
         # commitment: what the API may have billed is never counted as 0.
@@ -207,18 +207,18 @@ class Realtime:
         self.budget.settle(key, committed, day, spent)
         metrics.add_metric(name="RealtimeAnswered", unit=MetricUnit.Count, value=1)
         # From its handoff: a request taken out of a batch was submitted when the batch was.
-        since = item.get("rt_since") or item.get("submitted_at")
+        since = item.rt_since or item.submitted_at
         if since:
             waited = clock.now() - clock.parse(since)
             metrics.add_metric(name="RealtimeSeconds", unit=MetricUnit.Seconds, value=waited)
         return str(result["type"])
 
-    def _result(self, item: dict[str, Any], tries: int, ref: str, token: str) -> tuple[dict[str, Any], bool]:
+    def _result(self, item: RequestItem, tries: int, ref: str, token: str) -> tuple[dict[str, Any], bool]:
         """The request's result line, in the batch results' shape, from one realtime call; and
         whether that call's outcome is unknown (it may have run, and been billed)."""
-        rid = item["request_id"]
+        rid = item.request_id
         try:
-            line = self.bodies.line(item["body_key"], int(item["body_at"]), int(item["body_len"]))
+            line = self.bodies.line(str(item.body_key), int(item.body_at or 0), int(item.body_len or 0))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
                 raise
@@ -228,7 +228,7 @@ class Realtime:
         params: dict[str, Any] = json.loads(line)["params"]
         # A commitment is made once per try of the request: one given back (a try that went
         # back to its tier) is made again.
-        if self.budget.capped and (not item.get("budget_day") or item.get("budget_settled")):
+        if self.budget.capped and (not item.budget_day or item.budget_settled):
             usd = request_bound(params, len(line), batch=False)
             if usd is None:  # e.g. a model priced after it was accepted, then taken out of the table
                 return errored(rid, "budget_exceeded", str(unbounded_reason(params)))["result"], False
@@ -238,20 +238,19 @@ class Realtime:
                 metrics.add_metric(name="BudgetExceeded", unit=MetricUnit.Count, value=1)
                 message = f"answering it in realtime (up to {usd:.4f} USD) would pass the daily budget"
                 return errored(rid, "budget_exceeded", message)["result"], False
-            item.update(budget_usd=usd, budget_day=day)
-            item.pop("budget_settled", None)
+            item.budget_usd, item.budget_day, item.budget_settled = usd, day, None
         # Said before the call: a try that then fails or dies cannot tell whether the API ran it,
         # and the next one must not send it again within this attempt.
         if not self.store.update_if(request_key(rid), Attr("rt_holder").eq(token), rt_called=ref):
             raise Later(60, "another invocation is answering this request")
         return self._call(item, params, tries)
 
-    def _call(self, item: dict[str, Any], params: dict[str, Any], tries: int) -> tuple[dict[str, Any], bool]:
-        rid = item["request_id"]
+    def _call(self, item: RequestItem, params: dict[str, Any], tries: int) -> tuple[dict[str, Any], bool]:
+        rid = item.request_id
         while True:
             try:
                 answer = batches.message(
-                    params, deadline=self.until, headers=batches.headers_for(item, realtime=True)
+                    params, deadline=self.until, headers=batches.headers_for(item.model_dump(), realtime=True)
                 )
                 return {"type": "succeeded", "message": answer}, False
             except OutcomeUnknownError as exc:

@@ -47,6 +47,7 @@ from .lifecycle import (
     REALTIME_TRY,
     RELEASE,
     Batch,
+    BatchRecord,
     answered,
     held_by,
     move,
@@ -126,17 +127,17 @@ class Settler:
     payloads: Payloads
     topic: Topic
 
-    def unresolved(self, record: dict[str, Any], error_type: str, message: str) -> None:
+    def unresolved(self, record: BatchRecord, error_type: str, message: str) -> None:
         """Answer every request still claimed by this batch as errored, so none is left behind.
         `settle` skips those already answered, so the journal's ids can be offered as they are."""
-        ids = self.payloads.journaled(record["ref"])
+        ids = self.payloads.journaled(record.ref)
         while chunk := [errored(rid, error_type, message) for rid in islice(ids, CHUNK)]:
             self.settle(record, chunk, None)
 
-    def release(self, record: dict[str, Any], to: Batch) -> int:
+    def release(self, record: BatchRecord, to: Batch) -> int:
         """Put the requests batch <ref> still holds back in their tier (the batch was never
         created, or is not ours), the attempt given back, and end the batch in state `to`."""
-        ref = record["ref"]
+        ref = record.ref
         items = self.store.get_many(request_key(rid) for rid in self.payloads.journaled(ref))
         back = [released(item) for item in items.values() if held_by(item, ref)]
         self.store.put_many(back)
@@ -145,7 +146,7 @@ class Settler:
         Budget(self.settings, self.store).settle(batch_key(ref), committed, day, 0.0)
         return len(back)
 
-    def settle(self, record: dict[str, Any], chunk: list[dict[str, Any]], results_key: str | None) -> None:
+    def settle(self, record: BatchRecord, chunk: list[dict[str, Any]], results_key: str | None) -> None:
         if results_key:
             self.payloads.put_lines(
                 results_key, [json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in chunk]
@@ -154,21 +155,20 @@ class Settler:
         outcomes = [
             self._outcome(record, item, result["result"], results_key)
             for result in chunk
-            if held_by(item := items.get(request_key(result["custom_id"])), record["ref"])
-            and item is not None
+            if held_by(item := items.get(request_key(result["custom_id"])), record.ref) and item is not None
         ]
         both_ways, copies = self._both_ways(record, chunk, items)
         if not outcomes:
             spent = {k: v for k, v in (("both_ways_usd", both_ways), ("batch_usd", copies)) if v}
             if spent:
-                self.store.update(batch_key(record["ref"]), add=spent)
+                self.store.update_batch(record.ref, add=spent)
                 self._metrics([], Counter(), Counter(), spent)
             return  # answered already, by an earlier try of this chunk or another poller
         done = [c for c, _, _ in outcomes if c is not None]
         calls = groups([entry(c) for c in done])
-        box = self.payloads.outbox(record["ref"], uuid.uuid4().hex, calls) if calls else None
+        box = self.payloads.outbox(record.ref, uuid.uuid4().hex, calls) if calls else None
         written = [item | {"outbox": box} if c is not None else item for c, item, _ in outcomes]
-        if record.get("route") == "realtime":
+        if record.route == "realtime":
             self._write_realtime(record, outcomes, written)
         else:
             self.store.put_many(written)
@@ -186,9 +186,9 @@ class Settler:
                 totals["saved_usd"] += c.cost.saved_usd
         if both_ways:
             totals["both_ways_usd"] = both_ways
-        self.store.update(batch_key(record["ref"]), add={**{f"n_{k}": v for k, v in tally.items()}, **totals})
+        self.store.update_batch(record.ref, add={**{f"n_{k}": v for k, v in tally.items()}, **totals})
         if tally["held"]:
-            self.hold(record["tier"])
+            self.hold(record.tier)
         if box:
             for n, call in enumerate(calls):
                 self._send(box, n, call)
@@ -196,7 +196,7 @@ class Settler:
 
     def _write_realtime(
         self,
-        record: dict[str, Any],
+        record: BatchRecord,
         outcomes: list[tuple[Completion | None, dict[str, Any], str]],
         written: list[dict[str, Any]],
     ) -> None:
@@ -211,20 +211,20 @@ class Settler:
         moved = bool(usd and read.get("rescued_from") and _unbilled(written[0]))
         if moved:
             written[0] = {k: v for k, v in written[0].items() if k != "both_ways_usd"} | {"copy_usd": both}
-        if not self.store.put_if(written[0], same & Attr("batch_ref").eq(record["ref"])):
+        if not self.store.put_if(written[0], same & Attr("batch_ref").eq(record.ref)):
             raise TransientError("a request changed while it was settled; settled again")
         if moved:
             # Through a throttle: the item no longer says so, and no retry would move it again.
             insist(
-                lambda: self.store.update(
-                    batch_key(read["rescued_from"]), add={"both_ways_usd": -usd, "batch_usd": usd}
+                lambda: self.store.update_batch(
+                    read["rescued_from"], add={"both_ways_usd": -usd, "batch_usd": usd}
                 )
             )
             # The collector's metrics counted it both ways: their sums come out right.
             self._metrics([], Counter(), Counter(), {"both_ways_usd": -usd, "batch_usd": usd})
 
     def _both_ways(
-        self, record: dict[str, Any], chunk: list[dict[str, Any]], items: dict[str, dict[str, Any]]
+        self, record: BatchRecord, chunk: list[dict[str, Any]], items: dict[str, dict[str, Any]]
     ) -> tuple[float, float]:
         """The batch price of this batch's lines for requests it lost to realtime, counted once:
         paid both ways, and (apart) paid only here, for those whose realtime answer made no billed
@@ -233,7 +233,7 @@ class Settler:
         for result in chunk:
             key = request_key(result["custom_id"])
             item = items.get(key)
-            if item is None or item.get("rescued_from") != record["ref"] or held_by(item, record["ref"]):
+            if item is None or item.get("rescued_from") != record.ref or held_by(item, record.ref):
                 continue
             line = result.get("result") or {}
             usage = (line.get("message") or {}).get("usage") if line.get("type") == "succeeded" else None
@@ -300,7 +300,7 @@ class Settler:
                 metrics.add_metric(name="ReceiptToCompletion", unit=MetricUnit.Seconds, value=waited)
 
     def _outcome(
-        self, record: dict[str, Any], item: dict[str, Any], result: dict[str, Any], results_key: str | None
+        self, record: BatchRecord, item: dict[str, Any], result: dict[str, Any], results_key: str | None
     ) -> tuple[Completion | None, dict[str, Any], str]:
         """What one result means for its request: a completion, another attempt, or a hold."""
         kind, message, error, said = read(result)
@@ -309,13 +309,13 @@ class Settler:
         # A realtime try ends with its outcome, whatever it is.
         dropped = ("pending_tier", "pending_since", "batch_ref", *REALTIME_TRY)
         base = {k: v for k, v in item.items() if k not in dropped}
-        base["last_batch_id"] = record.get("batch_id")
+        base["last_batch_id"] = record.batch_id
         again = self._again(base, kind, said, now)
         if again is not None:
             base["last_error"] = error.model_dump() if error else None
             return None, _dynamo_ready(requeued(base, self._sort_key(item))), again
         usage = message.get("usage") if message else None
-        realtime = record.get("route") == "realtime"
+        realtime = record.route == "realtime"
         cost = (realtime_cost_of if realtime else cost_of)(item["model"], usage) if usage else None
         if cost is not None and realtime and item.get("rescued_from"):
             # Also billed in the batch it was taken from, if that ran it: known once its results
@@ -324,7 +324,7 @@ class Settler:
         completion = Completion(
             request_id=item["request_id"],
             status=kind,
-            batch_id=record.get("batch_id"),
+            batch_id=record.batch_id,
             route="realtime" if realtime else "batch",
             tier=item.get("tier"),
             model=item.get("model"),
@@ -347,7 +347,7 @@ class Settler:
         if realtime:
             base["route"] = "realtime"  # (a batch's answer says nothing: items stay under 1 KB)
         base.update(
-            batch_id=record.get("batch_id"),
+            batch_id=record.batch_id,
             completed_at=completion.completed_at,
             notified=True,
             error=error.model_dump() if error else None,
@@ -374,8 +374,8 @@ class Settler:
         recorded it, nothing once it was collected without it, this answer's estimate until then."""
         if item.get("both_ways_usd") is not None:
             return round(float(item["both_ways_usd"]), 8)
-        batch = self.store.get(batch_key(item["rescued_from"])) or {}
-        if batch.get("status") not in (None, *AWAITING_RESULTS):
+        batch = self.store.batch(item["rescued_from"])
+        if batch is not None and batch.status not in AWAITING_RESULTS:
             return None  # its batch has ended and been collected: the copy was never billed
         return round(estimate, 8)
 

@@ -13,9 +13,10 @@ from .budget import Budget
 from .deadlines import Turnaround
 from .handoff import Handoff
 from .payloads import Bodies, Payloads
+from .records import BatchRecord
 from .results import Settler
 from .settings import Settings
-from .store import Lease, Store, batch_key
+from .store import Lease, Store
 
 # A batch left in one state longer than a submitter run may take was left by a crashed run.
 STALE_SECONDS = 15 * 60
@@ -70,7 +71,7 @@ class Run:
         )
         return self.lease
 
-    def left(self, record: dict[str, Any], idle: float) -> dict[str, Any] | None:
+    def left(self, record: BatchRecord, idle: float) -> BatchRecord | None:
         """The record as it is, if the run that left it in its state is over; else None.
 
         This run holds the lease, so one that wrote the record under another hold has ended (it
@@ -79,9 +80,9 @@ class Run:
         it); a record of unknown run is taken for over once it is stale. The work list is an
         index, which lags its table: a record listed in a state it has since left (its run went
         on, then ended) is acted on only as it is now."""
-        if idle < STALE_SECONDS and record.get("run") in (None, self.holder):
+        if idle < STALE_SECONDS and record.run in (None, self.holder):
             return None
-        fresh = self.store.get(batch_key(record["ref"]))
-        if fresh is None or fresh.get("status") != record["status"]:
+        fresh = self.store.batch(record.ref)
+        if fresh is None or fresh.status != record.status:
             return None  # moved on: the next run sees it where it is
         return fresh

@@ -39,6 +39,7 @@ from boto3.dynamodb.conditions import Attr, Key
 
 from . import aws, clock
 from .errors import insist
+from .records import BatchRecord, Item, RequestItem
 
 INDEX = "pending"
 LIVE = "live"
@@ -144,8 +145,10 @@ class Store(Budgets):
 
     # requests
 
-    def add(self, item: dict[str, Any]) -> bool:
+    def add(self, item: dict[str, Any] | Item) -> bool:
         """Write a new item; False when its key is already taken (a duplicate delivery or id)."""
+        if isinstance(item, Item):
+            item = item.item()
         try:
             self.table.put_item(Item=dynamo(item), ConditionExpression=Attr("pk").not_exists())
         except self.table.meta.client.exceptions.ConditionalCheckFailedException:
@@ -155,6 +158,14 @@ class Store(Budgets):
     def get(self, key: str) -> dict[str, Any] | None:
         found = self.table.get_item(Key={"pk": key}, ConsistentRead=True).get("Item")
         return plain(found) if found else None
+
+    def batch(self, ref: str) -> BatchRecord | None:
+        found = self.get(batch_key(ref))
+        return BatchRecord.model_validate(found) if found else None
+
+    def request(self, request_id: str) -> RequestItem | None:
+        found = self.get(request_key(request_id))
+        return RequestItem.model_validate(found) if found else None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Items by key, 100 a call, retrying what DynamoDB leaves unprocessed."""
@@ -368,7 +379,10 @@ class Store(Budgets):
         condition: Any = None,
         **fields: Any,
     ) -> None:
-        """Set, remove and add to attributes of an existing item in one write."""
+        """Set, remove and add to attributes of an existing item in one write; a batch record's
+        only those it declares."""
+        if key.startswith(batch_key("")):
+            BatchRecord.check([*fields, *remove, *(add or ())])
         names = {f"#{i}": k for i, k in enumerate(fields)}
         values = {f":{i}": dynamo(v) for i, v in enumerate(fields.values())}
         clauses = ["SET " + ", ".join(f"#{i} = :{i}" for i in range(len(fields)))] if fields else []
@@ -388,6 +402,12 @@ class Store(Budgets):
             **({"ExpressionAttributeValues": values} if values else {}),
         )
 
+    def update_batch(
+        self, ref: str, remove: tuple[str, ...] = (), add: dict[str, Any] | None = None, **fields: Any
+    ) -> None:
+        """`update` of batch record <ref>."""
+        self.update(batch_key(ref), remove=remove, add=add, **fields)
+
     def count(self, partition: str, up_to: int) -> int:
         """How many items wait in one index partition, counting no further than `up_to`."""
         total = 0
@@ -404,8 +424,8 @@ class Store(Budgets):
             args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return total
 
-    def live_batches(self) -> Iterator[dict[str, Any]]:
-        return self.waiting(LIVE)
+    def live_batches(self) -> Iterator[BatchRecord]:
+        return (BatchRecord.model_validate(item) for item in self.waiting(LIVE))
 
     def scan(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Every item (of one kind): for operators' reports, never on the request path."""

@@ -47,14 +47,14 @@ from .errors import (
     OutcomeUnknownError,
 )
 from .handoff import RESEND_SECONDS as RESEND_SECONDS
-from .lifecycle import IN_FLIGHT, Batch, Moved
+from .lifecycle import IN_FLIGHT, Batch, BatchRecord, Moved
 from .observability import MetricUnit, logger, metrics
 from .payloads import Payloads
 from .results import Settler
 from .runs import LEASE_MARGIN_SECONDS, STALE_SECONDS, Run
 from .settings import Settings, Tier
 from .starts import Starts
-from .store import LeaseLost, Store, batch_key
+from .store import LeaseLost, Store
 
 # Of a run's time, what claiming leaves for the create (and the writes after it).
 CREATE_RESERVE_SECONDS = 120
@@ -67,7 +67,7 @@ URGENT_PAGE = 25
 RESCUE_GRACE_SECONDS = 120
 # What a run does about a record it finds in each live state (see `lifecycle.BATCH`): True when
 # it acted. A test holds this to exactly the live states.
-Recovery = Callable[["Submitter", dict[str, Any], float], bool]
+Recovery = Callable[["Submitter", BatchRecord, float], bool]
 RECOVERY: dict[Batch, Recovery] = {
     Batch.CLAIMING: lambda s, record, idle: s.claiming.recover(record, idle),
     Batch.UPLOADED: lambda s, record, idle: s.creating.recover_uploaded(record, idle),
@@ -197,10 +197,10 @@ class Submitter:
         (or must have: 24 hours after its creation), whatever its poller is doing."""
         total = 0
         for b in self.store.live_batches():
-            since = clock.parse(b.get("submitted_at") or b["claimed_at"])
-            ended = bool(b.get("ended_at")) or clock.now() - since >= BATCH_LIFETIME_SECONDS
-            if b["status"] in IN_FLIGHT and not ended:
-                total += int(b.get("request_count", 0))
+            since = clock.parse(b.submitted_at or b.claimed_at)
+            ended = bool(b.ended_at) or clock.now() - since >= BATCH_LIFETIME_SECONDS
+            if b.status in IN_FLIGHT and not ended:
+                total += b.request_count
         return total
 
     def due(self, name: str, tier: Tier) -> bool:
@@ -259,7 +259,7 @@ class Submitter:
                 self.creating.submit(record)
             except (BatchTooLargeError, BatchRefusedError):
                 # Halve the batch until it fits, or until the request the API refuses stands alone.
-                cap = max(1, int(record["request_count"]) // 2)
+                cap = max(1, record.request_count // 2)
                 metrics.add_metric(name="BatchSplit", unit=MetricUnit.Count, value=1)
             except (NotAcceptedError, OutcomeUnknownError, AccountError):
                 return  # the API is busy, unreachable or refuses the account: the tier waits
@@ -278,9 +278,9 @@ class Submitter:
         """See every live batch through: each record on its own, so one that fails stops no other."""
         stalled = 0
         for record in list(self.store.live_batches()):
-            idle = clock.now() - clock.parse(record["updated_at"])
+            idle = clock.now() - clock.parse(record.updated_at)
             stalled += idle >= self.settings.stalled_batch_seconds
-            step = RECOVERY.get(Batch(record["status"]))
+            step = RECOVERY.get(record.status)
             if step is None:
                 continue
             try:
@@ -291,7 +291,7 @@ class Submitter:
             except LeaseLost:
                 raise
             except Taken:
-                logger.warning("batch already owned by another record", extra={"ref": record["ref"]})
+                logger.warning("batch already owned by another record", extra={"ref": record.ref})
             except (
                 BatchTooLargeError,
                 BatchRefusedError,
@@ -303,27 +303,27 @@ class Submitter:
             except Exception as exc:
                 logger.exception(
                     "could not recover a batch; going on with the others",
-                    extra={"ref": record["ref"], "state": record["status"], "error": type(exc).__name__},
+                    extra={"ref": record.ref, "state": record.status, "error": type(exc).__name__},
                 )
                 metrics.add_metric(name="ReconcileFailures", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="StalledBatches", unit=MetricUnit.Count, value=stalled)
 
-    def _rescue_overdue(self, record: dict[str, Any]) -> None:
+    def _rescue_overdue(self, record: BatchRecord) -> None:
         """Rescue a batch's deadline requests when its poller has not (failed, restarting, or a
         batch whose create is still being reconciled): deadlines do not wait for recovery."""
         ctx = self.ctx
         rescuer = Rescuer(self.settings, self.store, self.payloads)
         now = clock.now()
-        if record["status"] not in IN_FLIGHT or not rescuer.due(record, now - RESCUE_GRACE_SECONDS):
+        if record.status not in IN_FLIGHT or not rescuer.due(record, now - RESCUE_GRACE_SECONDS):
             return
         holder = uuid.uuid4().hex
         # For as long as this run can last: a run that dies here keeps the batch's checks out no longer.
         until = ctx.create_until + 2 * LEASE_MARGIN_SECONDS
-        if not self.store.lease(f"collect#{record['ref']}", holder, until, now):
+        if not self.store.lease(f"collect#{record.ref}", holder, until, now):
             return  # its collector is at work: the batch has ended
         try:
-            fresh = self.store.get(batch_key(record["ref"])) or record
-            if fresh.get("status") in IN_FLIGHT and rescuer.due(fresh, now):
+            fresh = self.store.batch(record.ref) or record
+            if fresh.status in IN_FLIGHT and rescuer.due(fresh, now):
                 rescuer.rescue(fresh, now, ctx.handoff, ctx.create_until)
         finally:
-            self.store.unlease(f"collect#{record['ref']}", holder)
+            self.store.unlease(f"collect#{record.ref}", holder)
