@@ -408,3 +408,39 @@ def test_a_create_whose_body_could_not_be_read_is_made_by_the_next_run(stack, em
     stack.pump()
     [c] = answered(stack, inbox, "cb1")
     assert c["status"] == "succeeded" and c["route"] == "batch"
+
+
+# a release cut short
+
+
+@pytest.mark.parametrize("second", ["answered", "lost"])
+def test_a_record_whose_release_was_cut_short_never_creates_its_batch(loaded, emulator, second):
+    """Defect, fixed (`creating.Creating.recover_creating`): a create refused outright gives the
+    batch's requests back to their tier (`results.Settler.release`): their items first, then the
+    record's end. When the record's end is refused, the record stays `creating`, its requests
+    pending. The next run claims them into a new batch; once the first record's window has
+    passed, its recovery found no batch of its own (the new one is owned) and created its batch
+    again from its input; or, when the new batch's create answer was lost too, both records
+    waited on it, and the stale one adopted it by its requests' ids, which its journal names as
+    well, so the new record created its batch again. Either way every request was in two batches
+    the API made (seed 27 of the default chaos run, the second way)."""
+    stack, inbox, ids = loaded
+    # The create's body read refused (nothing made), then the release's end refused.
+    hook = RefuseInTurn("SubmitterFunction", ["GetObject", "UpdateItem"], within="submit")
+    stack.before, stack.after = hook.before, hook.after
+    with pytest.raises(errors.TransientError):
+        stack.tick()
+    assert hook.refused == ["GetObject", "UpdateItem"]
+    stack.before = stack.after = None
+    [stale] = items(stack, "batch#").values()
+    assert stale["status"] == "creating"
+    assert {i["status"] for i in items(stack).values()} == {"pending"}
+    if second == "lost":
+        emulator.lose_create_answers(1)
+    stack.tick()  # the requests, back in their tier, go into a batch of their own
+    stack.settle()
+    assert len(emulator.batch_ids()) == 1
+    stack.advance(STALE)  # past the stale record's window
+    stack.pump()
+    assert_once(stack, inbox, ids, emulator)
+    assert len(emulator.batch_ids()) == 1, "the stale record created its batch again"

@@ -9,6 +9,7 @@ committed per batch, at its upper bound, before the create."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from . import batches, clock
@@ -23,12 +24,12 @@ from .errors import (
     NotAcceptedError,
     OutcomeUnknownError,
 )
-from .lifecycle import BEGIN_CREATE, CREATED, RETRY_CREATE, Batch, BatchRecord, move
+from .lifecycle import BEGIN_CREATE, CREATED, RETRY_CREATE, Batch, BatchRecord, held_by, move
 from .observability import MetricUnit, logger, metrics
 from .payloads import RequestsBody
 from .runs import CLOCK_SKEW_SECONDS, Run
 from .starts import Starts
-from .store import batch_key
+from .store import batch_key, request_key
 
 
 class Taken(Exception):
@@ -37,6 +38,8 @@ class Taken(Exception):
 
 # The API's batches cannot tell yet which one is a record's: wait until they have ended.
 WAIT = object()
+# Requests read at a time to learn whether a record still holds all of its own.
+HELD_CHUNK = 100
 
 
 @dataclass
@@ -141,7 +144,7 @@ class Creating:
         left = self.run.left(record, idle)
         if left is None:
             return False
-        if self.rescued_from(left):
+        if self.given_back(left) or self.rescued_from(left):
             return True
         # A run that ended before committing its cost to the budget leaves that to this one.
         uncommitted = left.budget_usd is not None and not left.budget_day
@@ -161,6 +164,24 @@ class Creating:
         logger.warning("a batch lost requests to realtime before its create; released", extra={"n": n})
         return True
 
+    def given_back(self, record: BatchRecord) -> bool:
+        """A record whose release was cut short (its requests' items written back to their tier,
+        its own end refused) is ended as that release would have ended it. Its input still names
+        those requests, which may be in another batch by now: created from it, or adopting a
+        batch by their ids, it would bill them twice. A request taken out for realtime is still
+        the record's to account for (`rescued_from`)."""
+        run, ref = self.run, record.ref
+        ids = run.payloads.journaled(ref)
+        while chunk := list(islice(ids, HELD_CHUNK)):
+            items = run.store.get_many(request_key(rid) for rid in chunk)
+            kept = (items.get(request_key(rid)) for rid in chunk)
+            if all(held_by(item, ref) or (item or {}).get("rescued_from") == ref for item in kept):
+                continue
+            n = run.settler.release(record, Batch.RELEASED)
+            logger.warning("a batch whose requests were given back is released", extra={"ref": ref, "n": n})
+            return True
+        return False
+
     def recover_creating(self, record: BatchRecord, idle: float) -> bool:
         start, end = _window(record)
         if clock.now() < end:
@@ -168,6 +189,9 @@ class Creating:
         found = self.find_created(record, start, end)
         if found is WAIT:
             return False
+        # (Asked only now, not on every run a wait takes: it reads every request's item.)
+        if self.given_back(record):
+            return True
         if found is None:
             # No batch of the window can be this one: nothing was created, so create it now.
             if self.rescued_from(record):

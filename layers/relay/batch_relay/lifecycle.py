@@ -64,13 +64,14 @@ BATCH: dict[Batch, Stage] = {
     Batch.UPLOADED: Stage(
         "the create call",
         Mover.SUBMITTER,
-        "create it (no create was sent); released instead if requests went realtime meanwhile",
+        "create it (no create was sent); released instead if requests went realtime or back to their tier",
         True,
     ),
     Batch.CREATING: Stage(
         "the create's answer",
         Mover.SUBMITTER,
-        "after the window: adopt the one batch the API made in it, or create again once none can be ours",
+        "after the window: adopt the one batch the API made in it, or create again once none can be ours;"
+        " released instead if its requests went back to their tier (a release cut short)",
         True,
     ),
     Batch.CREATED: Stage("its poller to start", Mover.SUBMITTER, "start it", True),
