@@ -346,6 +346,9 @@ def test_each_function_has_its_environment_role_and_event_source(deployed: dict[
         "API_KEY_SECRET_ARN": deployed["secret"],
         "DEFAULT_TIER": "standard",
         "POWERTOOLS_SERVICE_NAME": "batch-relay",
+        # Traces never hold a handler's response or an exception's text.
+        "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+        "POWERTOOLS_TRACER_CAPTURE_ERROR": "false",
     }
     realtime = {"REALTIME_QUEUE_URL": p["RealtimeQueue"]}
     own = {
@@ -819,3 +822,53 @@ def test_cfn_lint_applies_the_account_pattern_to_each_id() -> None:
 
     assert default_findings("111122223333,444455556666") == []
     assert default_findings("111122223333,*") == ["E2015"]
+
+
+def test_only_the_relay_sends_to_the_realtime_queue(deployed: dict[str, Any]) -> None:
+    """Each realtime message is a call at list price: the queue policy refuses every sender but
+    the roles granted sqs:SendMessage on it, whatever the sender's own IAM policy allows."""
+    policy, p = deployed["policies"]["RequestQueuePolicy"], deployed["physical"]
+    names = _names(deployed)
+    iam = boto3.client("iam", region_name=REGION)
+    senders = {
+        role for role, grants in ROLES.items() if ("sqs:SendMessage", "{realtime_queue}", "") in grants
+    }
+    assert senders == {"SubmitterFunctionRole", "CheckBatchFunctionRole"}
+    request_queue = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=p["RequestQueue"], AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    for role in ROLES:
+        arn = iam.get_role(RoleName=p[role])["Role"]["Arn"]
+        send = resource_policy.Request(arn, "sqs:SendMessage", names["realtime_queue"])
+        assert resource_policy.allowed(policy, send, owner=ACCOUNT) is (role in senders), role
+    someone = f"arn:aws:iam::{ACCOUNT}:role/anyone-in-the-account"
+    send = resource_policy.Request(someone, "sqs:SendMessage", names["realtime_queue"])
+    assert not resource_policy.allowed(policy, send, owner=ACCOUNT)
+    # Producers still send requests with their own IAM policy alone.
+    produce = resource_policy.Request(someone, "sqs:SendMessage", request_queue)
+    assert resource_policy.allowed(policy, produce, owner=ACCOUNT)
+    assert not resource_policy.allowed(policy, produce, owner=ACCOUNT, identity_allows=False)
+
+
+@pytest.mark.parametrize(
+    ("arn", "accepted"),
+    [
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batch-relay/anthropic-api-key-AbC123", True),
+        (f"arn:aws-cn:secretsmanager:cn-north-1:{ACCOUNT}:secret:relay.key@team+1=x_y-a1B2c3", True),
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:*", False),
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batch-relay/*", False),
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batch-relay/anthropic-api-key-*", False),
+        # A partial ARN (no suffix) matches no secret in an IAM policy.
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batch-relay/anthropic-api-key", False),
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:key-AbC12?", False),
+        (f"arn:aws:secretsmanager:{REGION}:*:secret:key-AbC123", False),
+    ],
+)
+def test_the_api_key_secret_is_one_secret_by_its_full_arn(arn: str, accepted: bool) -> None:
+    spec = yaml_parse((ROOT / "template.yaml").read_text())["Parameters"]["ApiKeySecretArn"]
+    assert (re.fullmatch(spec["AllowedPattern"], arn) is not None) is accepted
+
+
+def test_a_secret_made_as_the_readme_says_fits_the_pattern(deployed: dict[str, Any]) -> None:
+    spec = yaml_parse((ROOT / "template.yaml").read_text())["Parameters"]["ApiKeySecretArn"]
+    assert re.fullmatch(spec["AllowedPattern"], deployed["secret"]), deployed["secret"]
