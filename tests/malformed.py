@@ -168,10 +168,17 @@ CASES = [
     ),
     Case(
         "metadata too many",
-        ok("md-many") | {"metadata": {f"k{i}": "v" for i in range(8)}},
+        ok("md-many") | {"metadata": {f"k{i}": "v" for i in range(7)}},
         "rejected",
         "md-many",
-        "7",
+        "at most 6",
+    ),
+    Case(
+        "metadata producer",
+        ok("md-producer") | {"metadata": {"producer": "someone-else"}},
+        "rejected",
+        "md-producer",
+        "reserved",
     ),
     Case(
         "metadata long value",

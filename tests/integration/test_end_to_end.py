@@ -4,9 +4,12 @@ poller state machine → topic, checked from a queue subscribed to the topic."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import boto3
 import pytest
+from moto.sqs.models import DEFAULT_SENDER_ID
+from relay_local.stack import sqs_record
 
 from tests.helpers import by_id, request
 
@@ -78,9 +81,12 @@ def test_completion_content_cost_and_attributes(stack, emulator):
         "status": "succeeded",
         "tier": "urgent",
         "model": "claude-sonnet-4-5",
+        "producer": DEFAULT_SENDER_ID,  # the SenderId moto gives every message
         "team": "crm",
         "record": "7",
     }
+    # The producer is an attribute only: the body is the completion's contract, unchanged.
+    assert "producer" not in done
 
 
 def test_filter_policy_on_metadata_reaches_only_matching_subscribers(stack, emulator):
@@ -96,6 +102,45 @@ def test_filter_policy_on_metadata_reaches_only_matching_subscribers(stack, emul
     stack.pump()
     assert [c["request_id"] for c in stack.drain(crm)] == ["a"]
     assert [c["request_id"] for c in stack.drain(failures)] == ["c"]
+
+
+def test_a_subscriber_filters_on_the_producer_that_sent_the_request(stack, emulator):
+    """Each completion carries its request's SQS SenderId as the `producer` attribute, rejections
+    too, so one producer's subscriber can take only that producer's completions."""
+    alpha, beta = "AROAALPHAPRODUCER000:ingest", "AIDABETAPRODUCER0000"
+    alphas = stack.subscribe({"producer": [alpha]})
+    every = stack.subscribe()
+
+    def message(sender: str, body: dict | str) -> dict:
+        text = body if isinstance(body, str) else json.dumps(body)
+        return {
+            "MessageId": str(uuid.uuid4()),
+            "ReceiptHandle": "-",
+            "Body": text,
+            "Attributes": {"SenderId": sender},
+        }
+
+    # Given: requests from two producers, one of them invalid, delivered as Lambda delivers them
+    records = [
+        message(alpha, request("from-alpha")),
+        message(beta, request("from-beta")),
+        message(alpha, {"request_id": "alpha-bad", "params": {"model": "x"}}),
+    ]
+    answer = stack.invoke(
+        "BufferFunction", {"Records": [sqs_record(m, stack.arns["RequestQueue"]) for m in records]}
+    )
+    assert answer["batchItemFailures"] == []
+    stack.pump()
+    # Then: the filtered subscriber gets alpha's only, the other all three, each naming its producer
+    assert sorted(c["request_id"] for c in stack.drain(alphas)) == ["alpha-bad", "from-alpha"]
+    got = {c["request_id"]: c for c in stack.drain(every)}
+    assert {rid: c["_attributes"]["producer"] for rid, c in got.items()} == {
+        "from-alpha": alpha,
+        "from-beta": beta,
+        "alpha-bad": alpha,
+    }
+    assert got["alpha-bad"]["status"] == "rejected"
+    assert not any("producer" in c for c in got.values())
 
 
 def test_batches_respect_the_request_limit_and_items_record_them(stack, emulator):

@@ -119,6 +119,9 @@ def test_teardown_removes_the_stack_and_what_it_keeps(aws, monkeypatch, capsys) 
     ids = data_stack()
     fill(ids)
     assert versions(ids["PayloadBucket"]) == 4
+    # ...whose table refuses a plain delete
+    table = boto3.client("dynamodb").describe_table(TableName=ids["RequestTable"])["Table"]
+    assert table["DeletionProtectionEnabled"] is True
     # When the operator types the stack's name back
     typed(monkeypatch, f"{NAME}\n")
     code = cli.main(["teardown", "--stack", NAME])

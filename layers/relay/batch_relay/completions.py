@@ -1,7 +1,8 @@
 """The completion topic: the only module that publishes to SNS.
 
-Each completion goes out with message attributes (`status`, `tier`, `model` and the caller's
-metadata keys) so subscribers can filter without parsing bodies.
+Each completion goes out with message attributes (`status`, `tier`, `model`, `producer`: the SQS
+SenderId of the request's message, and the caller's metadata keys) so subscribers can filter
+without parsing bodies. The producer is an attribute only: the body stays the completion's contract.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ INLINE_BUDGET = SNS_MAX_BYTES - 16 * 1024
 
 
 def encode(completion: Completion) -> str:
-    text = completion.model_dump_json(exclude_none=True)
+    text = completion.model_dump_json(exclude_none=True, exclude={"producer"})
     if completion.batch_id is None and completion.status != "rejected":
         # Said even when null: a realtime answer has no batch, and says so.
         text = '{"batch_id":null,' + text[1:]
@@ -33,7 +34,12 @@ def encode(completion: Completion) -> str:
 
 
 def attributes(completion: Completion) -> dict[str, dict[str, str]]:
-    attrs = {"status": completion.status, "tier": completion.tier, "model": completion.model}
+    attrs = {
+        "status": completion.status,
+        "tier": completion.tier,
+        "model": completion.model,
+        "producer": completion.producer,
+    }
     attrs.update(completion.metadata)
     return {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items() if v}
 

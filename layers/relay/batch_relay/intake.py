@@ -79,6 +79,8 @@ class Parsed:
     betas: list[str] = field(default_factory=list)
     key: str = ""
     offset: int = 0
+    # The SQS SenderId of its message: the producer's account or principal id.
+    producer: str | None = None
 
 
 # Parsing stops with this much of the invocation left, for writing the lines and items.
@@ -93,6 +95,7 @@ class Refused:
     tier: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     digest: str | None = None
+    producer: str | None = None
 
 
 @dataclass
@@ -136,7 +139,9 @@ class Intake:
                     self.tally["RecordsDeferred"] += 1
                     continue
                 try:
-                    self.parsed[record.message_id] = self._parse(record)
+                    outcome = self._parse(record)
+                    outcome.producer = record.attributes.sender_id
+                    self.parsed[record.message_id] = outcome
                 except Exception as exc:  # raised again in `accept`, so only this record is retried
                     self.parsed[record.message_id] = _light(exc)
             self._flush()
@@ -363,6 +368,7 @@ class Intake:
             metadata=refused.metadata,
             received_at=refused.received_at,
             completed_at=clock.iso(),
+            producer=refused.producer,
         )
         # The completion is kept on the item before it is published: a retry after a crash in
         # between publishes the very same message, never a second version of it.
@@ -418,6 +424,8 @@ def request_item(parsed: Parsed, settings: Settings) -> dict[str, Any]:
         item["deadline"] = parsed.deadline
     if parsed.api_version:
         item["api_version"] = parsed.api_version
+    if parsed.producer:
+        item["producer"] = parsed.producer
     if parsed.betas:
         item["betas"] = parsed.betas
     if settings.daily_budget_usd:

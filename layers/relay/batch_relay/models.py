@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from .errors import excerpt
 
@@ -30,10 +31,10 @@ RequestId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 DEADLINE_MIN = datetime(2000, 1, 1, tzinfo=UTC)
 DEADLINE_MAX = datetime(9998, 12, 31, tzinfo=UTC)
 
-# SNS allows ten message attributes; three are ours (status, tier, model).
-MAX_METADATA_KEYS = 7
+# SNS allows ten message attributes; four are ours (status, tier, model, producer).
+MAX_METADATA_KEYS = 6
 MAX_METADATA_VALUE = 256
-RESERVED_ATTRIBUTES = frozenset({"status", "tier", "model"})
+RESERVED_ATTRIBUTES = frozenset({"status", "tier", "model", "producer"})
 # SNS's rules for attribute names: up to 256 of these characters, no leading or trailing dot,
 # no "..", no "AWS." or "Amazon." prefix (any case).
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,256}")
@@ -157,9 +158,9 @@ class RequestMessage(BaseModel):
     )
     metadata: dict[str, Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]] = Field(
         default_factory=dict,
-        description="up to 7 string values, set as SNS message attributes: names of 1-256 characters "
+        description="up to 6 string values, set as SNS message attributes: names of 1-256 characters "
         "A-Z a-z 0-9 _ - . (no leading, trailing or double dot, no AWS./Amazon. prefix, not status, "
-        "tier or model), values of at most 256 characters",
+        "tier, model or producer), values of at most 256 characters",
     )
 
     @model_validator(mode="after")
@@ -273,6 +274,10 @@ class Completion(BaseModel):
     received_at: str | None = None
     submitted_at: str | None = None
     completed_at: str
+    # Who sent the request (the SQS SenderId of its message): a message attribute only, never in
+    # the body, so a subscriber can filter on it. Kept on the model so a completion published
+    # again from the request's item carries it too.
+    producer: SkipJsonSchema[str | None] = None
 
     @model_validator(mode="after")
     def _error_when_not_succeeded(self) -> Completion:

@@ -338,6 +338,7 @@ class Settler:
             received_at=item.get("received_at"),
             submitted_at=item.get("submitted_at"),
             completed_at=clock.iso(now),
+            producer=item.get("producer"),
         )
         if message is not None and len(encode(completion).encode()) > INLINE_BUDGET:
             pointer = self.payloads.put_json(f"messages/{item['request_id']}/{attempts}.json", message)
