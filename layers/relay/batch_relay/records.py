@@ -179,6 +179,7 @@ class RequestItem(Item):
     api_version: str | None = None
     betas: list[str] | None = None
     max_tokens: int | None = None  # for the budget's bound, without reading the line
+    producer: str | None = None  # the SQS SenderId of its message, published as an attribute
     # claimed: by the batch or realtime record <batch_ref>
     batch_ref: str | None = None
     submitted_at: str | None = None
