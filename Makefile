@@ -66,6 +66,7 @@ lint: $(STAMP) $(SCAN_STAMP) $(SAM_STAMP) node_modules/.installed
 	$(BIN)/cfn-lint template.yaml
 	$(SAM)/bin/sam validate --lint --template template.yaml
 	npx --no-install asl-validator --json-path statemachine/poller.asl.json
+	$(BIN)/pytest -q -p no:warnings tests/integration/test_deploy.py -k parliament
 	$(SCAN)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
 
 build: $(SAM_STAMP)
