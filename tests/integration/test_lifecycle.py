@@ -8,7 +8,7 @@ import json
 import boto3
 import pytest
 
-from tests.helpers import by_id
+from tests.helpers import STALE, assert_once, by_id, items, table
 
 pytestmark = pytest.mark.integration
 
@@ -41,3 +41,43 @@ def test_a_late_execution_failing_on_a_collected_batch_leaves_it_collected(loade
     assert "failure_error" not in record
     late = [e for e in stack.executions() if e["name"].endswith("-late")]
     assert [e["status"] for e in late] == ["SUCCEEDED"]
+
+
+@pytest.mark.parametrize(
+    "odd", [{"status": "canceling"}, {"status": "polling", "ttl": None}], ids=["newer-state", "no-ttl"]
+)
+def test_one_live_record_this_version_cannot_read_stops_no_other(loaded, emulator, monkeypatch, odd):
+    """A live record with a state this version does not know (written by a newer one, then rolled
+    back) or without a field it needs sits beside a record whose poller never started. Reading
+    the work list stopped at the first: no run recovered the other, nor flushed a tier."""
+    from batch_relay import executions
+
+    stack, inbox, ids = loaded
+    real, calls = executions.start, {"n": 0}
+
+    def broken(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("crash before StartExecution")
+        return real(*a, **k)
+
+    monkeypatch.setattr(executions, "start", broken)
+    with pytest.raises(RuntimeError):
+        stack.tick()
+    [healthy] = items(stack, "batch#").values()
+    other = dict(healthy) | {"pk": "batch#odd", "ref": "odd", "batch_id": "msgbatch_odd"} | odd
+    table(stack).put_item(Item={k: v for k, v in other.items() if v is not None})
+    stack.advance(STALE)
+    failures = []
+    for _ in range(3):
+        try:
+            stack.tick()
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        stack.settle()
+        stack.advance(120)
+    status = items(stack, "batch#")[healthy["pk"]]["status"]
+    assert status == "collected" and not failures, (status, failures)
+    assert_once(stack, inbox, ids, emulator)
+    # The unreadable record is left as it was, for an operator (or the version that wrote it).
+    assert items(stack, "batch#")["batch#odd"]["status"] == odd["status"]

@@ -80,6 +80,10 @@ def test_settings_fail_loudly_on_a_bad_deployment():
         ENV | {"TIER_POLICY": '{"only": {"max_wait_seconds": 60}}', "DEFAULT_TIER": "only"}
     )
     assert tiers.tiers["only"].min_requests == 1
+    # "live" is the work list's partition of live batch records: a tier of that name would mix
+    # its pending requests into it.
+    with pytest.raises(ValidationError, match="reserved"):
+        Settings.from_env(ENV | {"TIER_POLICY": '{"live": {"max_wait_seconds": 60}}', "DEFAULT_TIER": "live"})
 
 
 def test_cost_is_half_of_list_price_with_cache_tokens_priced():

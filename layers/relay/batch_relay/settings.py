@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from .store import LIVE
+
 # The Message Batches API's own ceilings; deployments may only lower them.
 API_MAX_REQUESTS = 100_000
 API_MAX_BYTES = 256 * 1024 * 1024
@@ -112,6 +114,9 @@ class Settings(BaseModel):
     def _check(self) -> Settings:
         if not self.tiers:
             raise ValueError("TIER_POLICY names no tier")
+        if LIVE in self.tiers:
+            # The work list's partition of live batch records: requests there would read as records.
+            raise ValueError(f"TIER_POLICY: {LIVE!r} is reserved, not a tier name")
         if self.default_tier not in self.tiers:
             raise ValueError(f"DEFAULT_TIER {self.default_tier!r} is not in TIER_POLICY {sorted(self.tiers)}")
         if self.poll_max_seconds < self.poll_min_seconds:

@@ -29,16 +29,18 @@ Items stay under 1 KB (request bodies live in S3), so each write costs one write
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
+from pydantic import ValidationError
 
 from . import aws, clock
 from .errors import insist
+from .observability import MetricUnit, logger, metrics
 from .records import BatchRecord, Item, RequestItem
 
 INDEX = "pending"
@@ -139,7 +141,55 @@ class Budgets:
         return True
 
 
-class Store(Budgets):
+class Leases:
+    """Named leases (`lease#<name>` items): who holds one, until when."""
+
+    table: Any
+    get: Callable[[str], dict[str, Any] | None]  # the store's consistent read
+
+    def lease(self, name: str, holder: str, until: float, now: float) -> bool:
+        """Take lease <name> for `holder` until `until`, unless another holder's is still running."""
+        try:
+            self.table.put_item(
+                Item={"pk": f"lease#{name}", "kind": "lease", "holder": holder, "until": dynamo(until)},
+                ConditionExpression=Attr("pk").not_exists() | Attr("until").lt(dynamo(now)),
+            )
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            # A write the SDK sent again after it applied is refused by its own condition: the
+            # lease is `holder`'s then, and taken.
+            return (self.get(f"lease#{name}") or {}).get("holder") == holder
+        return True
+
+    def renew(self, name: str, holder: str, until: float) -> bool:
+        """Extend lease <name> to `until`, only while `holder` still has it (a renewal the SDK
+        sends again is applied again, harmlessly); False when another holder has taken it."""
+        try:
+            self.table.update_item(
+                Key={"pk": f"lease#{name}"},
+                UpdateExpression="SET #until = :until",
+                ConditionExpression=Attr("holder").eq(holder),
+                ExpressionAttributeNames={"#until": "until"},
+                ExpressionAttributeValues={":until": dynamo(until)},
+            )
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def unlease(self, name: str, holder: str) -> None:
+        """Give lease <name> back. A lease that expired may be someone else's by now: only the
+        holder's own is removed. Tried again through a throttle: a lease left behind by work that
+        is over keeps everyone out until it runs out."""
+
+        def delete() -> None:
+            with suppress(self.table.meta.client.exceptions.ConditionalCheckFailedException):
+                self.table.delete_item(
+                    Key={"pk": f"lease#{name}"}, ConditionExpression=Attr("holder").eq(holder)
+                )
+
+        insist(delete)
+
+
+class Store(Budgets, Leases):
     def __init__(self, table_name: str):
         self.table = aws.table(table_name)
 
@@ -264,47 +314,6 @@ class Store(Budgets):
         item = self.get(f"budget#{day}")
         return int(item.get("committed_micros", 0)) / MICROS if item else 0.0
 
-    def lease(self, name: str, holder: str, until: float, now: float) -> bool:
-        """Take lease <name> for `holder` until `until`, unless another holder's is still running."""
-        try:
-            self.table.put_item(
-                Item={"pk": f"lease#{name}", "kind": "lease", "holder": holder, "until": dynamo(until)},
-                ConditionExpression=Attr("pk").not_exists() | Attr("until").lt(dynamo(now)),
-            )
-        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
-            # A write the SDK sent again after it applied is refused by its own condition: the
-            # lease is `holder`'s then, and taken.
-            return (self.get(f"lease#{name}") or {}).get("holder") == holder
-        return True
-
-    def renew(self, name: str, holder: str, until: float) -> bool:
-        """Extend lease <name> to `until`, only while `holder` still has it (a renewal the SDK
-        sends again is applied again, harmlessly); False when another holder has taken it."""
-        try:
-            self.table.update_item(
-                Key={"pk": f"lease#{name}"},
-                UpdateExpression="SET #until = :until",
-                ConditionExpression=Attr("holder").eq(holder),
-                ExpressionAttributeNames={"#until": "until"},
-                ExpressionAttributeValues={":until": dynamo(until)},
-            )
-        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
-
-    def unlease(self, name: str, holder: str) -> None:
-        """Give lease <name> back. A lease that expired may be someone else's by now: only the
-        holder's own is removed. Tried again through a throttle: a lease left behind by work that
-        is over keeps everyone out until it runs out."""
-
-        def delete() -> None:
-            with suppress(self.table.meta.client.exceptions.ConditionalCheckFailedException):
-                self.table.delete_item(
-                    Key={"pk": f"lease#{name}"}, ConditionExpression=Attr("holder").eq(holder)
-                )
-
-        insist(delete)
-
     # tiers
 
     def note_tiers(self, names: Iterable[str]) -> None:
@@ -425,7 +434,18 @@ class Store(Budgets):
         return total
 
     def live_batches(self) -> Iterator[BatchRecord]:
-        return (BatchRecord.model_validate(item) for item in self.waiting(LIVE))
+        """The records on the work list. One this version cannot read (a state or shape another
+        version wrote) is reported and passed over: it stops no other record's recovery nor any
+        tier's flush."""
+        for item in self.waiting(LIVE):
+            try:
+                yield BatchRecord.model_validate(item)
+            except ValidationError as exc:
+                logger.error(
+                    "a live record this version cannot read; left as it is",
+                    extra={"pk": item.get("pk"), "state": item.get("status"), "error": str(exc)[:500]},
+                )
+                metrics.add_metric(name="UnreadableRecords", unit=MetricUnit.Count, value=1)
 
     def scan(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Every item (of one kind): for operators' reports, never on the request path."""
