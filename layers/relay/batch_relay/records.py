@@ -12,7 +12,9 @@ them with the tables and sets derived from them.
 
 An item written by another version of the relay still loads: attributes it lacks take their
 defaults, and attributes this version does not declare (`extra="allow"`) are kept and readable
-through `model_extra`, so a rollback or an upgrade never strands a live record.
+through `model_extra`. One whose state or a required attribute this version cannot read (a
+rollback past a new state) fails to load: the work list reports it (`UnreadableRecords`) and
+passes it over, so it stops no other record, and it waits for the version that wrote it.
 """
 
 from __future__ import annotations
