@@ -483,6 +483,41 @@ def test_a_realtime_answer_whose_keeping_fails_is_not_bought_again_in_the_same_a
     )
 
 
+def test_a_fault_reading_the_key_before_a_realtime_call_spends_no_attempt(make_stack, emulator):
+    """The realtime function reads the API key from Secrets Manager (cached for minutes). Read
+    after the item said a call was sent, a throttled read failed the try with no call made, and
+    the next try took it for a call whose answer was lost: with one attempt allowed, the request
+    was answered `api_error` without ever reaching the API."""
+    from aws_lambda_powertools.utilities import parameters
+
+    stack = make_stack(MaxAttempts="1", DailyBudgetUSD="5")
+    inbox = stack.subscribe()
+    stack.send([request("sx", deadline=at(3000))])
+    stack.deliver()
+    parameters.clear_caches()
+    refused: list[str] = []
+
+    def before(fn: str, op: str) -> None:
+        if fn == "RealtimeFunction" and op == "GetSecretValue" and not refused:
+            refused.append(op)
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, op)
+
+    stack.before = before
+    stack.tick()
+    stack.before = None
+    assert refused and not emulator.messages_created
+    got: list[dict[str, Any]] = []
+    for _ in range(6):
+        stack.advance(300)
+        stack.tick()
+        got += stack.drain(inbox)
+        if got:
+            break
+    [done] = got
+    assert (done["status"], done["attempts"]) == ("succeeded", 1), (done["status"], done.get("error"))
+    assert len(emulator.messages_created) == 1
+
+
 def test_a_cancel_that_fails_once_is_tried_again(late_batch, emulator):
     """Every request of a late batch went realtime; the cancel call meets one 500. The check is
     retried, but the rescue schedule is already spent, so the cancel is never sent again and the

@@ -247,13 +247,18 @@ def cancel(batch_id: str, deadline: float | None = None) -> Any:
 
 
 def message(
-    params: dict[str, Any], deadline: float, headers: Mapping[str, str] | None = None
+    params: dict[str, Any],
+    deadline: float,
+    headers: Mapping[str, str] | None = None,
+    api: anthropic.Anthropic | None = None,
 ) -> dict[str, Any]:
-    """One realtime Messages API call, at list price. No SDK retry: a 429/529 comes back at once
-    with its retry-after (`retry_after`), for the caller to wait out or hand back to its queue;
-    the read may take as long as `deadline` allows (a long answer is generated before it is sent)."""
+    """One realtime Messages API call, at list price, through `api` (the key's client by default).
+    No SDK retry: a 429/529 comes back at once with its retry-after (`retry_after`), for the caller
+    to wait out or hand back to its queue; the read may take as long as `deadline` allows (a long
+    answer is generated before it is sent)."""
     left = max(1.0, deadline - clock.now())
-    bounded = client().with_options(max_retries=0, timeout=httpx.Timeout(left, connect=min(10.0, left)))
+    timeout = httpx.Timeout(left, connect=min(10.0, left))
+    bounded = (api or client()).with_options(max_retries=0, timeout=timeout)
     # Parameters this SDK does not name yet still reach the API, as they would in a batch.
     known = {k: v for k, v in params.items() if k in _CREATE_PARAMS}
     extra = {k: v for k, v in params.items() if k not in _CREATE_PARAMS}

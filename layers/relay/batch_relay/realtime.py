@@ -77,6 +77,15 @@ class RealtimeMessage(BaseModel):
     ref: str
 
 
+@dataclass(frozen=True)
+class Call:
+    """One realtime call, ready to send."""
+
+    api: Any  # the SDK's client, with the key already read
+    params: dict[str, Any]
+    headers: dict[str, str]
+
+
 class Later(Exception):
     """Try this request again after `seconds`: its message goes back to the queue until then."""
 
@@ -239,19 +248,20 @@ class Realtime:
                 message = f"answering it in realtime (up to {usd:.4f} USD) would pass the daily budget"
                 return errored(rid, "budget_exceeded", message)["result"], False
             item.budget_usd, item.budget_day, item.budget_settled = usd, day, None
+        # Everything the call needs (the key from Secrets Manager, the headers) is had first, so
+        # that what fails after the note below is the call itself.
+        call = Call(batches.client(), params, batches.headers_for(item.model_dump(), realtime=True))
         # Said before the call: a try that then fails or dies cannot tell whether the API ran it,
         # and the next one must not send it again within this attempt.
         if not self.store.update_if(request_key(rid), Attr("rt_holder").eq(token), rt_called=ref):
             raise Later(60, "another invocation is answering this request")
-        return self._call(item, params, tries)
+        return self._call(item, call, tries)
 
-    def _call(self, item: RequestItem, params: dict[str, Any], tries: int) -> tuple[dict[str, Any], bool]:
+    def _call(self, item: RequestItem, call: Call, tries: int) -> tuple[dict[str, Any], bool]:
         rid = item.request_id
         while True:
             try:
-                answer = batches.message(
-                    params, deadline=self.until, headers=batches.headers_for(item.model_dump(), realtime=True)
-                )
+                answer = batches.message(call.params, deadline=self.until, headers=call.headers, api=call.api)
                 return {"type": "succeeded", "message": answer}, False
             except OutcomeUnknownError as exc:
                 # It may have run and been billed: sent again only as a new attempt, which the
