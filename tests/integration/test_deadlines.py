@@ -721,6 +721,73 @@ def test_a_realtime_call_whose_answer_was_lost_keeps_its_commitment(make_stack, 
     )
 
 
+def _conflict(op: str) -> Exception:
+    """What DynamoDB answers a transaction that met another on one of its items."""
+    import boto3
+
+    canceled = boto3.client("dynamodb", region_name="us-east-1").exceptions.TransactionCanceledException
+    return canceled(
+        {
+            "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+            "CancellationReasons": [{"Code": "TransactionConflict"}, {"Code": "None"}],
+        },
+        op,
+    )
+
+
+def test_a_give_back_that_meets_a_conflict_leaves_no_spent_commitment_to_reuse(make_stack, emulator):
+    """Every commitment and give-back of a day writes the day's budget item, so concurrent ones
+    conflict. A give-back after a lost answer that met a conflict was read as already done; the
+    item kept its commitment unsettled, and the next attempt took it for its own and committed
+    nothing: the day counted less than the API billed."""
+    from batch_relay.pricing import realtime_cost_of
+
+    stack = make_stack(DailyBudgetUSD="1")
+    to_morning(stack)
+    inbox = stack.subscribe()
+    emulator.lose_answers("message", 1, how="503")
+    seen: list[str] = []
+
+    def before(fn: str, op: str) -> None:
+        if fn == "RealtimeFunction" and op == "TransactWriteItems":
+            seen.append(op)
+            if len(seen) == 2:  # the commitment, then its give-back
+                raise _conflict(op)
+
+    stack.before = before
+    stack.send([request("lc", deadline=at(1800))])
+    stack.pump()
+    stack.before = None
+    done = once(stack, inbox, ["lc"])["lc"]
+    assert (done["status"], done["route"], done["attempts"]) == ("succeeded", "realtime", 2)
+    calls = emulator.messages_created
+    usage = [{"input_tokens": c.input_tokens, "output_tokens": c.output_tokens} for c in calls]
+    billed = sum(realtime_cost_of(c.model, u).list_usd for c, u in zip(calls, usage, strict=True))
+    assert len(calls) == 2 and committed(stack) >= billed - 2e-6, (committed(stack), billed)
+
+
+def test_a_commitment_that_meets_a_conflict_is_not_answered_budget_exceeded(make_stack, emulator):
+    """A conflict on the day's budget item says nothing of the cap; it was read as the cap passed,
+    and the request answered `budget_exceeded` under a budget it was far within."""
+    stack = make_stack(DailyBudgetUSD="100")
+    to_morning(stack)
+    inbox = stack.subscribe()
+    seen: list[str] = []
+
+    def before(fn: str, op: str) -> None:
+        if fn == "RealtimeFunction" and op == "TransactWriteItems":
+            seen.append(op)
+            if len(seen) == 1:
+                raise _conflict(op)
+
+    stack.before = before
+    stack.send([request("cf", deadline=at(1800))])
+    stack.pump()
+    stack.before = None
+    done = once(stack, inbox, ["cf"])["cf"]
+    assert done["status"] == "succeeded", (done["status"], done.get("error"))
+
+
 def test_a_realtime_request_that_writes_the_cache_stays_within_its_commitment(make_stack, emulator):
     """The upper bound of a request is its input tokens at the input price plus max_tokens at the
     output price; tokens written to the prompt cache cost 1.25x the input price. A realtime request

@@ -333,8 +333,19 @@ REQUEST: dict[Request, RequestStage] = {
 ANSWERED = frozenset({Request.SUCCEEDED, Request.ERRORED, Request.EXPIRED, Request.CANCELED})
 
 # What a realtime try leaves on a request, for as long as one record holds it: a request back in
-# its tier starts afresh (no lease of a past try to wait out, its tries counted from one again).
-REALTIME_TRY = ("rt_until", "rt_holder", "rt_tries", "rt_answer", "rt_since", "rt_called")
+# its tier starts afresh (no lease of a past try to wait out, its tries counted from one again, no
+# budget commitment of a past try to take for its own: that one is settled by the try that made it).
+REALTIME_TRY = (
+    "rt_until",
+    "rt_holder",
+    "rt_tries",
+    "rt_answer",
+    "rt_since",
+    "rt_called",
+    "budget_usd",
+    "budget_day",
+    "budget_settled",
+)
 
 
 def _enter(item: dict[str, Any], to: Request, leaving: frozenset[Request] | None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ Items stay under 1 KB (request bodies live in S3), so each write costs one write
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -104,12 +105,7 @@ class Budgets:
             "ConditionExpression": "attribute_exists(pk)",
             "ExpressionAttributeValues": {":day": day, ":usd": dynamo(usd)},
         }
-        client = self.table.meta.client
-        try:
-            client.transact_write_items(TransactItems=[{"Update": budget}, {"Update": marked}])
-        except client.exceptions.TransactionCanceledException:
-            return False
-        return True
+        return self._transact([{"Update": budget}, {"Update": marked}])
 
     def give_back(self, day: str, usd: float, mark: str) -> bool:
         """Give back to day <day> what the commitment named on item <mark> did not spend (rounded
@@ -133,12 +129,25 @@ class Budgets:
                 "ExpressionAttributeValues": {":n": -amount},
             }
             items.append({"Update": budget})
+        return self._transact(items)
+
+    def _transact(self, items: list[dict[str, Any]], tries: int = 5) -> bool:
+        """One transaction; False when a condition of it failed. Every commitment and give-back
+        of a day writes its budget item, so concurrent ones conflict: a conflict (or a throttle)
+        says nothing about the conditions and is tried again, then raised, never read as one."""
         client = self.table.meta.client
-        try:
-            client.transact_write_items(TransactItems=items)
-        except client.exceptions.TransactionCanceledException:
-            return False
-        return True
+        for n in range(tries):
+            try:
+                client.transact_write_items(TransactItems=items)
+                return True
+            except client.exceptions.TransactionCanceledException as exc:
+                reasons = {r.get("Code") for r in exc.response.get("CancellationReasons", [])}
+                if "ConditionalCheckFailed" in reasons:
+                    return False
+                if n == tries - 1:
+                    raise
+                time.sleep(0.05 * 2**n)
+        raise AssertionError("unreachable")
 
 
 class Leases:
