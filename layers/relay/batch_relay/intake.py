@@ -140,7 +140,8 @@ class Intake:
                     continue
                 try:
                     outcome = self._parse(record)
-                    outcome.producer = record.attributes.sender_id
+                    # SQS always sets it; a hand-made event (sam local invoke -e) may not.
+                    outcome.producer = record.raw_event.get("attributes", {}).get("SenderId")
                     self.parsed[record.message_id] = outcome
                 except Exception as exc:  # raised again in `accept`, so only this record is retried
                     self.parsed[record.message_id] = _light(exc)
