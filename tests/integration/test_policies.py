@@ -206,8 +206,9 @@ def used_values(statement: dict[str, Any], need: Need) -> list[str | None]:
 def statements(stack: Any, function: str) -> list[dict[str, Any]]:
     out = []
     for policy in stack.template["Resources"][function]["Properties"]["Policies"]:
-        # Explicit statements only: SAM's policy templates grant more than the code uses.
-        assert set(policy) == {"Statement"}, f"{function}: {policy}"
+        # Explicit statements only (SAM's policy templates grant more than the code uses), under
+        # the policy language version that resolves variables.
+        assert set(policy) == {"Version", "Statement"} and policy["Version"] == "2012-10-17", function
         out += stack.resolve(policy["Statement"])
     return out
 
