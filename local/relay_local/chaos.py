@@ -375,7 +375,7 @@ class Faults:
                 kind = f"killed in a rescue after {operation} (CheckBatchFunction)"
             else:
                 return
-            self._note(kind)
+            self._note(kind, published=_published() if operation == "PublishBatch" else frozenset())
             self._dead.add(invocation)
         raise FunctionKilled(f"{function} killed right after {operation} acted")
 
@@ -397,17 +397,31 @@ class Faults:
             self._note(f"write applied twice ({operation.name})")
         return 0
 
-    def _note(self, kind: str, logged: str | None = None) -> None:
+    def _note(self, kind: str, logged: str | None = None, published: frozenset[str] = frozenset()) -> None:
         """Count a fault and log whom it concerns (as `logged`, when it says more than the count's
-        `kind`); a realtime answer it loses is allowed again."""
+        `kind`); a realtime answer it loses is allowed again. A death after a PublishBatch also
+        concerns the requests whose completions that call published: a flush of an outbox sends
+        those of other requests than the invocation's own (a realtime record's, in the realtime
+        function)."""
         self.injected[kind] += 1
         function, ids, start = getattr(_WORK, "state", None) or ("?", None, {})
-        self.log.add(logged or kind, ids)
+        self.log.add(logged or kind, None if ids is None else ids | published)
         if function == "RealtimeFunction":
             with self.witness._lock:
                 for rid, before in start.items():
                     if len(self.witness.answered.get(rid, [])) > before:
                         self.lost_answers[rid] += 1
+
+
+def _published() -> frozenset[str]:
+    """The requests whose completions the PublishBatch call just made carried."""
+    from relay_local.stack import current_params
+
+    ids: set[str] = set()
+    for e in (current_params() or {}).get("PublishBatchRequestEntries", []):
+        with contextlib.suppress(Exception):
+            ids.add(str(json.loads(e["Message"])["request_id"]))
+    return frozenset(ids)
 
 
 # the relay's time

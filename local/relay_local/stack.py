@@ -421,6 +421,7 @@ class LocalStack:
             if function is None:
                 return real_call(self, operation, params)
             _RUNNING.calls += 1
+            _RUNNING.params = params
             if stack.before is not None:
                 stack.before(function, operation)
             if operation == "ChangeMessageVisibility" and params.get("ReceiptHandle") in stack.receipts:
@@ -817,6 +818,11 @@ _INVOCATIONS = itertools.count(1)
 def current_call() -> tuple[int, int]:
     """(invocation serial, number of its AWS call) of the function this thread is running."""
     return getattr(_RUNNING, "invocation", 0), getattr(_RUNNING, "calls", 0)
+
+
+def current_params() -> Any:
+    """The parameters of the AWS call this thread's function is making (or made last)."""
+    return getattr(_RUNNING, "params", None)
 
 
 def current_function() -> str | None:

@@ -9,6 +9,7 @@ request could make was met."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -89,3 +90,79 @@ def test_a_repeat_with_no_death_between_publish_and_marker_is_caught(monkeypatch
     out = chaos.run(15, requests=12, retry_after_share=0, redeploy=False, **quiet)
     assert out.repeated > 0 and out.repeated_unexplained, out.summary()
     assert not out.ok
+
+
+def test_a_kill_after_publishing_another_requests_completion_explains_its_repeat(stack, emulator):
+    """A realtime message of a request already answered flushes its record's outbox, which may
+    publish the completions of other requests of that record (their tries died between settling
+    and publishing). When that invocation dies after its PublishBatch, the repeat that follows is
+    of a request the invocation was not working on: the kill must be counted against the
+    requests whose completions the call published, or the repeat reads as unexplained."""
+    import random
+
+    from batch_relay.errors import FunctionKilled
+    from batch_relay.handoff import Handoff
+    from batch_relay.payloads import Payloads
+    from batch_relay.settings import settings
+    from batch_relay.store import Store
+    from relay_local import chaos
+    from relay_local.stack import current_call, sqs_record
+
+    from tests.helpers import Once, at, by_id, install, records, request
+
+    inbox = stack.subscribe()
+    # Two requests no batch can make in time: claimed together by one realtime record.
+    stack.send([request("rx", deadline=at(1800)), request("ry", deadline=at(1800))])
+    stack.deliver()
+    stack.polls_realtime = False
+    stack.tick()
+    [record] = [b for b in records(stack) if b.status == "realtime"]
+    url, arn = stack.queue_url("RealtimeQueue"), stack.arns["RealtimeQueue"]
+
+    def receive() -> dict[str, dict]:
+        got = stack.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=43_200)
+        return {json.loads(m["Body"])["request_id"]: m for m in got.get("Messages", [])}
+
+    def invoke(message: dict) -> None:
+        stack.invoke("RealtimeFunction", {"Records": [sqs_record(message, arn)]})
+
+    messages = receive()
+    assert set(messages) == {"rx", "ry"}
+
+    # ry's try dies right after settling (its item answered, its outbox named), before publishing.
+    install(stack, Once("RealtimeFunction", "PutItem", "kill after"))
+    with pytest.raises(FunctionKilled):
+        invoke(messages["ry"])
+
+    # From here the chaos harness's own accounting watches: rx answered and published.
+    log = chaos.FaultLog()
+    witness = chaos.Witness(log=log)
+    faults = chaos.Faults(random.Random(0), refuse=0.0, kill=0.0, log=log, witness=witness)
+    chaos._watch_invocations(stack, witness)
+    kill_at_publish = {"armed": False}
+
+    def before(function: str, operation: str) -> None:
+        if kill_at_publish["armed"] and function == "RealtimeFunction" and operation == "PublishBatch":
+            kill_at_publish["armed"] = False
+            invocation, number = current_call()
+            faults._plan[invocation] = number  # this invocation dies right after this call
+        faults.before(function, operation)
+
+    stack.before, stack.after = before, faults.after
+    invoke(messages["rx"])
+    # A second message of rx (a resend) finds it answered and flushes the record's outbox: ry's
+    # completion goes out, and the invocation dies before its marker.
+    config = settings()
+    Handoff(config, Store(config.table_name), Payloads(config.bucket_name)).dispatch(record, ["rx"])
+    [again] = receive().values()
+    kill_at_publish["armed"] = True
+    with pytest.raises(FunctionKilled):
+        invoke(again)
+    assert not kill_at_publish["armed"], "the resend published nothing"
+    # ry's message back: its call has no marker, so it is published again.
+    invoke(messages["ry"])
+
+    seen = by_id(stack.drain(inbox))
+    assert len(seen["rx"]) == 1 and len(seen["ry"]) == 2
+    kills = [k for k in log.about("ry") if "after PublishBatch" in k]
+    assert kills, f"the kill that repeated ry is not counted against it: {log.entries}"
