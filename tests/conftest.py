@@ -168,3 +168,25 @@ def late_batch(make_stack: Any, emulator: Any) -> Callable[..., LateBatch]:
         return LateBatch(stack, inbox, batch_id, record)
 
     return make
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The relay's store over a table of its own in moto (no stack): for unit tests of the
+    store's writes."""
+    import boto3
+    from batch_relay import aws
+    from batch_relay.store import Store
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        aws.reset()
+        boto3.client("dynamodb").create_table(
+            TableName="requests",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield Store("requests")
+        aws.reset()

@@ -251,7 +251,7 @@ def _concerned(logical_id: str, event: Any, witness: Witness) -> frozenset[str] 
     return None
 
 
-def _watch_invocations(stack: Any, witness: Witness) -> None:
+def watch_invocations(stack: Any, witness: Witness) -> None:
     """Note, for the invocation a thread runs, the requests it works on and how many realtime
     answers each had had when it started (to tell an answer a fault then lost)."""
     original = stack.invoke
@@ -353,6 +353,11 @@ class Faults:
             {"Error": {"Code": code, "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": status}},
             operation,
         )
+
+    def kill_at(self, invocation: int, number: int) -> None:
+        """Have invocation <invocation> die right after its call number <number>."""
+        with self._lock:
+            self._plan[invocation] = number
 
     def after(self, function: str, operation: str) -> None:
         from relay_local.stack import current_call
@@ -660,7 +665,7 @@ def run(
         try:
             with stack, mock.patch.object(clock, "sleep", sim.sleep), _watch_items():
                 emu.clock = lambda: time.time() + stack.offset
-                _watch_invocations(stack, emu)
+                watch_invocations(stack, emu)
                 inbox = stack.subscribe()
                 faults = Faults(
                     random.Random(seed * 7919 + 1),

@@ -138,14 +138,14 @@ def test_a_kill_after_publishing_another_requests_completion_explains_its_repeat
     log = chaos.FaultLog()
     witness = chaos.Witness(log=log)
     faults = chaos.Faults(random.Random(0), refuse=0.0, kill=0.0, log=log, witness=witness)
-    chaos._watch_invocations(stack, witness)
+    chaos.watch_invocations(stack, witness)
     kill_at_publish = {"armed": False}
 
     def before(function: str, operation: str) -> None:
         if kill_at_publish["armed"] and function == "RealtimeFunction" and operation == "PublishBatch":
             kill_at_publish["armed"] = False
             invocation, number = current_call()
-            faults._plan[invocation] = number  # this invocation dies right after this call
+            faults.kill_at(invocation, number)  # this invocation dies right after this call
         faults.before(function, operation)
 
     stack.before, stack.after = before, faults.after

@@ -329,49 +329,34 @@ def test_the_price_table_ships_with_the_layer():
 # The budget's give-back: applied once, even when the SDK sends it again after a lost answer
 
 
-def test_a_give_back_sent_twice_frees_the_room_once(monkeypatch):
-    import boto3
-    from batch_relay import aws
+def test_a_give_back_sent_twice_frees_the_room_once(store, monkeypatch):
     from batch_relay.budget import Budget
     from batch_relay.settings import Settings
-    from batch_relay.store import Store
-    from moto import mock_aws
 
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        aws.reset()
-        boto3.client("dynamodb").create_table(
-            TableName="requests",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        env = {"TABLE_NAME": "requests", "BUCKET_NAME": "bucket", "TOPIC_ARN": "arn:aws:sns:us-east-1:1:t"}
-        env["DAILY_BUDGET_USD"] = "10"
-        store = Store("requests")
-        budget = Budget(Settings.from_env(env), store)
-        store.add({"pk": "batch#a", "kind": "batch"})
-        assert budget.commit(4.0, "2026-12-07", mark="batch#a")
-        # Given a client whose writes to the day's budget are applied, their answer lost, and
-        # sent again (what a botocore retry does): the caller sees the second answer
-        client = store.table.meta.client
-        send = client._make_api_call
+    env = {"TABLE_NAME": "requests", "BUCKET_NAME": "bucket", "TOPIC_ARN": "arn:aws:sns:us-east-1:1:t"}
+    env["DAILY_BUDGET_USD"] = "10"
+    budget = Budget(Settings.from_env(env), store)
+    store.add({"pk": "batch#a", "kind": "batch"})
+    assert budget.commit(4.0, "2026-12-07", mark="batch#a")
+    # Given a client whose writes to the day's budget are applied, their answer lost, and
+    # sent again (what a botocore retry does): the caller sees the second answer
+    client = store.table.meta.client
+    send = client._make_api_call
 
-        def twice(operation, kwargs):
-            if "budget#" not in json.dumps(kwargs, default=str) or operation == "GetItem":
-                return send(operation, kwargs)
-            send(operation, kwargs)
+    def twice(operation, kwargs):
+        if "budget#" not in json.dumps(kwargs, default=str) or operation == "GetItem":
             return send(operation, kwargs)
+        send(operation, kwargs)
+        return send(operation, kwargs)
 
-        monkeypatch.setattr(client, "_make_api_call", twice)
-        # When 1 USD of the 4 is spent
-        budget.settle("batch#a", 4.0, "2026-12-07", 1.0)
-        budget.settle("batch#a", 4.0, "2026-12-07", 1.0)  # and a retry of ours
-        # Then 3 come back, once
-        monkeypatch.setattr(client, "_make_api_call", send)
-        assert store.committed("2026-12-07") == pytest.approx(1.0)
-        assert store.get("batch#a")["budget_settled"] is True
-    aws.reset()
+    monkeypatch.setattr(client, "_make_api_call", twice)
+    # When 1 USD of the 4 is spent
+    budget.settle("batch#a", 4.0, "2026-12-07", 1.0)
+    budget.settle("batch#a", 4.0, "2026-12-07", 1.0)  # and a retry of ours
+    # Then 3 come back, once
+    monkeypatch.setattr(client, "_make_api_call", send)
+    assert store.committed("2026-12-07") == pytest.approx(1.0)
+    assert store.get("batch#a")["budget_settled"] is True
 
 
 def test_extra_prices_are_checked_when_a_function_starts() -> None:

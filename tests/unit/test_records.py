@@ -7,16 +7,14 @@ import ast
 import json
 import re
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
-from batch_relay import aws, clock, lifecycle
+from batch_relay import clock, lifecycle
 from batch_relay.intake import Parsed, request_item
 from batch_relay.lifecycle import CLOSE, START, Batch, new_record
 from batch_relay.records import BatchRecord, RequestItem
 from batch_relay.settings import Settings
-from batch_relay.store import Store, dynamo, plain
+from batch_relay.store import dynamo, plain
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "layers" / "relay" / "batch_relay"
@@ -119,22 +117,6 @@ def test_the_scan_finds_keywords_and_removed_names(tmp_path):
         *("restart_after", "n_held", "updated_at", "rescued_from"),
         *("close_error", "close_status", "cursor", "bytes"),
     }
-
-
-@pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from moto import mock_aws
-
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        aws.reset()
-        boto3.client("dynamodb").create_table(
-            TableName="requests",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        yield Store("requests")
 
 
 def test_a_misspelt_attribute_is_refused_before_anything_is_written(store):
