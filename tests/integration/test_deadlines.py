@@ -735,6 +735,19 @@ def _conflict(op: str) -> Exception:
     )
 
 
+def conflict_at(nth: int, seen: list[str]) -> Any:
+    """A `before` hook: the realtime function's nth transaction (each noted in `seen`) meets a
+    conflict."""
+
+    def before(fn: str, op: str) -> None:
+        if fn == "RealtimeFunction" and op == "TransactWriteItems":
+            seen.append(op)
+            if len(seen) == nth:
+                raise _conflict(op)
+
+    return before
+
+
 def test_a_give_back_that_meets_a_conflict_leaves_no_spent_commitment_to_reuse(make_stack, emulator):
     """Every commitment and give-back of a day writes the day's budget item, so concurrent ones
     conflict. A give-back after a lost answer that met a conflict was read as already done; the
@@ -746,15 +759,7 @@ def test_a_give_back_that_meets_a_conflict_leaves_no_spent_commitment_to_reuse(m
     to_morning(stack)
     inbox = stack.subscribe()
     emulator.lose_answers("message", 1, how="503")
-    seen: list[str] = []
-
-    def before(fn: str, op: str) -> None:
-        if fn == "RealtimeFunction" and op == "TransactWriteItems":
-            seen.append(op)
-            if len(seen) == 2:  # the commitment, then its give-back
-                raise _conflict(op)
-
-    stack.before = before
+    stack.before = conflict_at(2, [])  # the commitment, then its give-back
     stack.send([request("lc", deadline=at(1800))])
     stack.pump()
     stack.before = None
@@ -772,15 +777,7 @@ def test_a_commitment_that_meets_a_conflict_is_not_answered_budget_exceeded(make
     stack = make_stack(DailyBudgetUSD="100")
     to_morning(stack)
     inbox = stack.subscribe()
-    seen: list[str] = []
-
-    def before(fn: str, op: str) -> None:
-        if fn == "RealtimeFunction" and op == "TransactWriteItems":
-            seen.append(op)
-            if len(seen) == 1:
-                raise _conflict(op)
-
-    stack.before = before
+    stack.before = conflict_at(1, [])
     stack.send([request("cf", deadline=at(1800))])
     stack.pump()
     stack.before = None

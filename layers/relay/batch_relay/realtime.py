@@ -179,10 +179,8 @@ class Realtime:
             # A failed try keeps no one else waiting; one the API asked to pause makes any
             # message of this request (a resend) wait as long.
             # A try sent back for later proved no call ran (a 429, 529 or refused connection).
-            if isinstance(exc, Later):
-                self._unlease(rid, token, pause=exc.seconds, uncalled=True)
-            else:
-                self._unlease(rid, token)
+            pause = exc.seconds if isinstance(exc, Later) else None
+            self._unlease(rid, token, pause=pause or 0.0, uncalled=pause is not None)
             raise
 
     def _answer(self, item: RequestItem, ref: str, token: str) -> str:
